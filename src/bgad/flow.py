@@ -1,0 +1,126 @@
+"""Conditional normalizing flow: one per feature level (BGAD / CFLOW-AD, reference §2).
+
+Each :class:`CouplingBlock` is the "all-in-one" block of FrEIA (``AllInOneBlock``) as BGAD configures it:
+an affine coupling whose subnet (MLP, 2x hidden, ReLU) sees the first half of the vector and the positional
+condition, outputs scaled by 0.1 and soft-clamped with ``alpha * tanh``; then a learned global affine with a
+softplus scale; then a fixed random rotation in SO(C).
+
+The subnet's first layer multiplies ``[x1; c]``. Its condition part ``W_c c`` depends only on the position,
+so it is computed once per distinct position (the rows of a condition *table*) and gathered with an index
+instead of being recomputed for every vector. This is exact, and it is what makes whole-image inference cheap.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+# softplus_{beta=0.5}(g) * 0.1 == 1 at this value, so the global scale starts as the identity (FrEIA's init).
+_GLOBAL_SCALE_INIT = 2.0 * math.log(math.exp(5.0) - 1.0)
+
+
+def random_rotation(channels: int, generator: torch.Generator) -> Tensor:
+    """Draw a uniformly random matrix of SO(channels) (Haar measure), reproducibly from ``generator``."""
+    gauss = torch.randn(channels, channels, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(gauss)
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q.float()
+
+
+class CouplingBlock(nn.Module):
+    """One affine coupling block with global affine and fixed rotation (FrEIA ``AllInOneBlock`` semantics)."""
+
+    def __init__(self, channels: int, condition_dim: int, *, clamp_alpha: float, generator: torch.Generator):
+        super().__init__()
+        self.split = channels - channels // 2  # x1 takes ceil(C/2) dims, as in FrEIA
+        self.clamp_alpha = clamp_alpha
+        d_in = self.split + condition_dim
+        self.subnet = nn.Sequential(nn.Linear(d_in, 2 * d_in), nn.ReLU(), nn.Linear(2 * d_in, 2 * (channels // 2)))
+        # Redraw nn.Linear's default init, U(+-1/sqrt(fan_in)) for weight and bias, from ``generator`` so that
+        # the flow's seed determines all of its initial weights, not only the rotations.
+        with torch.no_grad():
+            for layer in (self.subnet[0], self.subnet[2]):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+        self.global_scale = nn.Parameter(torch.full((channels,), _GLOBAL_SCALE_INIT))
+        self.global_offset = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("rotation", random_rotation(channels, generator))
+
+    def condition_bias(self, condition: Tensor) -> Tensor:
+        """The condition's contribution to the subnet's first layer, ``W_c c``: (P, D) -> (P, hidden)."""
+        return F.linear(condition, self.subnet[0].weight[:, self.split :])
+
+    def _coupling_params(self, x1: Tensor, cond_bias: Tensor) -> tuple[Tensor, Tensor]:
+        first = self.subnet[0]
+        hidden = F.linear(x1, first.weight[:, : self.split], first.bias) + cond_bias
+        a = 0.1 * self.subnet[2](F.relu(hidden))
+        half = a.shape[1] // 2
+        return self.clamp_alpha * torch.tanh(a[:, :half]), a[:, half:]
+
+    def _scale(self) -> Tensor:
+        return 0.1 * F.softplus(self.global_scale, beta=0.5)
+
+    def forward(self, x: Tensor, cond_bias: Tensor) -> tuple[Tensor, Tensor]:
+        """Map x (N, C) to (y, log|det J|) given the per-vector condition bias (N, hidden)."""
+        x1, x2 = x[:, : self.split], x[:, self.split :]
+        log_scale, shift = self._coupling_params(x1, cond_bias)
+        x2 = x2 * torch.exp(log_scale) + shift
+        scale = self._scale()
+        y = (torch.cat([x1, x2], dim=1) * scale + self.global_offset) @ self.rotation.T
+        return y, log_scale.sum(dim=1) + torch.log(scale).sum()
+
+    def inverse(self, y: Tensor, cond_bias: Tensor) -> Tensor:
+        """Exact inverse of :meth:`forward`."""
+        u = (y @ self.rotation - self.global_offset) / self._scale()
+        x1, x2 = u[:, : self.split], u[:, self.split :]
+        log_scale, shift = self._coupling_params(x1, cond_bias)
+        return torch.cat([x1, (x2 - shift) * torch.exp(-log_scale)], dim=1)
+
+
+class ConditionalFlow(nn.Module):
+    """A stack of :class:`CouplingBlock` s over C-dimensional feature vectors with a positional condition.
+
+    Every method takes the condition as a table ``condition`` (P, D) and ``index`` (N,), the table row of
+    each of the N vectors; pass ``index=None`` when the table already holds one row per vector.
+    """
+
+    def __init__(
+        self, channels: int, *, condition_dim: int = 128, n_blocks: int = 8, clamp_alpha: float = 1.9, seed: int = 0
+    ):
+        super().__init__()
+        self.channels = channels
+        generator = torch.Generator().manual_seed(seed)
+        self.blocks = nn.ModuleList(
+            CouplingBlock(channels, condition_dim, clamp_alpha=clamp_alpha, generator=generator)
+            for _ in range(n_blocks)
+        )
+
+    @staticmethod
+    def _gather(bias: Tensor, index: Tensor | None) -> Tensor:
+        return bias if index is None else bias[index]
+
+    def forward(self, x: Tensor, condition: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Return the latent z (N, C) and log|det dz/dx| (N,)."""
+        log_det = x.new_zeros(x.shape[0])
+        for block in self.blocks:
+            x, block_log_det = block(x, self._gather(block.condition_bias(condition), index))
+            log_det = log_det + block_log_det
+        return x, log_det
+
+    def inverse(self, z: Tensor, condition: Tensor, index: Tensor | None = None) -> Tensor:
+        """Map latents back to feature vectors."""
+        for block in reversed(self.blocks):
+            z = block.inverse(z, self._gather(block.condition_bias(condition), index))
+        return z
+
+    def log_prob(self, x: Tensor, condition: Tensor, index: Tensor | None = None) -> Tensor:
+        """Per-dimension log-likelihood ``log p(x | c) / C`` of each vector (N,) under a standard normal latent."""
+        z, log_det = self(x, condition, index)
+        return (log_det - 0.5 * z.square().sum(dim=1)) / self.channels - _HALF_LOG_2PI

@@ -1,0 +1,77 @@
+"""Model files: weights in safetensors plus a JSON description; no pickle anywhere.
+
+The backbone's weights are not stored: they come from the backbone's own package, named in the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import BGADConfig
+from .errors import BGADError
+
+if TYPE_CHECKING:
+    from .model import BGADModel
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_JSON = "model.json"
+FORMAT = "bgad-model"
+FORMAT_VERSION = 1
+
+
+def _trained_state(model: BGADModel) -> dict:
+    return {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("extractor.")}
+
+
+def save_model(model: BGADModel, config: BGADConfig, directory: Path) -> None:
+    """Write the flows, the calibration constants and the configuration into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(_trained_state(model), directory / MODEL_WEIGHTS, metadata={"format": FORMAT})
+    description = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bgad_version": __version__,
+        "config": config.to_dict(),
+        "channels": model.channels,
+        "feature_shapes": [list(s) for s in model.feature_shapes],
+    }
+    (directory / MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")
+
+
+def load_model(directory: Path) -> tuple[BGADModel, BGADConfig]:
+    """Load what :func:`save_model` wrote; any missing, foreign, truncated or tampered file is a BGADError."""
+    from .model import BGADModel
+
+    json_path, weights_path = directory / MODEL_JSON, directory / MODEL_WEIGHTS
+    for path in (json_path, weights_path):
+        if not path.is_file():
+            raise BGADError(f"not a bgad model: {path} is missing")
+    try:
+        description = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BGADError(f"{json_path} is not valid JSON: {err}") from None
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        raise BGADError(f"{json_path} is not a bgad model description")
+    if description.get("format_version") != FORMAT_VERSION:
+        raise BGADError(
+            f"{json_path} has model format version {description.get('format_version')!r}; "
+            f"this bgad {__version__} reads version {FORMAT_VERSION}"
+        )
+    config = BGADConfig.from_dict(description["config"])
+    try:
+        state = load_file(weights_path)
+    except (SafetensorError, OSError) as err:
+        raise BGADError(f"cannot read model weights {weights_path}: {err}") from None
+    model = BGADModel(config.model, seed=config.train.seed)
+    expected = _trained_state(model)
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+        raise BGADError(f"model weights {weights_path} do not match {json_path} (different or damaged model)")
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    return model, config

@@ -1,0 +1,44 @@
+"""From per-level log-likelihood maps to anomaly maps (reference §5), calibrated on training normals only.
+
+Per level, ``exp(ℓ - max_l)`` is a normality map in (0, ~1]; maps are upsampled bilinearly and summed over
+levels, and the anomaly map is ``normal_max - sum``. The reference takes ``max_l`` and the final constant from
+the test set, so an image's score depends on which other images are scored with it; here both constants come
+from the training normals and are stored with the model. Higher scores mean more anomalous.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def normality_map(level_log_probs: list[Tensor], level_max: Tensor, size: tuple[int, int]) -> Tensor:
+    """Sum over levels of the upsampled ``exp(ℓ - max_l)``: (B, h_l, w_l) per level -> (B, *size)."""
+    total = None
+    for log_prob, offset in zip(level_log_probs, level_max, strict=True):
+        up = F.interpolate(torch.exp(log_prob - offset)[:, None], size=size, mode="bilinear", align_corners=True)
+        total = up[:, 0] if total is None else total + up[:, 0]
+    return total
+
+
+def anomaly_map(level_log_probs: list[Tensor], level_max: Tensor, normal_max: Tensor, size: tuple[int, int]) -> Tensor:
+    """The anomaly map (B, *size); higher means more anomalous."""
+    return normal_max - normality_map(level_log_probs, level_max, size)
+
+
+def image_scores(anomaly_maps: Tensor) -> Tensor:
+    """Image score = maximum of its anomaly map, as in the reference."""
+    return anomaly_maps.flatten(1).amax(dim=1)
+
+
+def calibrate(level_log_probs: list[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Constants ``(level_max, normal_max)`` from the level maps of the training normal images."""
+    level_max = torch.stack([lp.max() for lp in level_log_probs])
+    normal_max = normality_map(level_log_probs, level_max, size).max()
+    return level_max, normal_max
+
+
+def resize_maps(anomaly_maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of (B, H, W) maps, e.g. back to an image's original resolution."""
+    return F.interpolate(anomaly_maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]

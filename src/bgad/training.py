@@ -1,0 +1,173 @@
+"""Two-phase training of the flows on cached feature vectors (reference §3.1-3.3).
+
+The backbone is frozen, so every image's features are extracted once and reused every epoch; the reference
+re-runs the backbone for every pass. Each optimizer step takes one fiber batch of random vectors of one level.
+Phase 1 uses normal images only with the maximum-likelihood loss; phase 2 adds the known anomalies (each counted
+``anomaly_repeats`` times) and the boundary-guided semi-push-pull loss.
+
+One Adam optimizer holds all levels; a step back-propagates through one level only and, with gradients set to
+None by ``zero_grad``, Adam leaves the other levels untouched (PyTorch >= 2 semantics, reference §3.2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .config import LossConfig, TrainConfig
+from .flow import ConditionalFlow
+from .losses import bgad_loss
+
+
+@dataclass(frozen=True)
+class LevelData:
+    """All training vectors of one feature level; the rows of normal images come first."""
+
+    vectors: Tensor  # (M, C)
+    positions: Tensor  # (M,) row of the level's condition table
+    anomalous: Tensor  # (M,) bool, from the masks
+    n_normal: int  # rows 0 .. n_normal-1 belong to normal images
+
+
+def vector_labels(masks: list[Tensor | None], shape: tuple[int, int]) -> Tensor:
+    """Label the cells of an (h, w) feature grid: a cell is anomalous if *any* mask pixel under it is.
+
+    The reference samples the top-left pixel of each cell, so small defects vanish at coarse levels; max
+    pooling the full-resolution mask keeps every defect visible at every level. ``None`` means a normal image.
+    """
+    out = torch.zeros(len(masks), *shape, dtype=torch.bool)
+    for i, mask in enumerate(masks):
+        if mask is not None:
+            out[i] = F.adaptive_max_pool2d(mask[None, None].float(), shape)[0, 0] > 0
+    return out
+
+
+def level_data(vectors: Tensor, labels: Tensor, n_normal_images: int) -> LevelData:
+    """Pair flow inputs (N*h*w, C), in (n, y, x) order, with their (N, h, w) labels."""
+    n, h, w = labels.shape
+    return LevelData(
+        vectors=vectors.contiguous(),
+        positions=torch.arange(h * w).repeat(n),
+        anomalous=labels.reshape(-1),
+        n_normal=n_normal_images * h * w,
+    )
+
+
+def learning_rate(config: TrainConfig, meta_epoch: int, step: int, steps_in_meta_epoch: int) -> float:
+    """Cosine decay per meta-epoch, with a per-step linear warm-up over the first meta-epochs.
+
+    The warm-up goes from lr/10 to the cosine value at the end of the warm-up. Unlike the reference, its progress
+    is counted in real optimizer steps (the reference's count uses the length of a 2-element list, reference §3.1).
+    """
+    lr_min = config.lr * config.lr_min_ratio
+
+    def cosine(epoch: int) -> float:
+        return lr_min + (config.lr - lr_min) * (1 + math.cos(math.pi * epoch / config.meta_epochs)) / 2
+
+    if meta_epoch >= config.warmup_meta_epochs:
+        return cosine(meta_epoch)
+    progress = (meta_epoch + step / steps_in_meta_epoch) / config.warmup_meta_epochs
+    start = config.lr / 10
+    return start + progress * (cosine(config.warmup_meta_epochs) - start)
+
+
+def _epoch_rows(level: LevelData, with_anomalies: bool, repeats: int) -> Tensor:
+    normal = torch.arange(level.n_normal)
+    if not with_anomalies or level.n_normal == len(level.vectors):
+        return normal
+    anomalies = torch.arange(level.n_normal, len(level.vectors))
+    return torch.cat([normal, anomalies.repeat(repeats)])
+
+
+def _meta_epoch_plan(
+    levels: list[LevelData], config: TrainConfig, with_anomalies: bool, generator: torch.Generator
+) -> list[tuple[int, Tensor]]:
+    """The (level, rows) fiber batches of one meta-epoch, levels interleaved in random order."""
+    plan = []
+    for _ in range(config.sub_epochs):
+        sub_epoch = []
+        for index, level in enumerate(levels):
+            rows = _epoch_rows(level, with_anomalies, config.anomaly_repeats)
+            rows = rows[torch.randperm(len(rows), generator=generator)]
+            sub_epoch += [(index, chunk) for chunk in rows.tensor_split(max(1, len(rows) // config.fiber_batch))]
+        order = torch.randperm(len(sub_epoch), generator=generator)
+        plan += [sub_epoch[i] for i in order]
+    return plan
+
+
+def train_flows(
+    flows: nn.ModuleList,
+    conditions: list[Tensor],
+    levels: list[LevelData],
+    train_config: TrainConfig,
+    loss_config: LossConfig,
+    *,
+    log_path: Path | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train ``flows`` in place; return one log record per meta-epoch (also appended to ``log_path``)."""
+    has_anomalies = any(len(level.vectors) > level.n_normal for level in levels)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    optimizer = torch.optim.Adam(flows.parameters(), lr=train_config.lr)
+    flows.train()
+    history = []
+    plans = []
+    for meta_epoch in range(train_config.meta_epochs):
+        semi_push_pull = meta_epoch >= train_config.normal_only_meta_epochs
+        plans.append(
+            (semi_push_pull, _meta_epoch_plan(levels, train_config, semi_push_pull and has_anomalies, generator))
+        )
+    bar = tqdm(
+        total=sum(len(p) for _, p in plans), desc="training flows", unit="step", disable=not progress, mininterval=1
+    )
+    for meta_epoch, (semi_push_pull, plan) in enumerate(plans):
+        start = time.perf_counter()
+        sums = {"loss": 0.0, "ml": 0.0, "pull": 0.0, "push": 0.0}
+        boundaries = [[] for _ in levels]
+        for step, (index, rows) in enumerate(plan):
+            lr = learning_rate(train_config, meta_epoch, step, len(plan))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            level: ConditionalFlow = flows[index]
+            data = levels[index]
+            log_prob = level.log_prob(data.vectors[rows], conditions[index], data.positions[rows])
+            terms = bgad_loss(log_prob, data.anomalous[rows], loss_config, semi_push_pull=semi_push_pull)
+            if terms.total.requires_grad:
+                optimizer.zero_grad(set_to_none=True)
+                terms.total.backward()
+                optimizer.step()
+            for key, value in zip(sums, terms[:4], strict=True):
+                sums[key] += float(value.detach())
+            if not math.isnan(float(terms.b_n)):
+                boundaries[index].append((float(terms.b_n), float(terms.b_a)))
+            bar.update()
+            bar.set_postfix(meta_epoch=meta_epoch, loss=f"{float(terms.total):.3f}")
+        record = {
+            "meta_epoch": meta_epoch,
+            "phase": "bg-spp" if semi_push_pull else "normal-only",
+            "steps": len(plan),
+            "lr_end": lr,
+            **{key: value / len(plan) for key, value in sums.items()},
+            "b_n": [_mean([b[0] for b in level_b]) for level_b in boundaries],
+            "b_a": [_mean([b[1] for b in level_b]) for level_b in boundaries],
+            "seconds": time.perf_counter() - start,
+        }
+        history.append(record)
+        if log_path is not None:
+            with open(log_path, "a") as log:
+                log.write(json.dumps(record) + "\n")
+    bar.close()
+    flows.eval()
+    return history
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
