@@ -27,7 +27,7 @@ KNOWN_ANOMALIES = "known_anomalies.txt"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"bgad: error: {message}\n")
 
 
 def _config_for(args: argparse.Namespace) -> BGADConfig:
@@ -53,10 +53,10 @@ def fit_run(
     Everything is written into a temporary folder beside ``output`` that replaces it only at the end, so an
     error or Ctrl-C leaves nothing half-written.
     """
-    category = load_mvtec_category(data_root, category_name)
-    known = select_known_anomalies(category, config.train.num_anomalies, seed=config.train.seed)
     if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):
         raise BGADError(f"output {output} already exists and is not empty (use --overwrite to replace it)")
+    category = load_mvtec_category(data_root, category_name)
+    known = select_known_anomalies(category, config.train.num_anomalies, seed=config.train.seed)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
@@ -163,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed its one-line error (or --help)
+        return int(exit_.code or 0)
     try:
         return args.handler(args)
     except BGADError as err:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .config import BGADConfig
+from .encoding import GridEncoding
 from .errors import BGADError
 from .features import extract_features, image_batches
 from .flow import ConditionalFlow
@@ -135,7 +136,9 @@ class BGAD:
 
 
 @torch.inference_mode()
-def _normal_log_probs(flow: ConditionalFlow, condition: Tensor, level: LevelData, shape: tuple[int, int]) -> Tensor:
+def _normal_log_probs(
+    flow: ConditionalFlow, condition: GridEncoding, level: LevelData, shape: tuple[int, int]
+) -> Tensor:
     """Log-likelihood maps (N, h, w) of the normal training images of one level, from the cached vectors."""
     rows = torch.arange(level.n_normal).split(65536)
     log_prob = torch.cat([flow.log_prob(level.vectors[r], condition, level.positions[r]) for r in rows])

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .encoding import Condition, project_condition
+
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # softplus_{beta=0.5}(g) * 0.1 == 1 at this value, so the global scale starts as the identity (FrEIA's init).
 _GLOBAL_SCALE_INIT = 2.0 * math.log(math.exp(5.0) - 1.0)
@@ -53,9 +55,9 @@ class CouplingBlock(nn.Module):
         self.global_offset = nn.Parameter(torch.zeros(channels))
         self.register_buffer("rotation", random_rotation(channels, generator))
 
-    def condition_bias(self, condition: Tensor) -> Tensor:
-        """The condition's contribution to the subnet's first layer, ``W_c c``: (P, D) -> (P, hidden)."""
-        return F.linear(condition, self.subnet[0].weight[:, self.split :])
+    def condition_bias(self, condition: Condition, index: Tensor | None) -> Tensor:
+        """The condition's contribution to the subnet's first layer, ``W_c c``, for each vector: (N, hidden)."""
+        return project_condition(condition, self.subnet[0].weight[:, self.split :], index)
 
     def _coupling_params(self, x1: Tensor, cond_bias: Tensor) -> tuple[Tensor, Tensor]:
         first = self.subnet[0]
@@ -87,8 +89,8 @@ class CouplingBlock(nn.Module):
 class ConditionalFlow(nn.Module):
     """A stack of :class:`CouplingBlock` s over C-dimensional feature vectors with a positional condition.
 
-    Every method takes the condition as a table ``condition`` (P, D) and ``index`` (N,), the table row of
-    each of the N vectors; pass ``index=None`` when the table already holds one row per vector.
+    Every method takes the condition as a table (P, D) or a :class:`~bgad.encoding.GridEncoding`, and
+    ``index`` (N,), the table row of each of the N vectors; ``index=None`` means one table row per vector.
     """
 
     def __init__(
@@ -102,25 +104,21 @@ class ConditionalFlow(nn.Module):
             for _ in range(n_blocks)
         )
 
-    @staticmethod
-    def _gather(bias: Tensor, index: Tensor | None) -> Tensor:
-        return bias if index is None else bias[index]
-
-    def forward(self, x: Tensor, condition: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, condition: Condition, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Return the latent z (N, C) and log|det dz/dx| (N,)."""
         log_det = x.new_zeros(x.shape[0])
         for block in self.blocks:
-            x, block_log_det = block(x, self._gather(block.condition_bias(condition), index))
+            x, block_log_det = block(x, block.condition_bias(condition, index))
             log_det = log_det + block_log_det
         return x, log_det
 
-    def inverse(self, z: Tensor, condition: Tensor, index: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, condition: Condition, index: Tensor | None = None) -> Tensor:
         """Map latents back to feature vectors."""
         for block in reversed(self.blocks):
-            z = block.inverse(z, self._gather(block.condition_bias(condition), index))
+            z = block.inverse(z, block.condition_bias(condition, index))
         return z
 
-    def log_prob(self, x: Tensor, condition: Tensor, index: Tensor | None = None) -> Tensor:
+    def log_prob(self, x: Tensor, condition: Condition, index: Tensor | None = None) -> Tensor:
         """Per-dimension log-likelihood ``log p(x | c) / C`` of each vector (N,) under a standard normal latent."""
         z, log_det = self(x, condition, index)
         return (log_det - 0.5 * z.square().sum(dim=1)) / self.channels - _HALF_LOG_2PI

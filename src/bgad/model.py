@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .backbones import create_backbone
 from .config import ModelConfig
-from .encoding import positional_encoding_2d
+from .encoding import GridEncoding
 from .flow import ConditionalFlow
 from .scoring import anomaly_map
 
@@ -38,9 +38,9 @@ class BGADModel(nn.Module):
             for level, c in enumerate(self.channels)
         )
         for level, (h, w) in enumerate(self.feature_shapes):
-            self.register_buffer(
-                f"condition{level}", positional_encoding_2d(config.condition_dim, h, w), persistent=False
-            )
+            encoding = GridEncoding.create(config.condition_dim, h, w)
+            self.register_buffer(f"condition_columns{level}", encoding.columns, persistent=False)
+            self.register_buffer(f"condition_rows{level}", encoding.rows, persistent=False)
         # Per-channel standardization of each level (identity unless fitted, see fit_standardization).
         for level, c in enumerate(self.channels):
             self.register_buffer(f"feature_mean{level}", torch.zeros(c))
@@ -49,9 +49,12 @@ class BGADModel(nn.Module):
         self.register_buffer("level_max", torch.zeros(len(self.channels)))
         self.register_buffer("normal_max", torch.zeros(()))
 
-    def conditions(self) -> list[Tensor]:
-        """The positional-encoding table (h*w, D) of each level."""
-        return [getattr(self, f"condition{level}") for level in range(len(self.flows))]
+    def conditions(self) -> list[GridEncoding]:
+        """The positional encoding of each level's grid."""
+        return [
+            GridEncoding(getattr(self, f"condition_columns{level}"), getattr(self, f"condition_rows{level}"))
+            for level in range(len(self.flows))
+        ]
 
     def fit_standardization(self, features: list[Tensor]) -> None:
         """Set each level's channel mean and std from features (N, C, h, w) of normal images."""

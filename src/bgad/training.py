@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import LossConfig, TrainConfig
+from .encoding import GridEncoding
 from .flow import ConditionalFlow
 from .losses import bgad_loss
 
@@ -105,7 +106,7 @@ def _meta_epoch_plan(
 
 def train_flows(
     flows: nn.ModuleList,
-    conditions: list[Tensor],
+    conditions: list[GridEncoding],
     levels: list[LevelData],
     train_config: TrainConfig,
     loss_config: LossConfig,
@@ -149,7 +150,7 @@ def train_flows(
             if not math.isnan(float(terms.b_n)):
                 boundaries[index].append((float(terms.b_n), float(terms.b_a)))
             bar.update()
-            bar.set_postfix(meta_epoch=meta_epoch, loss=f"{float(terms.total):.3f}")
+            bar.set_postfix(meta_epoch=meta_epoch, loss=f"{float(terms.total.detach()):.3f}")
         record = {
             "meta_epoch": meta_epoch,
             "phase": "bg-spp" if semi_push_pull else "normal-only",

@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bgad.config import BGADConfig
+from bgad.demo_data import make_demo_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_ad"
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic MVTec-layout category at 64 px: returns the data root (category 'part')."""
+    root = tmp_path_factory.mktemp("data")
+    make_demo_dataset(root, category="part", n_train=12, n_test_good=4, n_test_per_defect=3, image_size=64, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> BGADConfig:
+    """Seconds-long training on :func:`tiny_dataset`."""
+    return BGADConfig.from_dict(
+        {
+            "model": {"image_size": 64, "n_coupling_blocks": 2},
+            "train": {"meta_epochs": 3, "fiber_batch": 256, "num_anomalies": 3, "extract_batch_size": 8},
+        }
+    )
+
+
+def write_category(root: Path, layout: dict[str, int], *, size: int = 32, masks: bool = True) -> Path:
+    """Write an MVTec-layout category with ``layout`` = {"train": n, "good": n, "<defect type>": n, ...}."""
+    rng = np.random.default_rng(0)
+    category = root / "cat"
+    for folder, count in layout.items():
+        image_dir = category / "train" / "good" if folder == "train" else category / "test" / folder
+        image_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(image_dir / f"{i:03d}.png")
+            if folder not in ("train", "good") and masks:
+                mask_dir = category / "ground_truth" / folder
+                mask_dir.mkdir(parents=True, exist_ok=True)
+                mask = np.zeros((size, size), np.uint8)
+                mask[4:8, 4:8] = 255
+                Image.fromarray(mask).save(mask_dir / f"{i:03d}_mask.png")
+    return category

@@ -1,0 +1,102 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bgad.cli import main
+from bgad.config import BGADConfig
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config: BGADConfig) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("runs") / "run"
+    args = ["fit", "--data-root", str(tiny_dataset), "--category", "part", "--output", str(output)]
+    assert main([*args, "--config", str(config_file), "--num-anomalies", "3", "--quiet"]) == 0
+    return output
+
+
+def test_fit_writes_a_complete_run(run: Path) -> None:
+    names = {p.name for p in run.iterdir()}
+    expected = {"model.safetensors", "model.json", "run.json", "metrics.json", "train_log.jsonl", "known_anomalies.txt"}
+    assert names == expected
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ["image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap"]:
+        assert 0 <= metrics[key] <= 1
+    assert metrics["n_known_anomalies"] == 3
+    assert metrics["n_eval_images"] == 4 + 9 - 3  # good + defects - known anomalies
+    assert len((run / "known_anomalies.txt").read_text().splitlines()) == 3
+    assert len((run / "train_log.jsonl").read_text().splitlines()) == 3
+    assert not list(run.parent.glob(".run.*")), "the staging folder must be gone"
+
+
+def test_test_command_reproduces_the_fit_metrics(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["test", "--run", str(run), "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((run / "metrics.json").read_text())
+    saved.pop("train_seconds")
+    assert printed == pytest.approx(saved)
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], needle: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("bgad: error:")
+    assert needle in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--data-root", "/nonexistent"], "data root not found: /nonexistent"),
+        (["--category", "nope"], "category folder not found"),
+        (["--num-anomalies", "50"], "50 known anomalies requested"),
+        (["--preset", "nope"], "invalid choice: 'nope'"),
+        (["--config", "/nonexistent.yaml"], "cannot read config file"),
+    ],
+)
+def test_fit_user_errors(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], needle: str
+) -> None:
+    output = tmp_path / "out"
+    args = {"--data-root": str(tiny_dataset), "--category": "part", "--output": str(output)}
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        args[flag] = value
+    assert main(["fit", *[x for kv in args.items() for x in kv], "--quiet"]) == 2
+    _one_line_error(capsys, needle)
+    assert not output.exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_unreadable_training_image_leaves_nothing(
+    tiny_dataset: Path, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset / "part", data / "part")
+    (data / "part" / "train" / "good" / "003.png").write_bytes(b"broken")
+    output = tmp_path / "out"
+    args = ["fit", "--data-root", str(data), "--category", "part", "--output", str(output)]
+    assert main([*args, "--config", str(config_file), "--num-anomalies", "3", "--quiet"]) == 2
+    _one_line_error(capsys, "003.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_existing_output_needs_overwrite(run: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["fit", "--data-root", str(tiny_dataset), "--category", "part", "--output", str(run), "--quiet"]
+    assert main(args) == 2
+    _one_line_error(capsys, "already exists")
+
+
+def test_test_command_on_a_folder_that_is_no_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["test", "--run", str(tmp_path)]) == 2
+    _one_line_error(capsys, "not a bgad run")

@@ -1,0 +1,110 @@
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bgad.data import evaluation_samples, load_mvtec_category, select_known_anomalies
+from bgad.errors import BGADError
+from bgad.images import read_image, read_mask
+
+from .conftest import SHARED_DATA, write_category
+
+LAYOUT = {"train": 3, "good": 2, "crack": 4, "hole": 3, "scratch": 5}
+
+
+def test_category_index(tmp_path: Path) -> None:
+    write_category(tmp_path, LAYOUT)
+    category = load_mvtec_category(tmp_path, "cat")
+    assert len(category.train) == 3
+    assert Counter(s.defect_type for s in category.test) == {"good": 2, "crack": 4, "hole": 3, "scratch": 5}
+    assert all(s.mask_path.is_file() for s in category.defects)
+
+
+def test_stratified_selection_and_removal_from_evaluation(tmp_path: Path) -> None:
+    write_category(tmp_path, LAYOUT)
+    category = load_mvtec_category(tmp_path, "cat")
+    known = select_known_anomalies(category, 7, seed=0)
+    counts = Counter(s.defect_type for s in known)
+    assert sum(counts.values()) == 7
+    assert all(counts[t] >= 2 for t in ("crack", "hole", "scratch"))  # 7 // 3 = 2 per type, 1 extra
+    remaining = evaluation_samples(category, known)
+    assert len(remaining) == len(category.test) - 7
+    assert not {s.path for s in known} & {s.path for s in remaining}
+
+
+def test_selection_depends_only_on_category_and_seed(tmp_path: Path) -> None:
+    write_category(tmp_path, LAYOUT)
+    category = load_mvtec_category(tmp_path, "cat")
+    first = select_known_anomalies(category, 5, seed=3)
+    np.random.seed(123)  # the global RNG must not matter
+    assert select_known_anomalies(category, 5, seed=3) == first
+    assert any(select_known_anomalies(category, 5, seed=s) != first for s in range(4, 8))
+
+
+def test_type_with_fewer_images_than_its_share(tmp_path: Path) -> None:
+    write_category(tmp_path, {"train": 1, "good": 1, "rare": 1, "common": 9})
+    known = select_known_anomalies(load_mvtec_category(tmp_path, "cat"), 8, seed=0)
+    assert Counter(s.defect_type for s in known) == {"rare": 1, "common": 7}
+
+
+def _empty_train_folder(root: Path) -> None:
+    write_category(root, {"good": 1, "crack": 1})
+    (root / "cat" / "train" / "good").mkdir(parents=True)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda root: None, "category folder not found"),
+        (lambda root: (root / "cat" / "test").mkdir(parents=True), "no training images"),
+        (lambda root: write_category(root, {"train": 2, "good": 1, "crack": 1}, masks=False), "has no mask"),
+        (_empty_train_folder, "no images in"),
+    ],
+)
+def test_layout_errors_name_the_problem(tmp_path: Path, setup, message: str) -> None:
+    setup(tmp_path)
+    with pytest.raises(BGADError, match=message):
+        load_mvtec_category(tmp_path, "cat")
+
+
+def test_missing_data_root() -> None:
+    with pytest.raises(BGADError, match="data root not found: /nonexistent"):
+        load_mvtec_category("/nonexistent", "cat")
+
+
+def test_more_anomalies_than_available(tmp_path: Path) -> None:
+    write_category(tmp_path, {"train": 1, "good": 1, "crack": 2})
+    with pytest.raises(BGADError, match="3 known anomalies requested but category cat has only 2"):
+        select_known_anomalies(load_mvtec_category(tmp_path, "cat"), 3, seed=0)
+
+
+def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(BGADError, match=r"cannot read image .*broken\.png"):
+        read_image(bad)
+    with pytest.raises(BGADError, match="image not found"):
+        read_mask(tmp_path / "missing.png")
+
+
+def test_grayscale_and_16_bit_images_become_rgb(tmp_path: Path) -> None:
+    Image.fromarray(np.full((5, 7), 200, np.uint8)).save(tmp_path / "g.png")
+    Image.fromarray(np.full((5, 7), 40000, np.uint16)).save(tmp_path / "g16.png")
+    for name, value in [("g.png", 200), ("g16.png", 40000 >> 8)]:
+        image = read_image(tmp_path / name)
+        assert image.mode == "RGB"
+        assert image.size == (7, 5)
+        assert np.asarray(image)[0, 0].tolist() == [value] * 3
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "bottle").is_dir(), reason="MVTec AD bottle not present in ../shared")
+def test_real_bottle_category() -> None:
+    category = load_mvtec_category(SHARED_DATA, "bottle")
+    assert len(category.train) == 209
+    assert len(category.test) == 83
+    known = select_known_anomalies(category, 10, seed=0)
+    # 3 defect types: 3 per type plus 1 extra
+    assert sorted(Counter(s.defect_type for s in known).values()) in ([3, 3, 4], [3, 4, 3])
+    assert len(evaluation_samples(category, known)) == 73

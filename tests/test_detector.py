@@ -1,0 +1,111 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bgad import BGAD, BGADError, NotFittedError
+from bgad.config import BGADConfig
+from bgad.data import load_mvtec_category, select_known_anomalies
+from bgad.runs import MODEL_JSON, MODEL_WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_dataset: Path, tiny_config: BGADConfig) -> tuple[BGAD, list[Path]]:
+    category = load_mvtec_category(tiny_dataset, "part")
+    known = select_known_anomalies(category, 3, seed=0)
+    detector = BGAD(tiny_config).fit(
+        [s.path for s in category.train], [s.path for s in known], [s.mask_path for s in known], progress=False
+    )
+    return detector, [s.path for s in category.test]
+
+
+def test_unfitted_detector_raises() -> None:
+    with pytest.raises(NotFittedError, match="not fitted"):
+        BGAD().anomaly_maps([np.zeros((8, 8, 3), np.uint8)])
+
+
+def test_fit_returns_self_with_history(fitted: tuple[BGAD, list[Path]], tiny_config: BGADConfig) -> None:
+    detector, _ = fitted
+    assert len(detector.history_) == tiny_config.train.meta_epochs
+    assert detector.history_[0]["phase"] == "normal-only"
+    assert detector.history_[-1]["phase"] == "bg-spp"
+    assert all(b is not None for b in detector.history_[-1]["b_n"])
+    assert detector.train_seconds_ > 0
+
+
+def test_scores_do_not_depend_on_the_batch(fitted: tuple[BGAD, list[Path]]) -> None:
+    detector, images = fitted
+    alone = detector.anomaly_maps(images[:1])
+    together = detector.anomaly_maps(images[:5], batch_size=5)
+    assert alone.shape == (1, 64, 64)
+    torch.testing.assert_close(alone[0], together[0], rtol=1e-4, atol=1e-5)
+
+
+def test_training_normals_score_below_the_calibration_constant(fitted: tuple[BGAD, list[Path]]) -> None:
+    detector, _ = fitted
+    model = detector.model_
+    # normal_max is the max of the training normals' normality map, so their anomaly maps are >= 0 ... and some are 0
+    assert float(model.normal_max) > 0
+    assert torch.isfinite(model.level_max).all()
+
+
+def test_save_load_round_trip(fitted: tuple[BGAD, list[Path]], tmp_path: Path) -> None:
+    detector, images = fitted
+    detector.save(tmp_path)
+    loaded = BGAD.load(tmp_path)
+    torch.testing.assert_close(loaded.anomaly_maps(images[:3]), detector.anomaly_maps(images[:3]), rtol=0, atol=0)
+    assert loaded.config == detector.config
+
+
+def test_same_seed_same_model(tiny_dataset: Path, tiny_config: BGADConfig) -> None:
+    category = load_mvtec_category(tiny_dataset, "part")
+    known = select_known_anomalies(category, 3, seed=0)
+    states = []
+    for _ in range(2):
+        detector = BGAD(tiny_config).fit(
+            [s.path for s in category.train[:6]], [s.path for s in known], [s.mask_path for s in known], progress=False
+        )
+        states.append(detector.model_.state_dict())
+    for key in states[0]:
+        torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda d: (d / MODEL_WEIGHTS).write_bytes((d / MODEL_WEIGHTS).read_bytes()[:999]),
+            "cannot read model weights",
+        ),
+        (lambda d: (d / MODEL_WEIGHTS).unlink(), "model.safetensors is missing"),
+        (lambda d: (d / MODEL_JSON).write_text("{not json"), "not valid JSON"),
+        (lambda d: (d / MODEL_JSON).write_text('{"format": "other"}'), "not a bgad model description"),
+        (
+            lambda d: (d / MODEL_JSON).write_text(
+                json.dumps({**json.loads((d / MODEL_JSON).read_text()), "format_version": 99})
+            ),
+            "model format version 99",
+        ),
+        (
+            lambda d: (d / MODEL_JSON).write_text(
+                (d / MODEL_JSON).read_text().replace('"n_coupling_blocks": 2', '"n_coupling_blocks": 3')
+            ),
+            "do not match",
+        ),
+    ],
+)
+def test_damaged_model_files_fail_clearly(fitted: tuple[BGAD, list[Path]], tmp_path: Path, damage, message) -> None:
+    detector, _ = fitted
+    detector.save(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(BGADError, match=message):
+        BGAD.load(tmp_path)
+
+
+def test_fit_argument_errors(tiny_config: BGADConfig) -> None:
+    with pytest.raises(BGADError, match="at least one normal image"):
+        BGAD(tiny_config).fit([])
+    with pytest.raises(BGADError, match="1 anomaly images but 0 masks"):
+        BGAD(tiny_config).fit([np.zeros((64, 64, 3), np.uint8)], [np.zeros((64, 64, 3), np.uint8)], [])
