@@ -1,9 +1,12 @@
+import csv
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from bgad.cli import main
 from bgad.config import BGADConfig
@@ -100,3 +103,48 @@ def test_existing_output_needs_overwrite(run: Path, tiny_dataset: Path, capsys: 
 def test_test_command_on_a_folder_that_is_no_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["test", "--run", str(tmp_path)]) == 2
     _one_line_error(capsys, "not a bgad run")
+
+
+def test_predict_writes_scores_heatmaps_and_masks(
+    run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    shutil.copy(tiny_dataset / "part" / "test" / "crack" / "000.png", folder / "a.png")
+    Image.fromarray(np.zeros((40, 70), np.uint8)).save(folder / "gray_odd_size.bmp")
+    (folder / "nested").mkdir()
+    shutil.copy(tiny_dataset / "part" / "test" / "good" / "000.png", folder / "nested" / "a.png")  # same stem
+    out = tmp_path / "out"
+    assert main(["predict", "--run", str(run), "--output", str(out), str(folder), "--quiet"]) == 0
+    with open(out / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3
+    assert {r["is_anomalous"] for r in rows} <= {"0", "1"}
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["a.png", "a_2.png", "gray_odd_size.png"]
+    with Image.open(out / "masks" / "gray_odd_size_mask.png") as mask:
+        assert mask.size == (70, 40)
+    with Image.open(out / "heatmaps" / "gray_odd_size.png") as heatmap:
+        assert heatmap.size == (70, 40)
+
+
+def test_predict_reports_bad_inputs_and_finishes_the_rest(
+    run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tiny_dataset / "part" / "test" / "good" / "001.png"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"nope")
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tiny)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    args = ["predict", "--run", str(run), "--output", str(out), str(good), str(broken), str(tiny), str(empty)]
+    assert main([*args, str(tmp_path / "missing.png"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read image" in err
+    assert "smaller than the network's stride" in err
+    assert "no images in folder" in err
+    assert "not found" in err
+    assert "Traceback" not in err
+    with open(out / "scores.csv") as handle:
+        assert [r["path"] for r in csv.DictReader(handle)] == [str(good)]

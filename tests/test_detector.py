@@ -109,3 +109,42 @@ def test_fit_argument_errors(tiny_config: BGADConfig) -> None:
         BGAD(tiny_config).fit([])
     with pytest.raises(BGADError, match="1 anomaly images but 0 masks"):
         BGAD(tiny_config).fit([np.zeros((64, 64, 3), np.uint8)], [np.zeros((64, 64, 3), np.uint8)], [])
+
+
+def test_image_threshold_passes_the_training_normals(fitted: tuple[BGAD, list[Path]], tiny_dataset: Path) -> None:
+    detector, _ = fitted
+    train = [s.path for s in load_mvtec_category(tiny_dataset, "part").train]
+    scores = detector.anomaly_maps(train).flatten(1).amax(dim=1)
+    # 0.99-quantile of the training normals, possibly moved up towards the known anomalies: at most 1 of 12 above.
+    assert int((scores > detector.thresholds_.image).sum()) <= 1
+    assert detector.thresholds_.pixel > 0
+
+
+def test_predict_returns_maps_at_the_original_resolution(fitted: tuple[BGAD, list[Path]]) -> None:
+    detector, _ = fitted
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (50, 90, 3), dtype=np.uint8)
+    result = detector.predict(image)
+    assert result.anomaly_map.shape == (50, 90)
+    assert result.mask.shape == (50, 90)
+    assert result.mask.dtype == bool
+    np.testing.assert_array_equal(result.mask, result.anomaly_map > detector.thresholds_.pixel)
+    assert result.is_anomalous == (result.score > detector.thresholds_.image)
+    gray = detector.predict(image[..., 0])
+    assert gray.anomaly_map.shape == (50, 90)
+
+
+def test_predict_batch_matches_predict(fitted: tuple[BGAD, list[Path]]) -> None:
+    detector, images = fitted
+    batch = detector.predict_batch(images[:3], batch_size=2)
+    single = detector.predict(images[2])
+    assert batch[2].score == pytest.approx(single.score, rel=1e-5)
+    assert batch[2].anomaly_map.shape == single.anomaly_map.shape
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(fitted: tuple[BGAD, list[Path]]) -> None:
+    detector, _ = fitted
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(BGADError, match="no CUDA GPU"):
+        detector.to("cuda")

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from .backbones import create_backbone, list_backbones
 from .config import BGADConfig, LossConfig, ModelConfig, TrainConfig, load_config
-from .detector import BGAD, NotFittedError
+from .detector import BGAD, NotFittedError, Prediction
 from .errors import BGADError
 from .model import BGADModel
 
@@ -16,6 +16,7 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "NotFittedError",
+    "Prediction",
     "TrainConfig",
     "__version__",
     "create_backbone",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import sys
@@ -11,6 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
 from . import __version__
 from .config import PRESETS, BGADConfig, load_config
 from .data import Category, evaluation_samples, load_mvtec_category, select_known_anomalies
@@ -18,6 +23,11 @@ from .demo_data import make_demo_dataset
 from .detector import BGAD
 from .errors import BGADError
 from .evaluation import evaluate
+from .images import IMAGE_SUFFIXES, read_image
+from .visualize import heatmap_overlay
+
+# The coarsest feature level has stride 16: a smaller image has no cell of its own there.
+MIN_IMAGE_SIDE = 16
 
 RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
@@ -116,6 +126,81 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def _collect_images(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """Image files named directly or found (recursively) in folders, plus one problem line per bad path."""
+    images, problems = [], []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images += found
+            if not found:
+                problems.append(f"no images in folder {path}")
+        elif path.is_file():
+            images.append(path)
+        else:
+            problems.append(f"not found: {path}")
+    return images, problems
+
+
+def _output_names(images: Sequence[Path]) -> list[str]:
+    """File stems made unique (``name``, ``name_2``, ...) so that outputs from different folders never collide."""
+    seen: dict[str, int] = {}
+    names = []
+    for image in images:
+        seen[image.stem] = seen.get(image.stem, 0) + 1
+        names.append(image.stem if seen[image.stem] == 1 else f"{image.stem}_{seen[image.stem]}")
+    return names
+
+
+def _read_for_prediction(path: Path) -> Image.Image:
+    picture = read_image(path)
+    if min(picture.size) < MIN_IMAGE_SIDE:
+        raise BGADError(f"image {path} is {picture.width}x{picture.height}, smaller than the network's stride")
+    return picture
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    detector = BGAD.load(args.run).to(args.device)
+    images, problems = _collect_images(args.paths)
+    for problem in problems:
+        print(f"bgad: error: {problem}", file=sys.stderr)
+    if not images:
+        print("bgad: error: no images to predict on", file=sys.stderr)
+        return 2
+    heatmaps, masks = args.output / "heatmaps", args.output / "masks"
+    heatmaps.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(exist_ok=True)
+    vmax = 2 * detector.thresholds_.pixel
+    rows = []
+    names = dict(zip(images, _output_names(images), strict=True))
+    with tqdm(total=len(images), desc="predicting", unit="img", disable=args.quiet) as bar:
+        for start in range(0, len(images), args.batch_size):
+            readable = {}
+            for image in images[start : start + args.batch_size]:
+                try:
+                    readable[image] = _read_for_prediction(image)
+                except BGADError as err:
+                    problems.append(str(err))
+                    print(f"bgad: error: {err}", file=sys.stderr)
+            predictions = detector.predict_batch(list(readable.values()), batch_size=args.batch_size)
+            for (image, picture), prediction in zip(readable.items(), predictions, strict=True):
+                overlay = heatmap_overlay(np.asarray(picture), prediction.anomaly_map, vmax=vmax)
+                Image.fromarray(overlay).save(heatmaps / f"{names[image]}.png")
+                Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(masks / f"{names[image]}_mask.png")
+                rows.append((str(image), f"{prediction.score:.6g}", int(prediction.is_anomalous)))
+            bar.update(min(args.batch_size, len(images) - start))
+    with open(args.output / "scores.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "score", "is_anomalous"])
+        writer.writerows(rows)
+    flagged = sum(row[2] for row in rows)
+    print(f"{len(rows)} images scored, {flagged} flagged anomalous; results in {args.output}", file=sys.stderr)
+    if problems:
+        print(f"bgad: {len(problems)} input(s) could not be processed (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     data_root = args.output / "data"
     print(f"writing a synthetic dataset to {data_root}", file=sys.stderr)
@@ -155,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--run", type=Path, required=True)
     test.add_argument("--data-root", type=Path, help="default: the data root the run was trained on")
     test.add_argument("--category", help="default: the category the run was trained on")
+
+    predict = command("predict", _cmd_predict, "score new images: scores.csv, heatmaps and masks at original size")
+    predict.add_argument("--run", type=Path, required=True)
+    predict.add_argument("--output", type=Path, required=True, help="folder for scores.csv, heatmaps/ and masks/")
+    predict.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    predict.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
 
     demo = command("demo", _cmd_demo, "generate a small synthetic dataset, then fit and test on it")
     demo.add_argument("--output", type=Path, required=True)

@@ -56,10 +56,20 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ThresholdConfig:
+    """How the image and pixel decision thresholds are set after training (never from the test set)."""
+
+    image_quantile: float = 0.99  # quantile of the training normals' image scores
+    pixel_quantile: float = 0.999  # quantile of the training normals' pixel scores
+    refine_with_anomalies: bool = True  # move the thresholds towards the known anomalies' scores
+
+
+@dataclass(frozen=True)
 class BGADConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -107,6 +117,8 @@ class BGADConfig:
             ("train.num_anomalies", self.train.num_anomalies, self.train.num_anomalies >= 0),
             ("train.anomaly_repeats", self.train.anomaly_repeats, self.train.anomaly_repeats >= 1),
             ("train.extract_batch_size", self.train.extract_batch_size, self.train.extract_batch_size >= 1),
+            ("threshold.image_quantile", self.threshold.image_quantile, 0 <= self.threshold.image_quantile <= 1),
+            ("threshold.pixel_quantile", self.threshold.pixel_quantile, 0 <= self.threshold.pixel_quantile <= 1),
         ]
         for name, value, ok in checks:
             if not ok:

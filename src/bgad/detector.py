@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,11 @@ from .encoding import GridEncoding
 from .errors import BGADError
 from .features import extract_features, image_batches
 from .flow import ConditionalFlow
-from .images import ImageSource, read_mask
+from .images import ImageSource, image_to_tensor, mask_to_tensor, read_image, read_mask
 from .model import BGADModel
 from .runs import load_model, save_model
-from .scoring import calibrate
+from .scoring import anomaly_map, calibrate, image_scores, resize_maps
+from .thresholds import fit_thresholds
 from .training import LevelData, level_data, train_flows, vector_labels
 
 MaskSource = str | Path | np.ndarray
@@ -30,6 +32,16 @@ MaskSource = str | Path | np.ndarray
 
 class NotFittedError(BGADError, AttributeError):
     """The detector was used before ``fit`` or ``load``."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one image; maps and masks are at the image's original resolution."""
+
+    score: float  # maximum of the anomaly map at the model's input size; higher = more anomalous
+    anomaly_map: np.ndarray  # (H, W) float32
+    mask: np.ndarray  # (H, W) bool: anomaly_map above the pixel threshold
+    is_anomalous: bool  # score above the image threshold
 
 
 class BGAD:
@@ -59,7 +71,8 @@ class BGAD:
     ) -> BGAD:
         """Train on normal images and (optionally) a few anomalies with their pixel masks.
 
-        Sets ``model_`` (a :class:`BGADModel`), ``history_`` (one record per meta-epoch) and ``train_seconds_``.
+        Sets ``model_`` (a :class:`BGADModel`), ``thresholds_`` (image and pixel decision thresholds, see
+        :mod:`bgad.thresholds`), ``history_`` (one record per meta-epoch) and ``train_seconds_``.
         """
         config = self._config
         config.validate()
@@ -99,13 +112,24 @@ class BGAD:
             log_path=Path(log_path) if log_path is not None else None,
             progress=progress,
         )
-        normal_log_probs = [
-            _normal_log_probs(flow, condition, level, shape)
-            for flow, condition, level, shape in zip(
-                model.flows, model.conditions(), levels, model.feature_shapes, strict=True
-            )
-        ]
+        conditions = model.conditions()
+
+        def level_maps(rows: slice) -> list[Tensor]:
+            return [
+                _cached_log_probs(flow, condition, level, shape, rows)
+                for flow, condition, level, shape in zip(
+                    model.flows, conditions, levels, model.feature_shapes, strict=True
+                )
+            ]
+
+        n = len(normal_images)
+        normal_log_probs = level_maps(slice(0, n))
         model.level_max, model.normal_max = calibrate(normal_log_probs, (size, size))
+        with torch.inference_mode():
+            normal_maps = anomaly_map(normal_log_probs, model.level_max, model.normal_max, (size, size))
+            known_maps = anomaly_map(level_maps(slice(n, None)), model.level_max, model.normal_max, (size, size))
+        known_masks = torch.stack([mask_to_tensor(m.numpy(), size) for m in masks]) if masks else None
+        self.thresholds_ = fit_thresholds(normal_maps, known_maps if masks else None, known_masks, config.threshold)
         self.model_ = model
         self.train_seconds_ = time.perf_counter() - start
         return self
@@ -115,33 +139,74 @@ class BGAD:
             raise NotFittedError("this BGAD detector is not fitted yet: call fit() or BGAD.load() first")
         return self.model_
 
+    def to(self, device: str | torch.device) -> BGAD:
+        """Move the fitted model to ``device`` (``"cpu"``, ``"cuda"``); images follow it automatically."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise BGADError("device cuda was requested but no CUDA GPU is available to torch")
+        self._check_is_fitted().to(device)
+        return self
+
     @torch.inference_mode()
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
-        """Anomaly maps (N, S, S) at the model's input size; higher = more anomalous."""
+        """Anomaly maps (N, S, S) at the model's input size, on the CPU; higher = more anomalous."""
         model = self._check_is_fitted()
-        size = self._config.model.image_size
-        return torch.cat([model(batch) for batch in image_batches(images, image_size=size, batch_size=batch_size)])
+        device = model.level_max.device
+        batches = image_batches(images, image_size=model.config.image_size, batch_size=batch_size)
+        return torch.cat([model(batch.to(device)).cpu() for batch in batches])
+
+    def predict(self, image: ImageSource) -> Prediction:
+        """Score one image: its score, anomaly map and defect mask at the image's own resolution."""
+        return self.predict_batch([image])[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> list[Prediction]:
+        """:meth:`predict` for many images, ``batch_size`` at a time."""
+        model = self._check_is_fitted()
+        size, device = model.config.image_size, model.level_max.device
+        predictions = []
+        for start in range(0, len(images), batch_size):
+            pictures = [read_image(image) for image in images[start : start + batch_size]]
+            batch = torch.stack([image_to_tensor(picture, size) for picture in pictures]).to(device)
+            maps = model(batch).cpu()
+            for picture, scaled, score in zip(pictures, maps, image_scores(maps), strict=True):
+                full = resize_maps(scaled[None], (picture.height, picture.width))[0].numpy()
+                predictions.append(
+                    Prediction(
+                        score=float(score),
+                        anomaly_map=full,
+                        mask=full > self.thresholds_.pixel,
+                        is_anomalous=float(score) > self.thresholds_.image,
+                    )
+                )
+        return predictions
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` and ``model.json`` into ``directory`` (no pickle)."""
-        save_model(self._check_is_fitted(), self._config, Path(directory))
+        save_model(self._check_is_fitted(), self._config, self.thresholds_, Path(directory))
 
     @classmethod
     def load(cls, directory: str | Path) -> BGAD:
         """Load a detector saved with :meth:`save`."""
-        model, config = load_model(Path(directory))
+        model, config, thresholds = load_model(Path(directory))
         detector = cls(config)
         detector.model_ = model
+        detector.thresholds_ = thresholds
         return detector
 
 
 @torch.inference_mode()
-def _normal_log_probs(
-    flow: ConditionalFlow, condition: GridEncoding, level: LevelData, shape: tuple[int, int]
+def _cached_log_probs(
+    flow: ConditionalFlow, condition: GridEncoding, level: LevelData, shape: tuple[int, int], images: slice
 ) -> Tensor:
-    """Log-likelihood maps (N, h, w) of the normal training images of one level, from the cached vectors."""
-    rows = torch.arange(level.n_normal).split(65536)
-    log_prob = torch.cat([flow.log_prob(level.vectors[r], condition, level.positions[r]) for r in rows])
+    """Log-likelihood maps (n, h, w) of a range of training images of one level, from the cached vectors."""
+    cells = shape[0] * shape[1]
+    start = (images.start or 0) * cells
+    stop = len(level.vectors) if images.stop is None else images.stop * cells
+    rows = torch.arange(start, stop).split(65536)
+    log_prob = torch.cat(
+        [flow.log_prob(level.vectors[r], condition, level.positions[r]) for r in rows] or [torch.empty(0)]
+    )
     return log_prob.view(-1, *shape)
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import BGADConfig
 from .errors import BGADError
+from .thresholds import Thresholds
 
 if TYPE_CHECKING:
     from .model import BGADModel
@@ -29,8 +30,8 @@ def _trained_state(model: BGADModel) -> dict:
     return {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("extractor.")}
 
 
-def save_model(model: BGADModel, config: BGADConfig, directory: Path) -> None:
-    """Write the flows, the calibration constants and the configuration into ``directory``."""
+def save_model(model: BGADModel, config: BGADConfig, thresholds: Thresholds, directory: Path) -> None:
+    """Write the flows, the calibration constants, the thresholds and the configuration into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file(_trained_state(model), directory / MODEL_WEIGHTS, metadata={"format": FORMAT})
     description = {
@@ -38,13 +39,16 @@ def save_model(model: BGADModel, config: BGADConfig, directory: Path) -> None:
         "format_version": FORMAT_VERSION,
         "bgad_version": __version__,
         "config": config.to_dict(),
+        "thresholds": thresholds._asdict(),
+        # For reading only; the model uses the values stored in model.safetensors.
+        "score_calibration": {"level_max": model.level_max.tolist(), "normal_max": float(model.normal_max)},
         "channels": model.channels,
         "feature_shapes": [list(s) for s in model.feature_shapes],
     }
     (directory / MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")
 
 
-def load_model(directory: Path) -> tuple[BGADModel, BGADConfig]:
+def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds]:
     """Load what :func:`save_model` wrote; any missing, foreign, truncated or tampered file is a BGADError."""
     from .model import BGADModel
 
@@ -63,7 +67,11 @@ def load_model(directory: Path) -> tuple[BGADModel, BGADConfig]:
             f"{json_path} has model format version {description.get('format_version')!r}; "
             f"this bgad {__version__} reads version {FORMAT_VERSION}"
         )
-    config = BGADConfig.from_dict(description["config"])
+    try:
+        config = BGADConfig.from_dict(description["config"])
+        thresholds = Thresholds(**{k: float(v) for k, v in description["thresholds"].items()})
+    except (KeyError, TypeError, ValueError) as err:
+        raise BGADError(f"{json_path} is damaged: {err}") from None
     try:
         state = load_file(weights_path)
     except (SafetensorError, OSError) as err:
@@ -74,4 +82,4 @@ def load_model(directory: Path) -> tuple[BGADModel, BGADConfig]:
         raise BGADError(f"model weights {weights_path} do not match {json_path} (different or damaged model)")
     model.load_state_dict(state, strict=False)
     model.eval()
-    return model, config
+    return model, config, thresholds

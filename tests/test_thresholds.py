@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+import torch
+
+from bgad.config import ThresholdConfig
+from bgad.thresholds import fit_thresholds
+
+
+def _maps(peaks: list[float], size: int = 8) -> torch.Tensor:
+    maps = torch.zeros(len(peaks), size, size)
+    for i, peak in enumerate(peaks):
+        maps[i, 2, 3] = peak
+    return maps
+
+
+def test_normals_only_use_the_quantiles() -> None:
+    normal = _maps([float(i) for i in range(1, 101)])
+    thresholds = fit_thresholds(normal, None, None, ThresholdConfig(image_quantile=0.9, pixel_quantile=0.5))
+    assert thresholds.image == pytest.approx(np.quantile(np.arange(1, 101), 0.9))
+    assert thresholds.pixel == 0.0  # more than half of all pixels are 0
+
+
+def test_known_anomalies_move_the_image_threshold_to_the_midpoint() -> None:
+    normal = _maps([1.0, 2.0, 3.0])
+    anomalies = _maps([7.0, 9.0])
+    masks = torch.zeros_like(anomalies, dtype=torch.bool)
+    masks[:, 2, 3] = True
+    config = ThresholdConfig(image_quantile=1.0, pixel_quantile=1.0)
+    thresholds = fit_thresholds(normal, anomalies, masks, config)
+    assert thresholds.image == pytest.approx((3.0 + 7.0) / 2)
+    # the F1-optimal pixel threshold on the anomalies is their lowest defect value, 7, above the normals' max 3
+    assert thresholds.pixel == pytest.approx(7.0)
+    plain = fit_thresholds(normal, anomalies, masks, ThresholdConfig(1.0, 1.0, refine_with_anomalies=False))
+    assert plain.image == pytest.approx(3.0)
+    assert plain.pixel == pytest.approx(3.0)
+
+
+def test_anomalies_scoring_below_normals_leave_the_image_threshold() -> None:
+    normal = _maps([1.0, 5.0])
+    anomalies = _maps([2.0])
+    masks = torch.zeros_like(anomalies, dtype=torch.bool)
+    masks[0, 2, 3] = True
+    thresholds = fit_thresholds(normal, anomalies, masks, ThresholdConfig(image_quantile=1.0, pixel_quantile=1.0))
+    assert thresholds.image == pytest.approx(5.0)
+    assert thresholds.pixel == pytest.approx(5.0)  # the normals' quantile wins over the lower F1 threshold
