@@ -16,16 +16,14 @@ import torch
 from torch import Tensor
 
 from .config import BGADConfig
-from .encoding import GridEncoding
 from .errors import BGADError
 from .features import extract_features, image_batches
-from .flow import ConditionalFlow
 from .images import ImageSource, image_to_tensor, mask_to_tensor, read_image, read_mask
 from .model import BGADModel
 from .runs import load_model, save_model
 from .scoring import anomaly_map, calibrate, image_scores, resize_maps
-from .thresholds import fit_thresholds
-from .training import LevelData, level_data, train_flows, vector_labels
+from .thresholds import Thresholds, fit_thresholds
+from .training import LevelData, cached_log_prob_maps, level_data, train_flows, vector_labels
 
 MaskSource = str | Path | np.ndarray
 
@@ -84,25 +82,7 @@ class BGAD:
         start = time.perf_counter()
         torch.manual_seed(config.train.seed)
         model = BGADModel(config.model, seed=config.train.seed)
-        size = config.model.image_size
-        features = extract_features(
-            model.extractor,
-            list(normal_images) + list(anomaly_images),
-            image_size=size,
-            batch_size=config.train.extract_batch_size,
-            progress=progress,
-        )
-        if config.model.standardize_features:
-            model.fit_standardization([f[: len(normal_images)] for f in features])
-        levels = [
-            level_data(
-                model.flow_inputs(level, feature),
-                vector_labels([None] * len(normal_images) + masks, model.feature_shapes[level]),
-                len(normal_images),
-            )
-            for level, feature in enumerate(features)
-        ]
-        del features
+        levels = _training_vectors(model, normal_images, anomaly_images, masks, config, progress)
         self.history_ = train_flows(
             model.flows,
             model.conditions(),
@@ -112,24 +92,7 @@ class BGAD:
             log_path=Path(log_path) if log_path is not None else None,
             progress=progress,
         )
-        conditions = model.conditions()
-
-        def level_maps(rows: slice) -> list[Tensor]:
-            return [
-                _cached_log_probs(flow, condition, level, shape, rows)
-                for flow, condition, level, shape in zip(
-                    model.flows, conditions, levels, model.feature_shapes, strict=True
-                )
-            ]
-
-        n = len(normal_images)
-        normal_log_probs = level_maps(slice(0, n))
-        model.level_max, model.normal_max = calibrate(normal_log_probs, (size, size))
-        with torch.inference_mode():
-            normal_maps = anomaly_map(normal_log_probs, model.level_max, model.normal_max, (size, size))
-            known_maps = anomaly_map(level_maps(slice(n, None)), model.level_max, model.normal_max, (size, size))
-        known_masks = torch.stack([mask_to_tensor(m.numpy(), size) for m in masks]) if masks else None
-        self.thresholds_ = fit_thresholds(normal_maps, known_maps if masks else None, known_masks, config.threshold)
+        self.thresholds_ = _calibrate(model, levels, len(normal_images), masks, config)
         self.model_ = model
         self.train_seconds_ = time.perf_counter() - start
         return self
@@ -195,19 +158,54 @@ class BGAD:
         return detector
 
 
-@torch.inference_mode()
-def _cached_log_probs(
-    flow: ConditionalFlow, condition: GridEncoding, level: LevelData, shape: tuple[int, int], images: slice
-) -> Tensor:
-    """Log-likelihood maps (n, h, w) of a range of training images of one level, from the cached vectors."""
-    cells = shape[0] * shape[1]
-    start = (images.start or 0) * cells
-    stop = len(level.vectors) if images.stop is None else images.stop * cells
-    rows = torch.arange(start, stop).split(65536)
-    log_prob = torch.cat(
-        [flow.log_prob(level.vectors[r], condition, level.positions[r]) for r in rows] or [torch.empty(0)]
+def _training_vectors(
+    model: BGADModel,
+    normal_images: Sequence[ImageSource],
+    anomaly_images: Sequence[ImageSource],
+    masks: list[Tensor],
+    config: BGADConfig,
+    progress: bool,
+) -> list[LevelData]:
+    """Extract every training image's features once; fit the standardization; label every vector."""
+    features = extract_features(
+        model.extractor,
+        list(normal_images) + list(anomaly_images),
+        image_size=config.model.image_size,
+        batch_size=config.train.extract_batch_size,
+        progress=progress,
     )
-    return log_prob.view(-1, *shape)
+    n = len(normal_images)
+    if config.model.standardize_features:
+        model.fit_standardization([f[:n] for f in features])
+    return [
+        level_data(model.flow_inputs(level, f), vector_labels([None] * n + masks, model.feature_shapes[level]), n)
+        for level, f in enumerate(features)
+    ]
+
+
+@torch.inference_mode()
+def _calibrate(
+    model: BGADModel, levels: list[LevelData], n_normal: int, masks: list[Tensor], config: BGADConfig
+) -> Thresholds:
+    """Set the score calibration on the training normals, then the decision thresholds (with the known anomalies)."""
+    size = (config.model.image_size, config.model.image_size)
+
+    def maps_of(images: slice) -> list[Tensor]:
+        return [
+            cached_log_prob_maps(flow, condition, level, shape, images)
+            for flow, condition, level, shape in zip(
+                model.flows, model.conditions(), levels, model.feature_shapes, strict=True
+            )
+        ]
+
+    normal_log_probs = maps_of(slice(0, n_normal))
+    model.level_max, model.normal_max = calibrate(normal_log_probs, size)
+    normal_maps = anomaly_map(normal_log_probs, model.level_max, model.normal_max, size)
+    if not masks:
+        return fit_thresholds(normal_maps, None, None, config.threshold)
+    known_maps = anomaly_map(maps_of(slice(n_normal, None)), model.level_max, model.normal_max, size)
+    known_masks = torch.stack([mask_to_tensor(m.numpy(), size[0]) for m in masks])
+    return fit_thresholds(normal_maps, known_maps, known_masks, config.threshold)
 
 
 def _mask_tensor(mask: MaskSource) -> Tensor:

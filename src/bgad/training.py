@@ -62,6 +62,18 @@ def level_data(vectors: Tensor, labels: Tensor, n_normal_images: int) -> LevelDa
     )
 
 
+@torch.inference_mode()
+def cached_log_prob_maps(
+    flow: ConditionalFlow, condition: GridEncoding, level: LevelData, shape: tuple[int, int], images: slice
+) -> Tensor:
+    """Log-likelihood maps (n, h, w) of a range of training images of one level, from its cached vectors."""
+    cells = shape[0] * shape[1]
+    stop = len(level.vectors) if images.stop is None else images.stop * cells
+    rows = torch.arange((images.start or 0) * cells, stop).split(65536)
+    log_probs = [flow.log_prob(level.vectors[r], condition, level.positions[r]) for r in rows]
+    return torch.cat(log_probs).view(-1, *shape) if log_probs else torch.empty(0, *shape)
+
+
 def learning_rate(config: TrainConfig, meta_epoch: int, step: int, steps_in_meta_epoch: int) -> float:
     """Cosine decay per meta-epoch, with a per-step linear warm-up over the first meta-epochs.
 

@@ -1,0 +1,130 @@
+"""ONNX export of a fitted detector, and inference with the exported file through onnxruntime.
+
+The exported graph takes ``images`` float32 (B, 3, S, S) RGB in [0, 1] and returns ``anomaly_maps`` (B, S, S)
+and ``scores`` (B,), the maximum of each map; the batch dimension is dynamic. Everything after the resize is
+inside the graph: ImageNet normalization, backbone, feature standardization, flows and the calibrated scoring
+(``level_max``, ``normal_max``). Resizing stays on the host (PIL Lanczos, :func:`bgad.features.image_batches`),
+because no ONNX resize reproduces PIL's Lanczos filter: both runtimes then see exactly the same pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .detector import BGAD
+from .errors import BGADError
+from .features import image_batches
+from .images import ImageSource
+from .model import BGADModel
+from .scoring import image_scores
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("anomaly_maps", "scores")
+_INSTALL_HINT = "ONNX export and inference need onnx, onnxscript and onnxruntime: pip install 'bgad[onnx]'"
+
+
+class _MapsAndScores(nn.Module):
+    """Wrap a :class:`BGADModel` so that the graph returns (anomaly maps, image scores)."""
+
+    def __init__(self, model: BGADModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        maps = self.model(images)
+        return maps, image_scores(maps)
+
+
+def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -> Path:
+    """Write the fitted ``detector`` to ``path`` as one self-contained ONNX file; return the path.
+
+    Inputs must be resized on the host as :func:`bgad.features.image_batches` does (``OnnxDetector`` does it).
+    ``opset`` is the ONNX opset version (None: the exporter's default). The file's metadata holds the bgad
+    version, the image size, the configuration and the decision thresholds (JSON).
+    """
+    model = detector._check_is_fitted()
+    try:
+        import onnx  # noqa: F401  (the exporter needs both)
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise BGADError(f"{_INSTALL_HINT} ({err})") from None
+    config = detector._config
+    size = config.model.image_size
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    try:  # eval mode changes nothing here (no dropout or batch norm in the flows) but is what export expects
+        program = torch.onnx.export(
+            _MapsAndScores(model).eval(),
+            (torch.full((2, 3, size, size), 0.5, device=model.level_max.device),),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=opset,
+            verbose=False,
+        )
+    finally:
+        model.train(was_training)
+    metadata = {
+        "bgad_version": __version__,
+        "image_size": str(size),
+        "config": json.dumps(config.to_dict()),
+        "input": f"RGB float32 (B, 3, {size}, {size}) in [0, 1], resized on the host with PIL Lanczos",
+    }
+    thresholds = getattr(detector, "thresholds_", None)
+    if thresholds is not None:  # decision thresholds on the anomaly maps / scores, for the runtime's user
+        metadata["thresholds"] = json.dumps(thresholds._asdict())
+    program.model.metadata_props.update(metadata)
+    program.save(path)  # weights inline (external data only beyond ONNX's 2 GB limit)
+    return path
+
+
+class OnnxDetector:
+    """Inference with a file written by :func:`export_onnx`, on onnxruntime's CPU provider (no torch model)."""
+
+    def __init__(self, session: Any, metadata: dict[str, str], image_size: int):
+        self._session = session
+        self.metadata = metadata
+        self._image_size = image_size
+
+    @classmethod
+    def load(cls, path: str | Path) -> OnnxDetector:
+        """Open an exported model; a missing, unreadable or foreign file is a :class:`BGADError`."""
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise BGADError(f"{_INSTALL_HINT} ({err})") from None
+        path = Path(path)
+        if not path.is_file():
+            raise BGADError(f"ONNX model not found: {path}")
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for bad files
+            raise BGADError(f"cannot load ONNX model {path}: {err}") from None
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        if inputs != [INPUT_NAME] or outputs[:1] != [OUTPUT_NAMES[0]] or not metadata.get("image_size", "").isdigit():
+            raise BGADError(f"{path} is not an ONNX model exported by bgad (inputs {inputs}, outputs {outputs})")
+        return cls(session, metadata, int(metadata["image_size"]))
+
+    @property
+    def image_size(self) -> int:
+        """The side S of the square model input (and of the anomaly maps)."""
+        return self._image_size
+
+    def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
+        """Anomaly maps (N, S, S) at the model's input size; higher = more anomalous (as ``BGAD.anomaly_maps``)."""
+        maps = []
+        for batch in image_batches(images, image_size=self.image_size, batch_size=batch_size):
+            (out,) = self._session.run([OUTPUT_NAMES[0]], {INPUT_NAME: batch.numpy()})
+            maps.append(torch.from_numpy(out))
+        return torch.cat(maps)
