@@ -30,7 +30,8 @@ def run(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPath
 def test_fit_writes_a_complete_run(run: Path) -> None:
     names = {p.name for p in run.iterdir()}
     expected = {"model.safetensors", "model.json", "run.json", "metrics.json", "train_log.jsonl", "known_anomalies.txt"}
-    assert names == expected
+    assert names == expected | {"report.html", "report_files"}
+    assert "Pixel AUROC" in (run / "report.html").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ["image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap"]:
         assert 0 <= metrics[key] <= 1

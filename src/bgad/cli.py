@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -22,8 +23,11 @@ from .data import Category, evaluation_samples, load_mvtec_category, select_know
 from .demo_data import make_demo_dataset
 from .detector import BGAD
 from .errors import BGADError
-from .evaluation import evaluate
+from .evaluation import Evaluation, evaluate
 from .images import IMAGE_SUFFIXES, read_image
+from .model import BGADModel
+from .report import write_report
+from .speed import inference_speed, training_speed
 from .visualize import heatmap_overlay
 
 # The coarsest feature level has stride 16: a smaller image has no cell of its own there.
@@ -53,6 +57,13 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _relative(sample_path: Path, category: Category) -> str:
     return sample_path.relative_to(category.root).as_posix()
+
+
+def _write_report(
+    evaluation: Evaluation, results: dict[str, Any], directory: Path, detector: BGAD, category: str
+) -> None:
+    title = f"bgad evaluation: {category}"
+    write_report(evaluation, results, directory, title=title, image_threshold=detector.thresholds_.image)
 
 
 def fit_run(
@@ -86,9 +97,11 @@ def fit_run(
             "known_anomalies": [_relative(s.path, category) for s in known],
         }
         _write_json(staging / RUN_JSON, run)
-        results = evaluate(detector, evaluation_samples(category, known), progress=progress).metrics()
+        evaluation = evaluate(detector, evaluation_samples(category, known), progress=progress)
+        results = evaluation.metrics()
         results.update(n_known_anomalies=len(known), train_seconds=round(detector.train_seconds_, 1))
         _write_json(staging / METRICS_JSON, results)
+        _write_report(evaluation, results, staging, detector, category.name)
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
         staging.rename(output)
@@ -107,8 +120,10 @@ def test_run(run: Path, data_root: Path | None, category_name: str | None, *, pr
     category = load_mvtec_category(data_root or Path(info["data_root"]), category_name or info["category"])
     used = set(info["known_anomalies"]) if category.name == info["category"] else set()
     samples = [s for s in category.test if _relative(s.path, category) not in used]
-    results = evaluate(detector, samples, progress=progress).metrics()
+    evaluation = evaluate(detector, samples, progress=progress)
+    results = evaluation.metrics()
     results["n_known_anomalies"] = len(info["known_anomalies"])
+    _write_report(evaluation, results, run, detector, category.name)
     return results
 
 
@@ -201,6 +216,29 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_speed(args: argparse.Namespace) -> int:
+    if args.run is not None:
+        detector = BGAD.load(args.run)
+        model, config = detector.model_, detector.config
+    else:
+        config = load_config(args.preset)
+        model = BGADModel(config.model)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BGADError("device cuda was requested but no CUDA GPU is available to torch")
+    model.to(args.device).eval()
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "backbone": config.model.backbone,
+        "image_size": config.model.image_size,
+    }
+    report["batch_1"] = inference_speed(model, batch_size=1)
+    report[f"batch_{args.batch_size}"] = inference_speed(model, batch_size=args.batch_size)
+    report.update(report["batch_1"])
+    report.update(training_speed(model, config.train, config.loss))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     data_root = args.output / "data"
     print(f"writing a synthetic dataset to {data_root}", file=sys.stderr)
@@ -247,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     predict.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
+
+    speed = command("speed", _cmd_speed, "measure backbone, end-to-end inference and training speed (JSON)")
+    speed.add_argument("--run", type=Path, help="a trained run (default: an untrained model of --preset)")
+    speed.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    speed.add_argument("--batch-size", type=int, default=8, help="the larger batch size measured besides 1")
+    speed.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
     demo = command("demo", _cmd_demo, "generate a small synthetic dataset, then fit and test on it")
     demo.add_argument("--output", type=Path, required=True)

@@ -46,7 +46,7 @@ h3{font-size:16px;margin:24px 0 8px}.lead{color:#52606d;margin:0 0 8px}.note{col
 table{border-collapse:collapse;margin:8px 0;font-variant-numeric:tabular-nums}
 th,td{padding:5px 14px;text-align:left;border-bottom:1px solid #e4e7eb}th{background:#f0f4f8;font-weight:600}
 .n{text-align:right}tr:nth-child(even) td{background:#fafbfc}td.d{color:#52606d;font-size:13px}
-.grid{display:flex;flex-wrap:wrap;gap:16px}
+.grid{display:flex;flex-wrap:wrap;gap:16px}.grid>.note{flex-basis:100%;margin:0}
 figure{margin:0;width:fit-content;border:1px solid #e4e7eb;border-radius:6px;padding:8px}
 figcaption{font-size:13px;color:#3e4c59;margin-top:4px;width:0;min-width:100%}img{display:block;max-width:100%}
 code{font-size:13px;background:#f0f4f8;padding:1px 4px;border-radius:3px}.bad{color:#b42318;font-weight:600}
