@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,24 +17,17 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import PRESETS, BGADConfig, load_config
-from .data import Category, evaluation_samples, load_mvtec_category, select_known_anomalies
 from .demo_data import make_demo_dataset
 from .detector import BGAD
 from .errors import BGADError
-from .evaluation import Evaluation, evaluate
+from .experiment import fit_run, test_run
 from .images import IMAGE_SUFFIXES, read_image
 from .model import BGADModel
-from .report import write_report
 from .speed import inference_speed, training_speed
 from .visualize import heatmap_overlay
 
 # The coarsest feature level has stride 16: a smaller image has no cell of its own there.
 MIN_IMAGE_SIDE = 16
-
-RUN_JSON = "run.json"
-METRICS_JSON = "metrics.json"
-TRAIN_LOG = "train_log.jsonl"
-KNOWN_ANOMALIES = "known_anomalies.txt"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,82 +40,6 @@ def _config_for(args: argparse.Namespace) -> BGADConfig:
     overrides = {"num_anomalies": args.num_anomalies, "seed": args.seed}
     train = {k: v for k, v in overrides.items() if v is not None}
     return BGADConfig.from_dict({"train": train}, base=config)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _relative(sample_path: Path, category: Category) -> str:
-    return sample_path.relative_to(category.root).as_posix()
-
-
-def _write_report(
-    evaluation: Evaluation, results: dict[str, Any], directory: Path, detector: BGAD, category: str
-) -> None:
-    title = f"bgad evaluation: {category}"
-    write_report(evaluation, results, directory, title=title, image_threshold=detector.thresholds_.image)
-
-
-def fit_run(
-    data_root: Path, category_name: str, output: Path, config: BGADConfig, *, overwrite: bool, progress: bool
-) -> dict[str, Any]:
-    """Train, save and evaluate one category into ``output``; return the metrics.
-
-    Everything is written into a temporary folder beside ``output`` that replaces it only at the end, so an
-    error or Ctrl-C leaves nothing half-written.
-    """
-    if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):
-        raise BGADError(f"output {output} already exists and is not empty (use --overwrite to replace it)")
-    category = load_mvtec_category(data_root, category_name)
-    known = select_known_anomalies(category, config.train.num_anomalies, seed=config.train.seed)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        (staging / KNOWN_ANOMALIES).write_text("".join(f"{_relative(s.path, category)}\n" for s in known))
-        detector = BGAD(config).fit(
-            [s.path for s in category.train],
-            [s.path for s in known],
-            [s.mask_path for s in known],
-            log_path=staging / TRAIN_LOG,
-            progress=progress,
-        )
-        detector.save(staging)
-        run = {
-            "bgad_version": __version__,
-            "data_root": str(data_root.resolve()),
-            "category": category.name,
-            "known_anomalies": [_relative(s.path, category) for s in known],
-        }
-        _write_json(staging / RUN_JSON, run)
-        evaluation = evaluate(detector, evaluation_samples(category, known), progress=progress)
-        results = evaluation.metrics()
-        results.update(n_known_anomalies=len(known), train_seconds=round(detector.train_seconds_, 1))
-        _write_json(staging / METRICS_JSON, results)
-        _write_report(evaluation, results, staging, detector, category.name)
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return results
-
-
-def test_run(run: Path, data_root: Path | None, category_name: str | None, *, progress: bool) -> dict[str, Any]:
-    """Re-evaluate a saved run on its category (or another), leaving out the known anomalies it trained on."""
-    run_json = run / RUN_JSON
-    if not run_json.is_file():
-        raise BGADError(f"not a bgad run: {run_json} is missing")
-    info = json.loads(run_json.read_text())
-    detector = BGAD.load(run)
-    category = load_mvtec_category(data_root or Path(info["data_root"]), category_name or info["category"])
-    used = set(info["known_anomalies"]) if category.name == info["category"] else set()
-    samples = [s for s in category.test if _relative(s.path, category) not in used]
-    evaluation = evaluate(detector, samples, progress=progress)
-    results = evaluation.metrics()
-    results["n_known_anomalies"] = len(info["known_anomalies"])
-    _write_report(evaluation, results, run, detector, category.name)
-    return results
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -231,10 +146,10 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         "backbone": config.model.backbone,
         "image_size": config.model.image_size,
     }
-    report["batch_1"] = inference_speed(model, batch_size=1)
-    report[f"batch_{args.batch_size}"] = inference_speed(model, batch_size=args.batch_size)
+    report["batch_1"] = inference_speed(model, batch_size=1, repeats=args.repeats)
+    report[f"batch_{args.batch_size}"] = inference_speed(model, batch_size=args.batch_size, repeats=args.repeats)
     report.update(report["batch_1"])
-    report.update(training_speed(model, config.train, config.loss))
+    report.update(training_speed(model, config.train, config.loss, steps=args.repeats))
     print(json.dumps(report, indent=2))
     return 0
 
@@ -291,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--preset", default="default", choices=sorted(PRESETS))
     speed.add_argument("--batch-size", type=int, default=8, help="the larger batch size measured besides 1")
     speed.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    speed.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
 
     demo = command("demo", _cmd_demo, "generate a small synthetic dataset, then fit and test on it")
     demo.add_argument("--output", type=Path, required=True)
