@@ -149,3 +149,18 @@ def test_predict_reports_bad_inputs_and_finishes_the_rest(
     assert "Traceback" not in err
     with open(out / "scores.csv") as handle:
         assert [r["path"] for r in csv.DictReader(handle)] == [str(good)]
+
+
+def test_export_then_predict_with_onnx_matches_torch(run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    images = [tiny_dataset / "part" / "test" / "crack" / "001.png", tiny_dataset / "part" / "test" / "good" / "002.png"]
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", "--run", str(run), "--output", str(onnx_file)]) == 0
+    outputs = {}
+    for engine, model in [("torch", run), ("onnx", onnx_file)]:
+        out = tmp_path / engine
+        assert main(["predict", "--run", str(model), "--engine", engine, "--output", str(out), *map(str, images)]) == 0
+        with open(out / "scores.csv") as handle:
+            outputs[engine] = list(csv.DictReader(handle))
+    for torch_row, onnx_row in zip(outputs["torch"], outputs["onnx"], strict=True):
+        assert float(onnx_row["score"]) == pytest.approx(float(torch_row["score"]), abs=2e-5)
+        assert onnx_row["is_anomalous"] == torch_row["is_anomalous"]

@@ -16,11 +16,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__
+from .benchmark import run_benchmark
 from .config import PRESETS, BGADConfig, load_config
 from .demo_data import make_demo_dataset
 from .detector import BGAD
 from .errors import BGADError
 from .experiment import fit_run, test_run
+from .export import OnnxDetector, export_onnx
 from .images import IMAGE_SUFFIXES, read_image
 from .model import BGADModel
 from .speed import inference_speed, training_speed
@@ -28,6 +30,7 @@ from .visualize import heatmap_overlay
 
 # The coarsest feature level has stride 16: a smaller image has no cell of its own there.
 MIN_IMAGE_SIDE = 16
+ONNX_FILE = "model.onnx"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,8 +92,16 @@ def _read_for_prediction(path: Path) -> Image.Image:
     return picture
 
 
+def _load_for_prediction(args: argparse.Namespace) -> BGAD | OnnxDetector:
+    if args.engine == "torch":
+        return BGAD.load(args.run).to(args.device)
+    if args.device != "cpu":
+        raise BGADError("the onnx engine runs on the CPU here; use --engine torch for --device cuda")
+    return OnnxDetector.load(args.run / ONNX_FILE if args.run.is_dir() else args.run)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
-    detector = BGAD.load(args.run).to(args.device)
+    detector = _load_for_prediction(args)
     images, problems = _collect_images(args.paths)
     for problem in problems:
         print(f"bgad: error: {problem}", file=sys.stderr)
@@ -131,6 +142,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    output = args.output or args.run / ONNX_FILE
+    export_onnx(BGAD.load(args.run), output)
+    print(f"exported {args.run} to {output}", file=sys.stderr)
+    return 0
+
+
 def _cmd_speed(args: argparse.Namespace) -> int:
     if args.run is not None:
         detector = BGAD.load(args.run)
@@ -151,6 +169,44 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     report.update(report["batch_1"])
     report.update(training_speed(model, config.train, config.loss, steps=args.repeats))
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list without empty items, got {text!r}")
+    if len(set(items)) != len(items):
+        raise argparse.ArgumentTypeError(f"an item is repeated in {text!r}")
+    return items
+
+
+def _seed_list(text: str) -> list[int]:
+    items = _comma_list(text)
+    if not all(item.isdigit() for item in items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
+    return [int(item) for item in items]
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    md = run_benchmark(
+        args.data_root,
+        args.output,
+        categories=args.categories,
+        preset=args.preset,
+        seeds=args.seeds,
+        jobs=args.jobs,
+        baseline=not args.no_baseline,
+        config_file=args.config,
+        progress=not args.quiet,
+    )
+    print(f"benchmark results: {md} and {md.with_name('results.csv')} (runs in {md.parent / 'runs'})")
     return 0
 
 
@@ -195,11 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--category", help="default: the category the run was trained on")
 
     predict = command("predict", _cmd_predict, "score new images: scores.csv, heatmaps and masks at original size")
-    predict.add_argument("--run", type=Path, required=True)
+    predict.add_argument("--run", type=Path, required=True, help="run folder (or, with --engine onnx, an .onnx file)")
+    predict.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="onnx: run RUN/model.onnx")
     predict.add_argument("--output", type=Path, required=True, help="folder for scores.csv, heatmaps/ and masks/")
     predict.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     predict.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
+
+    export = command("export", _cmd_export, "export a trained run for deployment (ONNX, with its thresholds)")
+    export.add_argument("--run", type=Path, required=True)
+    export.add_argument("--format", default="onnx", choices=["onnx"])
+    export.add_argument("--output", type=Path, help=f"default: RUN/{ONNX_FILE}")
 
     speed = command("speed", _cmd_speed, "measure backbone, end-to-end inference and training speed (JSON)")
     speed.add_argument("--run", type=Path, help="a trained run (default: an untrained model of --preset)")
@@ -207,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--batch-size", type=int, default=8, help="the larger batch size measured besides 1")
     speed.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     speed.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
+
+    bench = command("benchmark", _cmd_benchmark, "BGAD and a Gaussian baseline over categories x seeds: results.md/csv")
+    bench.add_argument("--data-root", type=Path, required=True, help="folder holding the category folders")
+    bench.add_argument("--output", type=Path, required=True, help="results folder (resumes the tasks done there)")
+    bench.add_argument("--categories", type=_comma_list, help="comma list (default: every folder with train/good)")
+    bench.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    bench.add_argument("--seeds", type=_seed_list, default=[0], help="comma list of seeds (default 0)")
+    bench.add_argument("--jobs", type=_positive_int, default=1, help="tasks run at once, each in its own process")
+    bench.add_argument("--no-baseline", action="store_true", help="skip the Gaussian baseline")
+    bench.add_argument("--config", type=Path, help="YAML file with model/loss/train options over the preset")
 
     demo = command("demo", _cmd_demo, "generate a small synthetic dataset, then fit and test on it")
     demo.add_argument("--output", type=Path, required=True)

@@ -7,7 +7,7 @@ It follows scikit-learn's contract: ``__init__`` only stores the configuration, 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,27 +122,13 @@ class BGAD:
         """Score one image: its score, anomaly map and defect mask at the image's own resolution."""
         return self.predict_batch([image])[0]
 
-    @torch.inference_mode()
     def predict_batch(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> list[Prediction]:
         """:meth:`predict` for many images, ``batch_size`` at a time."""
         model = self._check_is_fitted()
-        size, device = model.config.image_size, model.level_max.device
-        predictions = []
-        for start in range(0, len(images), batch_size):
-            pictures = [read_image(image) for image in images[start : start + batch_size]]
-            batch = torch.stack([image_to_tensor(picture, size) for picture in pictures]).to(device)
-            maps = model(batch).cpu()
-            for picture, scaled, score in zip(pictures, maps, image_scores(maps), strict=True):
-                full = resize_maps(scaled[None], (picture.height, picture.width))[0].numpy()
-                predictions.append(
-                    Prediction(
-                        score=float(score),
-                        anomaly_map=full,
-                        mask=full > self.thresholds_.pixel,
-                        is_anomalous=float(score) > self.thresholds_.image,
-                    )
-                )
-        return predictions
+        device = model.level_max.device
+        return predict_images(
+            lambda batch: model(batch.to(device)).cpu(), images, model.config.image_size, self.thresholds_, batch_size
+        )
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` and ``model.json`` into ``directory`` (no pickle)."""
@@ -156,6 +142,35 @@ class BGAD:
         detector.model_ = model
         detector.thresholds_ = thresholds
         return detector
+
+
+@torch.inference_mode()
+def predict_images(
+    anomaly_maps: Callable[[Tensor], Tensor],
+    images: Sequence[ImageSource],
+    image_size: int,
+    thresholds: Thresholds,
+    batch_size: int,
+) -> list[Prediction]:
+    """Predictions for ``images`` given a function from input batches (B, 3, S, S) to anomaly maps (B, S, S).
+
+    Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.export`).
+    """
+    predictions = []
+    for start in range(0, len(images), batch_size):
+        pictures = [read_image(image) for image in images[start : start + batch_size]]
+        maps = anomaly_maps(torch.stack([image_to_tensor(picture, image_size) for picture in pictures]))
+        for picture, scaled, score in zip(pictures, maps, image_scores(maps), strict=True):
+            full = resize_maps(scaled[None], (picture.height, picture.width))[0].numpy()
+            predictions.append(
+                Prediction(
+                    score=float(score),
+                    anomaly_map=full,
+                    mask=full > thresholds.pixel,
+                    is_anomalous=float(score) > thresholds.image,
+                )
+            )
+    return predictions
 
 
 def _training_vectors(

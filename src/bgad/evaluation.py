@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import metrics
 from .data import Sample
-from .detector import BGAD
-from .images import mask_to_tensor, read_mask
+from .images import ImageSource, mask_to_tensor, read_mask
 from .scoring import image_scores
+
+
+class AnomalyMapper(Protocol):
+    """Anything with BGAD's ``anomaly_maps``: a fitted :class:`bgad.BGAD` or a baseline of :mod:`bgad.baselines`."""
+
+    def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = ...) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,9 @@ class Evaluation:
         }
 
 
-def evaluate(detector: BGAD, samples: Sequence[Sample], *, batch_size: int = 4, progress: bool = True) -> Evaluation:
+def evaluate(
+    detector: AnomalyMapper, samples: Sequence[Sample], *, batch_size: int = 4, progress: bool = True
+) -> Evaluation:
     """Score ``samples`` with ``detector``; the result does not depend on which other images are scored."""
     maps = []
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluating", unit="batch", disable=not progress):

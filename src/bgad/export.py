@@ -18,12 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from .detector import BGAD
+from .detector import BGAD, Prediction, predict_images
 from .errors import BGADError
 from .features import image_batches
 from .images import ImageSource
 from .model import BGADModel
 from .scoring import image_scores
+from .thresholds import Thresholds
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("anomaly_maps", "scores")
@@ -73,15 +74,16 @@ def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -
         )
     finally:
         model.train(was_training)
+    produced = program.model.opset_imports.get("")
+    if opset is not None and produced != opset:  # the exporter falls back to its lowest opset with a warning
+        raise BGADError(f"torch's ONNX exporter cannot write opset {opset} (it wrote {produced}); ask for a newer one")
     metadata = {
         "bgad_version": __version__,
         "image_size": str(size),
         "config": json.dumps(config.to_dict()),
         "input": f"RGB float32 (B, 3, {size}, {size}) in [0, 1], resized on the host with PIL Lanczos",
     }
-    thresholds = getattr(detector, "thresholds_", None)
-    if thresholds is not None:  # decision thresholds on the anomaly maps / scores, for the runtime's user
-        metadata["thresholds"] = json.dumps(thresholds._asdict())
+    metadata["thresholds"] = json.dumps(detector.thresholds_._asdict())
     program.model.metadata_props.update(metadata)
     program.save(path)  # weights inline (external data only beyond ONNX's 2 GB limit)
     return path
@@ -90,10 +92,11 @@ def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -
 class OnnxDetector:
     """Inference with a file written by :func:`export_onnx`, on onnxruntime's CPU provider (no torch model)."""
 
-    def __init__(self, session: Any, metadata: dict[str, str], image_size: int):
+    def __init__(self, session: Any, metadata: dict[str, str], image_size: int, thresholds: Thresholds):
         self._session = session
         self.metadata = metadata
         self._image_size = image_size
+        self.thresholds_ = thresholds
 
     @classmethod
     def load(cls, path: str | Path) -> OnnxDetector:
@@ -114,17 +117,29 @@ class OnnxDetector:
         outputs = [o.name for o in session.get_outputs()]
         if inputs != [INPUT_NAME] or outputs[:1] != [OUTPUT_NAMES[0]] or not metadata.get("image_size", "").isdigit():
             raise BGADError(f"{path} is not an ONNX model exported by bgad (inputs {inputs}, outputs {outputs})")
-        return cls(session, metadata, int(metadata["image_size"]))
+        if "thresholds" not in metadata:
+            raise BGADError(f"{path} carries no decision thresholds (exported from an unfitted detector?)")
+        thresholds = Thresholds(**json.loads(metadata["thresholds"]))
+        return cls(session, metadata, int(metadata["image_size"]), thresholds)
 
     @property
     def image_size(self) -> int:
         """The side S of the square model input (and of the anomaly maps)."""
         return self._image_size
 
+    def _run(self, batch: Tensor) -> Tensor:
+        (maps,) = self._session.run([OUTPUT_NAMES[0]], {INPUT_NAME: batch.numpy()})
+        return torch.from_numpy(maps)
+
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
         """Anomaly maps (N, S, S) at the model's input size; higher = more anomalous (as ``BGAD.anomaly_maps``)."""
-        maps = []
-        for batch in image_batches(images, image_size=self.image_size, batch_size=batch_size):
-            (out,) = self._session.run([OUTPUT_NAMES[0]], {INPUT_NAME: batch.numpy()})
-            maps.append(torch.from_numpy(out))
-        return torch.cat(maps)
+        batches = image_batches(images, image_size=self.image_size, batch_size=batch_size)
+        return torch.cat([self._run(batch) for batch in batches])
+
+    def predict(self, image: ImageSource) -> Prediction:
+        """As :meth:`bgad.BGAD.predict`."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> list[Prediction]:
+        """As :meth:`bgad.BGAD.predict_batch`."""
+        return predict_images(self._run, images, self.image_size, self.thresholds_, batch_size)

@@ -1,0 +1,393 @@
+"""``bgad benchmark``: BGAD and a per-position Gaussian baseline over categories x seeds, with cost figures.
+
+Each (category, seed) task runs in its own child process, so the peak memory it reports is its own. A task
+trains, saves and evaluates BGAD into ``OUTPUT/runs/<category>/seed<seed>/`` (:func:`bgad.experiment.fit_run`),
+times its inference and, optionally, fits and evaluates :class:`bgad.baselines.GaussianBaseline` on the same
+category with the same known anomalies left out of the evaluation. Its result is written last, as
+``benchmark.json`` in the run folder; a task whose result exists is skipped on the next call (resume).
+``OUTPUT/results.csv`` and ``OUTPUT/results.md`` are rewritten from all results at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .baselines import GaussianBaseline
+from .config import BGADConfig, load_config
+from .data import GOOD, Category, Sample, evaluation_samples, load_mvtec_category, select_known_anomalies
+from .detector import BGAD
+from .errors import BGADError
+from .evaluation import evaluate
+from .experiment import RUN_JSON, fit_run
+from .speed import _median_seconds, inference_speed
+
+RESULT_JSON = "benchmark.json"
+METHODS = ("bgad", "gaussian")
+METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap")
+COSTS = ("train_seconds", "inference_ms", "peak_rss_mb")
+CSV_COLUMNS = ("category", "seed", "method", *METRICS, *COSTS)
+INFERENCE_REPEATS = 5
+# The only verified paper figure: the official code's comment on its MVTec AD command (see the md footnote).
+PAPER_MVTEC_MEAN = {"image_auroc": 0.994, "pixel_auroc": 0.993}
+MVTEC_CATEGORIES = (
+    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
+    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Task:
+    data_root: Path
+    category: str
+    seed: int
+    config: BGADConfig
+    run_dir: Path
+    baseline: bool
+    threads: int | None  # torch threads in the worker; None keeps torch's default
+    progress: bool
+
+
+def _log(message: str) -> None:
+    print(f"bgad benchmark: {message}", file=sys.stderr, flush=True)
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (ru_maxrss: KB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _relative(path: Path, category: Category) -> str:
+    return path.relative_to(category.root).as_posix()
+
+
+def _gaussian(task: _Task, category: Category, known: tuple[Sample, ...]) -> dict[str, float]:
+    """Fit and evaluate the baseline (normal images only; the known anomalies are left out of the evaluation)."""
+    baseline = GaussianBaseline(task.config).fit([s.path for s in category.train], progress=task.progress)
+    metrics = evaluate(baseline, evaluation_samples(category, known), progress=task.progress).metrics()
+    size = task.config.model.image_size
+    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    seconds = _median_seconds(lambda: baseline.maps_from_tensor(image), repeats=INFERENCE_REPEATS, warmup=3)
+    return {
+        **{k: metrics[k] for k in METRICS},
+        "train_seconds": round(baseline.train_seconds_, 1),
+        "inference_ms": round(1000 * seconds, 3),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _run_task(task: _Task) -> dict[str, Any]:
+    """One (category, seed): runs in a fresh child process; writes and returns the task's result."""
+    if task.threads is not None:
+        torch.set_num_threads(task.threads)
+    _log(f"{task.category} seed {task.seed}: started (pid {os.getpid()}, {torch.get_num_threads()} torch threads)")
+    start = time.perf_counter()
+    category = load_mvtec_category(task.data_root, task.category)
+    known = select_known_anomalies(category, task.config.train.num_anomalies, seed=task.config.train.seed)
+    methods = {}
+    # The baseline runs first: ru_maxrss is a high-water mark, so the lighter method must be measured first.
+    if task.baseline:
+        methods["gaussian"] = _gaussian(task, category, known)
+    metrics = fit_run(task.data_root, task.category, task.run_dir, task.config, overwrite=True, progress=task.progress)
+    used = json.loads((task.run_dir / RUN_JSON).read_text())["known_anomalies"]
+    if used != [_relative(s.path, category) for s in known]:
+        raise BGADError(f"{task.run_dir}: the run's known anomalies differ from the baseline's")
+    model = BGAD.load(task.run_dir).model_.eval()
+    speed = inference_speed(model, batch_size=1, repeats=INFERENCE_REPEATS)
+    methods["bgad"] = {
+        **{k: metrics[k] for k in METRICS},
+        "train_seconds": metrics["train_seconds"],
+        "inference_ms": speed["end_to_end_ms"],
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    result = {
+        "category": task.category,
+        "seed": task.seed,
+        "data_root": str(task.data_root.resolve()),
+        "config": task.config.to_dict(),
+        "n_known_anomalies": len(known),
+        "n_eval_images": metrics["n_eval_images"],
+        "torch_threads": torch.get_num_threads(),
+        "task_seconds": round(time.perf_counter() - start, 1),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bgad_version": __version__,
+        "methods": {m: methods[m] for m in METHODS if m in methods},
+    }
+    (task.run_dir / RESULT_JSON).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _stored_result(task: _Task) -> dict[str, Any] | None:
+    """The task's earlier result if it can be reused; an error if it was made with other settings."""
+    path = task.run_dir / RESULT_JSON
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # damaged: run the task again
+    if result.get("config") != task.config.to_dict() or result.get("data_root") != str(task.data_root.resolve()):
+        raise BGADError(f"{path} was made with another config or data root; use another --output or delete it")
+    if task.baseline and "gaussian" not in result.get("methods", {}):
+        return None  # made with --no-baseline: run again with the baseline
+    return result
+
+
+def find_categories(data_root: Path) -> list[str]:
+    """Every folder under ``data_root`` with a ``train/good`` folder, sorted."""
+    if not data_root.is_dir():
+        raise BGADError(f"data root not found: {data_root}")
+    found = sorted(p.name for p in data_root.iterdir() if (p / "train" / GOOD).is_dir())
+    if not found:
+        raise BGADError(f"no categories under {data_root} (a category is a folder with train/{GOOD})")
+    return found
+
+
+def _one_task_per_child() -> dict[str, int]:
+    # max_tasks_per_child needs Python 3.11; on 3.10 a worker's peak memory covers all the tasks it ran.
+    return {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+
+
+def _summary(result: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{m} image/pixel AUROC {v['image_auroc']:.3f}/{v['pixel_auroc']:.3f}" for m, v in result["methods"].items()
+    )
+
+
+def _execute(tasks: list[_Task], jobs: int, results: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
+    """Run the tasks in child processes, ``jobs`` at a time; fill ``results``; return one line per failed task."""
+    failures: list[str] = []
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context, **_one_task_per_child())
+    try:
+        futures = {pool.submit(_run_task, task): task for task in tasks}
+        for done, future in enumerate(as_completed(futures), start=1):
+            task = futures[future]
+            name = f"[{done}/{len(tasks)}] {task.category} seed {task.seed}"
+            try:
+                result = future.result()
+            except BGADError as err:
+                failures.append(f"{task.category} seed {task.seed}: {err}")
+                _log(f"{name}: failed: {err}")
+                continue
+            except BrokenProcessPool:
+                failures.append(f"{task.category} seed {task.seed}: its worker process died (out of memory?)")
+                _log(f"{name}: failed: its worker process died (out of memory?)")
+                continue
+            results[(task.category, task.seed)] = result
+            _log(f"{name}: done in {result['task_seconds']:.0f} s: {_summary(result)}")
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return failures
+
+
+def run_benchmark(
+    data_root: str | Path,
+    output: str | Path,
+    *,
+    categories: list[str] | None = None,
+    preset: str = "default",
+    seeds: Sequence[int] = (0,),
+    jobs: int = 1,
+    baseline: bool = True,
+    config_file: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Benchmark BGAD (and the Gaussian baseline) on ``categories`` x ``seeds``; return the path of results.md.
+
+    ``categories`` defaults to every folder of ``data_root`` with ``train/good``. Settings: ``preset``, then the
+    YAML ``config_file`` on top, then ``train.seed`` = each seed. Tasks already done in ``output`` are reused.
+    """
+    data_root, output = Path(data_root), Path(output)
+    if not seeds:
+        raise BGADError("no seeds given")
+    if len(set(seeds)) != len(seeds):
+        raise BGADError(f"seeds repeat: {', '.join(map(str, seeds))}")
+    if jobs < 1:
+        raise BGADError(f"jobs must be at least 1, got {jobs}")
+    base = load_config(preset, config_file)
+    names = find_categories(data_root) if categories is None else list(dict.fromkeys(categories))
+    if not names:
+        raise BGADError("no categories given")
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    tasks = []
+    for name in names:
+        category = load_mvtec_category(data_root, name)  # fail early, before any process starts
+        for seed in seeds:
+            config = BGADConfig.from_dict({"train": {"seed": seed}}, base=base)
+            select_known_anomalies(category, config.train.num_anomalies, seed=seed)
+            run_dir = output / "runs" / name / f"seed{seed}"
+            task = _Task(data_root, name, seed, config, run_dir, baseline, threads, progress and jobs == 1)
+            stored = _stored_result(task)
+            if stored is None:
+                tasks.append(task)
+            else:
+                results[(name, seed)] = stored
+                _log(f"{name} seed {seed}: already done, reusing {run_dir / RESULT_JSON}")
+    failures = _execute(tasks, jobs, results) if tasks else []
+    output.mkdir(parents=True, exist_ok=True)
+    methods = [m for m in METHODS if baseline or m == "bgad"]
+    ordered = [results[(n, s)] for n in names for s in seeds if (n, s) in results]
+    _write_csv(output / "results.csv", ordered, methods)
+    settings = {
+        "data root": str(data_root.resolve()),
+        "preset": preset + (f" + {config_file}" if config_file else ""),
+        "seeds": ", ".join(map(str, seeds)),
+        "jobs": jobs,
+    }
+    md = output / "results.md"
+    md.write_text(_markdown(ordered, names, methods, settings))
+    if failures:
+        total = len(names) * len(seeds)
+        raise BGADError(f"{len(failures)} of {total} task(s) failed (first: {failures[0]}); the rest are in {md}")
+    return md
+
+
+def _write_csv(path: Path, results: list[dict[str, Any]], methods: list[str]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for result in results:
+            for method in methods:
+                values = result["methods"][method]
+                row = [result["category"], result["seed"], method, *(values[k] for k in (*METRICS, *COSTS))]
+                writer.writerow(row)
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    """``mean ± std`` (sample std over seeds), or the mean alone for one value."""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+COLUMN_TITLES = {
+    "image_auroc": ("image AUROC", 3),
+    "pixel_auroc": ("pixel AUROC", 3),
+    "pixel_aupro": ("pixel AUPRO", 3),
+    "image_ap": ("image AP", 3),
+    "pixel_ap": ("pixel AP", 3),
+    "train_seconds": ("train s", 1),
+    "inference_ms": ("inference ms", 1),
+    "peak_rss_mb": ("peak MB", 0),
+}
+
+
+def _method_table(results: list[dict[str, Any]], names: list[str], method: str) -> list[str]:
+    keys = list(COLUMN_TITLES)
+    paper = "paper image / pixel AUROC"
+    lines = [
+        "| category | " + " | ".join(title for title, _ in COLUMN_TITLES.values()) + f" | {paper} |",
+        "|---|" + "---:|" * len(keys) + "---|",
+    ]
+    for name in names:
+        rows = [r["methods"][method] for r in results if r["category"] == name]
+        if not rows:
+            continue
+        cells = [_mean_std([row[k] for row in rows], COLUMN_TITLES[k][1]) for k in keys]
+        note = "n/a [^per-category]" if method == "bgad" else "n/a [^baseline]"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {note} |")
+    # Mean row: the mean over categories for each seed, then mean ± std of that over seeds.
+    seeds = sorted({r["seed"] for r in results})
+    per_seed = {
+        k: [statistics.fmean(r["methods"][method][k] for r in results if r["seed"] == s) for s in seeds] for k in keys
+    }
+    cells = [_mean_std(per_seed[k], COLUMN_TITLES[k][1]) for k in keys]
+    if method == "bgad":
+        note = f"{PAPER_MVTEC_MEAN['image_auroc']} / {PAPER_MVTEC_MEAN['pixel_auroc']} [^paper-mean]"
+    else:
+        note = "n/a [^baseline]"
+    lines.append(f"| **mean of {len(names)}** | " + " | ".join(f"**{c}**" for c in cells) + f" | {note} |")
+    return lines
+
+
+def _threads(results: list[dict[str, Any]]) -> str:
+    counts = sorted({r["torch_threads"] for r in results})
+    return "/".join(map(str, counts)) if counts else "?"
+
+
+def _markdown(results: list[dict[str, Any]], names: list[str], methods: list[str], settings: dict[str, Any]) -> str:
+    processor = platform.processor() or platform.machine()
+    machine = (
+        f"{processor}, {os.cpu_count()} CPUs, torch {torch.__version__} with {_threads(results)} thread(s) per task, "
+        f"Python {platform.python_version()}"
+    )
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# bgad benchmark",
+        "",
+        *(f"- {key}: {value}" for key, value in settings.items()),
+        f"- categories: {', '.join(names)}",
+        f"- written: {now} (bgad {__version__}); machine: {machine}",
+        "",
+    ]
+    if not results:
+        return "\n".join([*lines, "No task has finished yet.", ""])
+    known = sorted({r["n_known_anomalies"] for r in results})
+    lines += [
+        f"Each task trains on the category's normal training images plus {'/'.join(map(str, known))} known "
+        "anomalies taken from its test set (chosen by the seed); those are left out of the evaluation of both "
+        "methods. Cells are mean ± sample std over seeds; the **mean** row is the mean over categories per seed, "
+        "then mean ± std over seeds. *train s*: fit time including feature extraction; *inference ms*: one "
+        f"image (batch 1, tensor in, map out), median of {INFERENCE_REPEATS} after warm-up; *peak MB*: peak "
+        "resident memory of the task's process (ru_maxrss) when the method finished.",
+        "",
+    ]
+    titles = {
+        "bgad": "bgad (boundary-guided normalizing flows)",
+        "gaussian": "gaussian (PaDiM-style baseline on the same backbone features, normal images only)",
+    }
+    for method in methods:
+        lines += [f"## {titles[method]}", "", *_method_table(results, names, method), ""]
+    if "gaussian" in methods:
+        diffs = []
+        for key in METRICS:
+            bgad = statistics.fmean(r["methods"]["bgad"][key] for r in results)
+            gaussian = statistics.fmean(r["methods"]["gaussian"][key] for r in results)
+            diffs.append(f"{COLUMN_TITLES[key][0]} {bgad - gaussian:+.3f}")
+        lines += [f"bgad minus gaussian, mean over all tasks: {', '.join(diffs)}.", ""]
+    if "gaussian" in methods:
+        lines += [
+            "Peak memory: in each task the baseline runs before BGAD in the same process, so BGAD's peak MB is the "
+            "larger of the two methods' peaks (BGAD's own whenever it needs more than the baseline).",
+            "",
+        ]
+    if sorted(names) == sorted(MVTEC_CATEGORIES):
+        coverage = "This benchmark covers those 15 categories."
+    else:
+        coverage = "It is comparable only to a mean over those 15 categories, which this benchmark does not cover."
+    lines += [
+        "[^paper-mean]: The only verified figure: the official code's comment on its MVTec AD training command "
+        "(github.com/xcyao00/BGAD, scripts.sh): `seed = 0, img_auc = 0.994, pixel_auc = 0.993`, the mean over the "
+        "15 MVTec AD categories with 10 known anomalies, seed 0, taking the best value over training epochs as "
+        "measured on the test set (model selection on the test set, so optimistic), with the reference's own "
+        f"backbone, input size and schedule. Every number above is the final model's. {coverage}",
+        "[^per-category]: n/a: the paper's per-category figures have not been checked against a source, so none "
+        "are shown.",
+        "[^baseline]: The baseline is this package's floor, not a published method's configuration (PaDiM uses "
+        "ResNet/WideResNet features with random channel subsampling); no paper figure applies.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bgad.baselines import GaussianBaseline, _fit_gaussians, _mahalanobis
+from bgad.cli import main
+from bgad.config import BGADConfig
+from bgad.data import evaluation_samples, load_mvtec_category, select_known_anomalies
+from bgad.evaluation import evaluate
+
+METRICS = ["image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap"]
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config: BGADConfig) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
+    return path
+
+
+def _benchmark(data_root: Path, output: Path, *extra: str) -> tuple[int, float]:
+    args = ["benchmark", "--data-root", str(data_root), "--output", str(output), "--seeds", "0,1", *extra, "--quiet"]
+    start = time.perf_counter()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")  # the spawned workers: no thread oversubscription on a busy machine
+        code = main(args)
+    return code, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def benchmark(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    output = tmp_path_factory.mktemp("bench") / "out"
+    code, seconds = _benchmark(tiny_dataset, output, "--config", str(config_file))
+    assert code == 0
+    return output, seconds
+
+
+def test_benchmark_writes_csv_and_markdown(benchmark: tuple[Path, float]) -> None:
+    output, _ = benchmark
+    with open(output / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((r["seed"], r["method"]) for r in rows) == [
+        ("0", "bgad"),
+        ("0", "gaussian"),
+        ("1", "bgad"),
+        ("1", "gaussian"),
+    ]
+    for row in rows:
+        assert row["category"] == "part"
+        for key in METRICS:
+            assert 0 <= float(row[key]) <= 1, (row["method"], key)
+        for key in ["train_seconds", "inference_ms", "peak_rss_mb"]:
+            assert float(row[key]) > 0, (row["method"], key)
+    markdown = (output / "results.md").read_text()
+    assert "## bgad" in markdown
+    assert "## gaussian" in markdown
+    assert "| part |" in markdown
+    assert "0.994 / 0.993" in markdown
+    for seed in (0, 1):
+        result = json.loads((output / "runs" / "part" / f"seed{seed}" / "benchmark.json").read_text())
+        assert result["seed"] == seed
+        assert result["config"]["train"]["seed"] == seed
+        assert set(result["methods"]) == {"bgad", "gaussian"}
+
+
+def test_benchmark_resumes_finished_tasks(
+    benchmark: tuple[Path, float], tiny_dataset: Path, config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output, first_seconds = benchmark
+    metrics = sorted((output / "runs").glob("*/*/metrics.json"))
+    assert len(metrics) == 2
+    mtimes = [p.stat().st_mtime_ns for p in metrics]
+    capsys.readouterr()
+    code, seconds = _benchmark(tiny_dataset, output, "--config", str(config_file))
+    assert code == 0
+    assert [p.stat().st_mtime_ns for p in metrics] == mtimes
+    assert seconds < first_seconds / 3
+    assert capsys.readouterr().err.count("already done") == 2
+
+
+def test_benchmark_refuses_results_of_another_config(
+    benchmark: tuple[Path, float],
+    tiny_dataset: Path,
+    tiny_config: BGADConfig,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    output, _ = benchmark
+    other = tiny_config.to_dict()
+    other["train"]["fiber_batch"] = 128
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    capsys.readouterr()
+    assert _benchmark(tiny_dataset, output, "--config", str(tmp_path / "other.yaml"))[0] == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bgad: error:")
+    assert "another config" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [("--seeds", "0,x", "argument --seeds"), ("--seeds", "0,,1", "argument --seeds"), ("--jobs", "0", "--jobs")],
+)
+def test_benchmark_bad_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, needle: str
+) -> None:
+    args = ["benchmark", "--data-root", str(tmp_path), "--output", str(tmp_path / "out"), flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("bgad: error:")
+    assert needle in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_mahalanobis_is_zero_at_the_mean_and_grows_away_from_it() -> None:
+    # Two positions, 2-D vectors: position 0 spread along x, position 1 along y.
+    vectors = torch.tensor(
+        [
+            [[1.0, 0.0], [0.0, 1.0]],
+            [[-1.0, 0.0], [0.0, -1.0]],
+            [[3.0, 0.0], [0.0, 3.0]],
+            [[-3.0, 0.0], [0.0, -3.0]],
+        ]
+    )  # (N=4, P=2, C=2)
+    mean, precision = _fit_gaussians(vectors, epsilon=0.01)
+    torch.testing.assert_close(mean, torch.zeros(2, 2))
+    variance = (1 + 1 + 9 + 9) / 3
+    expected = torch.linalg.inv(torch.diag(torch.tensor([variance, 0.0])) + 0.01 * torch.eye(2))
+    torch.testing.assert_close(precision[0], expected, rtol=1e-4, atol=1e-4)
+    at_mean = _mahalanobis(torch.zeros(1, 2, 2), mean, precision)
+    torch.testing.assert_close(at_mean, torch.zeros(1, 2))
+    # One unit along each position's spread direction is 1/sqrt(variance + eps) ...
+    along = _mahalanobis(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), mean, precision)
+    torch.testing.assert_close(along, torch.full((1, 2), (variance + 0.01) ** -0.5))
+    # ... and across it, where the training data never varied, it is 1/sqrt(eps) = 10.
+    across = _mahalanobis(torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]), mean, precision)
+    torch.testing.assert_close(across, torch.full((1, 2), 10.0), rtol=1e-4, atol=1e-4)
+    far = _mahalanobis(torch.tensor([[[10.0, 0.0], [0.0, 10.0]]]), mean, precision)
+    assert (far > along).all()
+
+
+def test_gaussian_baseline_maps_and_evaluation(tiny_dataset: Path, tiny_config: BGADConfig) -> None:
+    category = load_mvtec_category(tiny_dataset, "part")
+    baseline = GaussianBaseline(tiny_config).fit([s.path for s in category.train])
+    assert baseline.train_seconds_ > 0
+    maps = baseline.anomaly_maps([s.path for s in category.test[:3]], batch_size=2)
+    assert maps.shape == (3, 64, 64)
+    assert torch.isfinite(maps).all()
+    assert (maps >= 0).all()
+    known = select_known_anomalies(category, 3, seed=0)
+    metrics = evaluate(baseline, evaluation_samples(category, known), progress=False).metrics()
+    assert all(0 <= metrics[key] <= 1 for key in METRICS)
