@@ -164,3 +164,34 @@ def test_export_then_predict_with_onnx_matches_torch(run: Path, tiny_dataset: Pa
     for torch_row, onnx_row in zip(outputs["torch"], outputs["onnx"], strict=True):
         assert float(onnx_row["score"]) == pytest.approx(float(torch_row["score"]), abs=2e-5)
         assert onnx_row["is_anomalous"] == torch_row["is_anomalous"]
+
+
+def test_hard_setting_reports_seen_and_unseen_types(tiny_dataset: Path, config_file: Path, tmp_path: Path) -> None:
+    output = tmp_path / "hard"
+    args = ["fit", "--data-root", str(tiny_dataset), "--category", "part", "--output", str(output)]
+    args += ["--config", str(config_file), "--num-anomalies", "2", "--anomaly-sampling", "type:spot", "--quiet"]
+    assert main(args) == 0
+    per_type = json.loads((output / "metrics.json").read_text())["per_type"]
+    assert {k: v["seen"] for k, v in per_type.items() if k != "unseen_mean"} == {
+        "crack": False,
+        "scratch": False,
+        "spot": True,
+    }
+    assert per_type["spot"]["n_images"] == 1  # 3 spots, 2 used for training
+    unseen = [per_type[t]["image_auroc"] for t in ("crack", "scratch")]
+    assert per_type["unseen_mean"]["image_auroc"] == pytest.approx(sum(unseen) / 2)
+    assert (output / "known_anomalies.txt").read_text().count("test/spot/") == 2
+
+
+def test_ablate_trains_four_variants_and_writes_the_table(
+    tiny_dataset: Path, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["ablate", "--data-root", str(tiny_dataset), "--category", "part", "--output", str(tmp_path)]
+    assert main([*args, "--config", str(config_file), "--num-anomalies", "3", "--quiet"]) == 0
+    table = (tmp_path / "ablation.md").read_text()
+    assert table == capsys.readouterr().out.rstrip("\n") + "\n"
+    for variant in ["one-class flow", "+ BG-SPP", "+ CutPaste", "+ focal weights"]:
+        assert variant in table
+    assert len([p for p in tmp_path.iterdir() if (p / "metrics.json").is_file()]) == 4
+    one_class_log = (tmp_path / "one-class-flow-ml-only" / "train_log.jsonl").read_text()
+    assert "bg-spp" not in one_class_log

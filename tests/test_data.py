@@ -108,3 +108,28 @@ def test_real_bottle_category() -> None:
     # 3 defect types: 3 per type plus 1 extra
     assert sorted(Counter(s.defect_type for s in known).values()) in ([3, 3, 4], [3, 4, 3])
     assert len(evaluation_samples(category, known)) == 73
+
+
+def test_random_and_single_type_sampling(tmp_path: Path) -> None:
+    write_category(tmp_path, LAYOUT)
+    category = load_mvtec_category(tmp_path, "cat")
+    hard = select_known_anomalies(category, 4, seed=0, sampling="type:scratch")
+    assert {s.defect_type for s in hard} == {"scratch"}
+    assert len(hard) == 4
+    uniform = select_known_anomalies(category, 6, seed=0, sampling="random")
+    assert len(set(uniform)) == 6
+    assert uniform == select_known_anomalies(category, 6, seed=0, sampling="random")
+
+
+@pytest.mark.parametrize(
+    ("n", "sampling", "message"),
+    [
+        (2, "type:dent", "defect type 'dent' not in category cat"),
+        (4, "type:hole", "4 known anomalies requested but defect type hole of category cat has only 3"),
+        (2, "sorted", "unknown anomaly sampling 'sorted'"),
+    ],
+)
+def test_sampling_errors(tmp_path: Path, n: int, sampling: str, message: str) -> None:
+    write_category(tmp_path, LAYOUT)
+    with pytest.raises(BGADError, match=message):
+        select_known_anomalies(load_mvtec_category(tmp_path, "cat"), n, seed=0, sampling=sampling)

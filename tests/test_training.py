@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bgad.config import TrainConfig
-from bgad.training import _meta_epoch_plan, learning_rate, level_data, vector_labels
+from bgad.training import _epoch_rows, _meta_epoch_plan, _with_synthetic, learning_rate, level_data, vector_labels
 
 
 def test_cosine_schedule_matches_reference_values() -> None:
@@ -51,3 +51,18 @@ def test_meta_epoch_plan_uses_every_vector_and_repeats_anomalies() -> None:
     normal_only = torch.cat([r for _, r in _meta_epoch_plan([level], config, False, generator)])
     assert normal_only.max() < 64
     assert len(normal_only) == 128
+
+
+def test_synthetic_rows_are_used_once_and_known_anomalies_repeated() -> None:
+    labels = torch.zeros(3, 2, 2, dtype=torch.bool)
+    labels[2] = True
+    level = level_data(torch.randn(12, 3), labels, n_normal_images=2)  # 8 normal rows, 4 known-anomaly rows
+    synthetic = level_data(torch.randn(8, 3), torch.ones(2, 2, 2, dtype=torch.bool), n_normal_images=0)
+    merged = _with_synthetic(level, synthetic)
+    assert merged.n_synthetic == 8
+    assert merged.anomalous[8:].all()
+    rows = _epoch_rows(merged, True, 5)
+    counts = torch.bincount(rows, minlength=20)
+    assert (counts[:8] == 1).all()
+    assert (counts[8:12] == 5).all()
+    assert (counts[12:] == 1).all()

@@ -101,7 +101,12 @@ def _run_task(task: _Task) -> dict[str, Any]:
     _log(f"{task.category} seed {task.seed}: started (pid {os.getpid()}, {torch.get_num_threads()} torch threads)")
     start = time.perf_counter()
     category = load_mvtec_category(task.data_root, task.category)
-    known = select_known_anomalies(category, task.config.train.num_anomalies, seed=task.config.train.seed)
+    known = select_known_anomalies(
+        category,
+        task.config.train.num_anomalies,
+        seed=task.config.train.seed,
+        sampling=task.config.train.anomaly_sampling,
+    )
     methods = {}
     # The baseline runs first: ru_maxrss is a high-water mark, so the lighter method must be measured first.
     if task.baseline:
@@ -236,7 +241,9 @@ def run_benchmark(
         category = load_mvtec_category(data_root, name)  # fail early, before any process starts
         for seed in seeds:
             config = BGADConfig.from_dict({"train": {"seed": seed}}, base=base)
-            select_known_anomalies(category, config.train.num_anomalies, seed=seed)
+            select_known_anomalies(
+                category, config.train.num_anomalies, seed=seed, sampling=config.train.anomaly_sampling
+            )
             run_dir = output / "runs" / name / f"seed{seed}"
             task = _Task(data_root, name, seed, config, run_dir, baseline, threads, progress and jobs == 1)
             stored = _stored_result(task)

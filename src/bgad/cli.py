@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__
+from .ablation import run_ablation
 from .benchmark import run_benchmark
 from .config import PRESETS, BGADConfig, load_config
 from .demo_data import make_demo_dataset
@@ -40,7 +41,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _config_for(args: argparse.Namespace) -> BGADConfig:
     config = load_config(args.preset, args.config)
-    overrides = {"num_anomalies": args.num_anomalies, "seed": args.seed}
+    overrides = {
+        "num_anomalies": args.num_anomalies,
+        "seed": args.seed,
+        "anomaly_sampling": args.anomaly_sampling,
+        "synthesis": getattr(args, "synthesis", None),
+    }
     train = {k: v for k, v in overrides.items() if v is not None}
     return BGADConfig.from_dict({"train": train}, base=config)
 
@@ -51,6 +57,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     )
     print(json.dumps(results, indent=2))
     print(f"model, metrics and logs written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    path = run_ablation(args.data_root, args.category, args.output, _config_for(args), progress=not args.quiet)
+    print(path.read_text())
     return 0
 
 
@@ -224,6 +236,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-anomalies", type=int, help="known anomalies taken from the test set (default 10)")
+    parser.add_argument("--seed", type=int, help="seed for the anomaly choice and training (default 0)")
+    parser.add_argument(
+        "--anomaly-sampling", help="stratified (default), random, or type:NAME (all known anomalies of one type)"
+    )
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--config", type=Path, help="YAML file with model/loss/train options over the preset")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bgad", description="Supervised anomaly detection with BGAD.")
     parser.add_argument("--version", action="version", version=f"bgad {__version__}")
@@ -239,11 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--data-root", type=Path, required=True, help="folder holding the category folders")
     fit.add_argument("--category", required=True)
     fit.add_argument("--output", type=Path, required=True, help="run folder to create")
-    fit.add_argument("--num-anomalies", type=int, help="known anomalies taken from the test set (default 10)")
-    fit.add_argument("--seed", type=int, help="seed for the anomaly choice and training (default 0)")
-    fit.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    fit.add_argument("--config", type=Path, help="YAML file with model/loss/train options over the preset")
+    _add_training_options(fit)
+    fit.add_argument("--synthesis", choices=["cutpaste", "nsa", "none"], help="synthetic anomalies (default cutpaste)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+
+    ablate = command("ablate", _cmd_ablate, "train the method's variants on one category and print the table")
+    ablate.add_argument("--data-root", type=Path, required=True)
+    ablate.add_argument("--category", required=True)
+    ablate.add_argument("--output", type=Path, required=True, help="folder for the variants' runs and ablation.md")
+    _add_training_options(ablate)
 
     test = command("test", _cmd_test, "re-evaluate a saved run and print its metrics as JSON")
     test.add_argument("--run", type=Path, required=True)

@@ -51,6 +51,14 @@ class TrainConfig:
     fiber_batch: int = 4096  # feature vectors per optimizer step (one level per step)
     num_anomalies: int = 10  # known anomalies taken from the test set (and removed from evaluation)
     anomaly_repeats: int = 5  # each known anomaly counts this many times per epoch
+    anomaly_sampling: str = "stratified"  # "stratified" by defect type, "random", or "type:NAME" (hard setting)
+    # Synthetic anomalies in phase 2: "cutpaste" (augmented known defects pasted into normal images, the
+    # reference's default), "nsa" (patches of normal images Poisson-blended into others: needs no real anomaly)
+    # or "none". The pool holds synthetic_repeats x known anomalies (x 10 for nsa without known anomalies).
+    synthesis: str = "cutpaste"
+    synthetic_repeats: int = 5
+    synthesis_refresh: int = 1  # draw a new synthetic pool every this many meta-epochs
+    foreground: str = "auto"  # where pastes may land: "auto" (estimated per image), "full", or a folder of masks
     extract_batch_size: int = 4  # images per backbone forward; larger is slower per image on CPU
     seed: int = 0
 
@@ -117,6 +125,15 @@ class BGADConfig:
             ("train.num_anomalies", self.train.num_anomalies, self.train.num_anomalies >= 0),
             ("train.anomaly_repeats", self.train.anomaly_repeats, self.train.anomaly_repeats >= 1),
             ("train.extract_batch_size", self.train.extract_batch_size, self.train.extract_batch_size >= 1),
+            (
+                "train.anomaly_sampling",
+                self.train.anomaly_sampling,
+                self.train.anomaly_sampling in ("stratified", "random")
+                or self.train.anomaly_sampling.startswith("type:"),
+            ),
+            ("train.synthesis", self.train.synthesis, self.train.synthesis in ("none", "cutpaste", "nsa")),
+            ("train.synthetic_repeats", self.train.synthetic_repeats, self.train.synthetic_repeats >= 1),
+            ("train.synthesis_refresh", self.train.synthesis_refresh, self.train.synthesis_refresh >= 1),
             ("threshold.image_quantile", self.threshold.image_quantile, 0 <= self.threshold.image_quantile <= 1),
             ("threshold.pixel_quantile", self.threshold.pixel_quantile, 0 <= self.threshold.pixel_quantile <= 1),
         ]

@@ -84,16 +84,33 @@ def _category_rng(category: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(category.encode())])
 
 
-def select_known_anomalies(category: Category, n: int, *, seed: int) -> tuple[Sample, ...]:
-    """Pick ``n`` defective test images stratified by defect type, as the reference does.
+def select_known_anomalies(
+    category: Category, n: int, *, seed: int, sampling: str = "stratified"
+) -> tuple[Sample, ...]:
+    """Pick ``n`` defective test images to train with; the result depends only on (category name, seed).
 
-    Each of the T types gives ``n // T`` images (all it has, if fewer); the rest are drawn from the leftovers of
-    all types. The result depends only on (category name, seed).
+    ``"stratified"`` (the reference's choice): each of the T defect types gives ``n // T`` images (all it has,
+    if fewer), the rest come from the leftovers of all types. ``"random"``: uniformly from all defects (the DRA
+    protocol). ``"type:NAME"``: all from defect type NAME — the hard setting, where the other types stay unseen.
     """
     defects = category.defects
-    if n > len(defects):
-        raise BGADError(f"{n} known anomalies requested but category {category.name} has only {len(defects)}")
     rng = _category_rng(category.name, seed)
+    if sampling.startswith("type:"):
+        seen = sampling.removeprefix("type:")
+        types = sorted({s.defect_type for s in defects})
+        if seen not in types:
+            raise BGADError(f"defect type {seen!r} not in category {category.name} (types: {', '.join(types)})")
+        defects = tuple(s for s in defects if s.defect_type == seen)
+    elif sampling not in ("stratified", "random"):
+        raise BGADError(f"unknown anomaly sampling {sampling!r}; use stratified, random or type:NAME")
+    if n > len(defects):
+        where = f"category {category.name}"
+        if sampling.startswith("type:"):
+            where = f"defect type {sampling.removeprefix('type:')} of {where}"
+        raise BGADError(f"{n} known anomalies requested but {where} has only {len(defects)}")
+    if sampling != "stratified":
+        chosen = [defects[i] for i in rng.choice(len(defects), size=n, replace=False)]
+        return tuple(sorted(chosen, key=lambda s: s.path))
     types = sorted({s.defect_type for s in defects})
     chosen, leftovers = [], []
     for defect_type in types:

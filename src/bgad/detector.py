@@ -22,6 +22,7 @@ from .images import ImageSource, image_to_tensor, mask_to_tensor, read_image, re
 from .model import BGADModel
 from .runs import load_model, save_model
 from .scoring import anomaly_map, calibrate, image_scores, resize_maps
+from .synthetic_pool import SyntheticAnomalies
 from .thresholds import Thresholds, fit_thresholds
 from .training import LevelData, cached_log_prob_maps, level_data, train_flows, vector_labels
 
@@ -89,6 +90,7 @@ class BGAD:
             levels,
             config.train,
             config.loss,
+            synthetic=_synthetic_source(model, normal_images, anomaly_images, masks, config),
             log_path=Path(log_path) if log_path is not None else None,
             progress=progress,
         )
@@ -196,6 +198,48 @@ def _training_vectors(
         level_data(model.flow_inputs(level, f), vector_labels([None] * n + masks, model.feature_shapes[level]), n)
         for level, f in enumerate(features)
     ]
+
+
+def _synthetic_source(
+    model: BGADModel,
+    normal_images: Sequence[ImageSource],
+    anomaly_images: Sequence[ImageSource],
+    masks: list[Tensor],
+    config: BGADConfig,
+) -> Callable[[int], list[LevelData] | None] | None:
+    """The training loop's source of synthetic-anomaly vectors, or None when synthesis is off or impossible."""
+    if config.train.synthesis == "none":
+        return None
+    pool = SyntheticAnomalies(
+        config.train.synthesis,
+        normal_images,
+        anomaly_images,
+        [m.numpy() for m in masks],
+        repeats=config.train.synthetic_repeats,
+        foreground=config.train.foreground,
+        seed=config.train.seed,
+    )
+    if not pool.active:
+        return None
+
+    def draw(meta_epoch: int) -> list[LevelData] | None:
+        images, labels = pool.draw(meta_epoch)
+        if not images:
+            return None
+        features = extract_features(
+            model.extractor,
+            images,
+            image_size=config.model.image_size,
+            batch_size=config.train.extract_batch_size,
+            progress=False,
+        )
+        labels_t = [torch.from_numpy(label) for label in labels]
+        return [
+            level_data(model.flow_inputs(level, f), vector_labels(labels_t, model.feature_shapes[level]), 0)
+            for level, f in enumerate(features)
+        ]
+
+    return draw
 
 
 @torch.inference_mode()

@@ -47,6 +47,29 @@ class Evaluation:
             "n_eval_images": len(self.samples),
         }
 
+    def per_type_metrics(self, seen_types: set[str]) -> dict[str, dict[str, float | bool]]:
+        """Metrics of each defect type against the good images, marked ``seen`` if trained on; plus the mean
+        over the unseen types as ``"unseen_mean"`` (the hard setting's headline number) when there are some."""
+        types = sorted({s.defect_type for s in self.samples if s.is_anomalous})
+        good = self.labels == 0
+        out: dict[str, dict[str, float | bool]] = {}
+        for defect_type in types:
+            keep = good | np.array([s.defect_type == defect_type for s in self.samples])
+            maps, masks = self.anomaly_maps[keep], self.masks[keep]
+            out[defect_type] = {
+                "image_auroc": metrics.image_auroc(self.scores[keep], self.labels[keep]),
+                "pixel_auroc": metrics.pixel_auroc(maps, masks),
+                "pixel_aupro": metrics.aupro(maps, masks),
+                "n_images": int(keep.sum() - good.sum()),
+                "seen": defect_type in seen_types,
+            }
+        unseen = [v for v in out.values() if not v["seen"]]
+        if unseen and len(unseen) < len(out):
+            out["unseen_mean"] = {
+                key: float(np.mean([v[key] for v in unseen])) for key in ("image_auroc", "pixel_auroc", "pixel_aupro")
+            }
+        return out
+
 
 def evaluate(
     detector: AnomalyMapper, samples: Sequence[Sample], *, batch_size: int = 4, progress: bool = True

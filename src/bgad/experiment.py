@@ -38,7 +38,8 @@ def _write_report(
     evaluation: Evaluation, results: dict[str, Any], directory: Path, detector: BGAD, category: str
 ) -> None:
     title = f"bgad evaluation: {category}"
-    write_report(evaluation, results, directory, title=title, image_threshold=detector.thresholds_.image)
+    scalars = {key: value for key, value in results.items() if not isinstance(value, dict)}
+    write_report(evaluation, scalars, directory, title=title, image_threshold=detector.thresholds_.image)
 
 
 def fit_run(
@@ -52,7 +53,9 @@ def fit_run(
     if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):
         raise BGADError(f"output {output} already exists and is not empty (use --overwrite to replace it)")
     category = load_mvtec_category(data_root, category_name)
-    known = select_known_anomalies(category, config.train.num_anomalies, seed=config.train.seed)
+    known = select_known_anomalies(
+        category, config.train.num_anomalies, seed=config.train.seed, sampling=config.train.anomaly_sampling
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
@@ -75,6 +78,7 @@ def fit_run(
         evaluation = evaluate(detector, evaluation_samples(category, known), progress=progress)
         results = evaluation.metrics()
         results.update(n_known_anomalies=len(known), train_seconds=round(detector.train_seconds_, 1))
+        results["per_type"] = evaluation.per_type_metrics({s.defect_type for s in known})
         _write_json(staging / METRICS_JSON, results)
         _write_report(evaluation, results, staging, detector, category.name)
         if output.exists():
@@ -98,5 +102,6 @@ def test_run(run: Path, data_root: Path | None, category_name: str | None, *, pr
     evaluation = evaluate(detector, samples, progress=progress)
     results = evaluation.metrics()
     results["n_known_anomalies"] = len(info["known_anomalies"])
+    results["per_type"] = evaluation.per_type_metrics({Path(p).parts[1] for p in info["known_anomalies"]})
     _write_report(evaluation, results, run, detector, category.name)
     return results

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,8 @@ class LevelData:
     vectors: Tensor  # (M, C)
     positions: Tensor  # (M,) row of the level's condition table
     anomalous: Tensor  # (M,) bool, from the masks
-    n_normal: int  # rows 0 .. n_normal-1 belong to normal images
+    n_normal: int  # rows 0 .. n_normal-1 belong to normal images, then come the known anomalies' rows
+    n_synthetic: int = 0  # the last rows belong to synthetic anomalies: used once per epoch, not repeated
 
 
 def vector_labels(masks: list[Tensor | None], shape: tuple[int, int]) -> Tensor:
@@ -94,10 +96,11 @@ def learning_rate(config: TrainConfig, meta_epoch: int, step: int, steps_in_meta
 
 def _epoch_rows(level: LevelData, with_anomalies: bool, repeats: int) -> Tensor:
     normal = torch.arange(level.n_normal)
-    if not with_anomalies or level.n_normal == len(level.vectors):
+    if not with_anomalies:
         return normal
-    anomalies = torch.arange(level.n_normal, len(level.vectors))
-    return torch.cat([normal, anomalies.repeat(repeats)])
+    known = torch.arange(level.n_normal, len(level.vectors) - level.n_synthetic).repeat(repeats)
+    synthetic = torch.arange(len(level.vectors) - level.n_synthetic, len(level.vectors))
+    return torch.cat([normal, known, synthetic])
 
 
 def _meta_epoch_plan(
@@ -123,34 +126,41 @@ def train_flows(
     train_config: TrainConfig,
     loss_config: LossConfig,
     *,
+    synthetic: Callable[[int], list[LevelData] | None] | None = None,
     log_path: Path | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Train ``flows`` in place; return one log record per meta-epoch (also appended to ``log_path``)."""
-    has_anomalies = any(len(level.vectors) > level.n_normal for level in levels)
+    """Train ``flows`` in place; return one log record per meta-epoch (also appended to ``log_path``).
+
+    ``synthetic(meta_epoch)`` returns the vectors of a fresh pool of synthetic anomalies (``n_normal == 0``), or
+    None if it could make none; it is called at the first phase-2 meta-epoch and every ``synthesis_refresh``
+    meta-epochs after.
+    """
     generator = torch.Generator().manual_seed(train_config.seed)
     optimizer = torch.optim.Adam(flows.parameters(), lr=train_config.lr)
     flows.train()
     history = []
-    plans = []
+    current = levels
+    bar = tqdm(desc="training flows", unit="step", disable=not progress, mininterval=1)
     for meta_epoch in range(train_config.meta_epochs):
-        semi_push_pull = meta_epoch >= train_config.normal_only_meta_epochs
-        plans.append(
-            (semi_push_pull, _meta_epoch_plan(levels, train_config, semi_push_pull and has_anomalies, generator))
-        )
-    bar = tqdm(
-        total=sum(len(p) for _, p in plans), desc="training flows", unit="step", disable=not progress, mininterval=1
-    )
-    for meta_epoch, (semi_push_pull, plan) in enumerate(plans):
         start = time.perf_counter()
+        semi_push_pull = meta_epoch >= train_config.normal_only_meta_epochs
+        since_phase_2 = meta_epoch - train_config.normal_only_meta_epochs
+        if semi_push_pull and synthetic is not None and since_phase_2 % train_config.synthesis_refresh == 0:
+            current = [
+                _with_synthetic(level, extra) for level, extra in zip(levels, synthetic(meta_epoch), strict=True)
+            ]
+        has_anomalies = any(len(level.vectors) > level.n_normal for level in current)
+        plan = _meta_epoch_plan(current, train_config, semi_push_pull and has_anomalies, generator)
+        bar.total = bar.n + len(plan) * (train_config.meta_epochs - meta_epoch)  # exact once phase 2 has begun
         sums = {"loss": 0.0, "ml": 0.0, "pull": 0.0, "push": 0.0}
-        boundaries = [[] for _ in levels]
+        boundaries = [[] for _ in current]
         for step, (index, rows) in enumerate(plan):
             lr = learning_rate(train_config, meta_epoch, step, len(plan))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             level: ConditionalFlow = flows[index]
-            data = levels[index]
+            data = current[index]
             log_prob = level.log_prob(data.vectors[rows], conditions[index], data.positions[rows])
             terms = bgad_loss(log_prob, data.anomalous[rows], loss_config, semi_push_pull=semi_push_pull)
             if terms.total.requires_grad:
@@ -180,6 +190,17 @@ def train_flows(
     bar.close()
     flows.eval()
     return history
+
+
+def _with_synthetic(level: LevelData, synthetic: LevelData) -> LevelData:
+    """Append a synthetic pool's vectors (all from anomalous images) after a level's real training vectors."""
+    return LevelData(
+        vectors=torch.cat([level.vectors, synthetic.vectors]),
+        positions=torch.cat([level.positions, synthetic.positions]),
+        anomalous=torch.cat([level.anomalous, synthetic.anomalous]),
+        n_normal=level.n_normal,
+        n_synthetic=len(synthetic.vectors),
+    )
 
 
 def _mean(values: list[float]) -> float | None:
