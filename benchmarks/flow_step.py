@@ -4,24 +4,16 @@ Run: python benchmarks/flow_step.py   (on an idle machine; prints medians in mil
 """
 
 import functools
-import statistics
-import time
 
 import torch
 
 from bgad.encoding import GridEncoding
 from bgad.flow import ConditionalFlow
+from bgad.speed import median_seconds
 
 
 def median_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(fn, repeats=repeats, warmup=warmup)
 
 
 def gathers() -> None:

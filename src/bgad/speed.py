@@ -17,7 +17,8 @@ from .losses import bgad_loss
 from .model import BGADModel
 
 
-def _median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int) -> float:
+def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -41,7 +42,7 @@ def inference_speed(model: BGADModel, *, batch_size: int, repeats: int = 10, war
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
-        return 1000 * _median_seconds(synced, repeats=repeats, warmup=warmup) / batch_size
+        return 1000 * median_seconds(synced, repeats=repeats, warmup=warmup) / batch_size
 
     backbone = run(lambda: model.extractor(images))
     end_to_end = run(lambda: model(images))
@@ -79,7 +80,7 @@ def training_speed(model: BGADModel, train: TrainConfig, loss: LossConfig, *, st
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
-        rate = train.fiber_batch / _median_seconds(step, repeats=steps, warmup=2)
+        rate = train.fiber_batch / median_seconds(step, repeats=steps, warmup=2)
         per_level.append(round(rate))
         seconds_per_image += h * w / rate
     total_vectors = sum(h * w for h, w in model.feature_shapes)
