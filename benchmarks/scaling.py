@@ -55,9 +55,7 @@ def main() -> None:
         epoch = log[-1]["seconds"]
         train = json.loads((run / "metrics.json").read_text())["train_seconds"]
         rows.append((n, size, train, epoch, wall, peak_mb))
-        print(
-            f"N={n} S={size}: train {train:.0f} s, epoch {epoch:.1f} s, wall {wall:.0f} s, peak {peak_mb:.0f} MB"
-        )
+        print(f"N={n} S={size}: train {train:.0f} s, epoch {epoch:.1f} s, wall {wall:.0f} s, peak {peak_mb:.0f} MB")
     lines = [
         f"| training images | input size | train s ({META_EPOCHS} meta-epochs) | s per phase-2 meta-epoch "
         "| wall s (incl. evaluation) | peak RSS MB |",
