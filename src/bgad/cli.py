@@ -1,4 +1,4 @@
-"""The ``bgad`` command line: fit, test and demo. Every user error is one line on stderr and exit code 2."""
+"""The ``bgad`` command line. Every user error is one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
