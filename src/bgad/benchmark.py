@@ -37,7 +37,7 @@ from .detector import BGAD
 from .errors import BGADError
 from .evaluation import evaluate
 from .experiment import RUN_JSON, fit_run
-from .speed import _median_seconds, inference_speed
+from .speed import median_seconds, inference_speed
 
 RESULT_JSON = "benchmark.json"
 METHODS = ("bgad", "gaussian")
@@ -85,7 +85,7 @@ def _gaussian(task: _Task, category: Category, known: tuple[Sample, ...]) -> dic
     metrics = evaluate(baseline, evaluation_samples(category, known), progress=task.progress).metrics()
     size = task.config.model.image_size
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    seconds = _median_seconds(lambda: baseline.maps_from_tensor(image), repeats=INFERENCE_REPEATS, warmup=3)
+    seconds = median_seconds(lambda: baseline.maps_from_tensor(image), repeats=INFERENCE_REPEATS, warmup=3)
     return {
         **{k: metrics[k] for k in METRICS},
         "train_seconds": round(baseline.train_seconds_, 1),
