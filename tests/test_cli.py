@@ -48,7 +48,11 @@ def test_test_command_reproduces_the_fit_metrics(run: Path, capsys: pytest.Captu
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((run / "metrics.json").read_text())
     saved.pop("train_seconds")
+    per_type, printed_per_type = saved.pop("per_type"), printed.pop("per_type")
     assert printed == pytest.approx(saved)
+    assert printed_per_type.keys() == per_type.keys()
+    for defect_type, values in per_type.items():
+        assert printed_per_type[defect_type] == pytest.approx(values)
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], needle: str) -> None:
