@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from bgad.encoding import positional_encoding_2d
+from bgad.encoding import GridEncoding, positional_encoding_2d
 from bgad.flow import ConditionalFlow
 
 COND_DIM = 128
@@ -322,3 +322,15 @@ def test_log_likelihood_of_standard_normal_at_init():
         mean_log_prob = flow.log_prob(x, table, index).mean().item()
     assert mean_log_prob == pytest.approx(-0.5 * math.log(2 * math.pi) - 0.5, abs=0.05)
     assert mean_log_prob == pytest.approx(-1.43, abs=0.06)
+
+
+def test_whole_images_share_one_condition_table() -> None:
+    """x (B, P, C) with index=None gives what the per-vector gather over (B*P, C) gives (the inference path)."""
+    torch.manual_seed(0)
+    flow = ConditionalFlow(7, condition_dim=16, n_blocks=3).double()
+    grid = GridEncoding.create(16, 3, 5)
+    grid = GridEncoding(grid.columns.double(), grid.rows.double())
+    x = torch.randn(4, 15, 7, dtype=torch.float64)
+    whole = flow.log_prob(x, grid)
+    gathered = flow.log_prob(x.reshape(-1, 7), grid, torch.arange(15).repeat(4)).view(4, 15)
+    torch.testing.assert_close(whole, gathered, rtol=0, atol=1e-12)

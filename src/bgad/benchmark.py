@@ -37,7 +37,7 @@ from .detector import BGAD
 from .errors import BGADError
 from .evaluation import evaluate
 from .experiment import RUN_JSON, fit_run
-from .speed import median_seconds, inference_speed
+from .speed import inference_speed, median_seconds
 
 RESULT_JSON = "benchmark.json"
 METHODS = ("bgad", "gaussian")

@@ -63,34 +63,36 @@ class CouplingBlock(nn.Module):
         first = self.subnet[0]
         hidden = F.linear(x1, first.weight[:, : self.split], first.bias) + cond_bias
         a = 0.1 * self.subnet[2](F.relu(hidden))
-        half = a.shape[1] // 2
-        return self.clamp_alpha * torch.tanh(a[:, :half]), a[:, half:]
+        half = a.shape[-1] // 2
+        return self.clamp_alpha * torch.tanh(a[..., :half]), a[..., half:]
 
     def _scale(self) -> Tensor:
         return 0.1 * F.softplus(self.global_scale, beta=0.5)
 
     def forward(self, x: Tensor, cond_bias: Tensor) -> tuple[Tensor, Tensor]:
-        """Map x (N, C) to (y, log|det J|) given the per-vector condition bias (N, hidden)."""
-        x1, x2 = x[:, : self.split], x[:, self.split :]
+        """Map x (..., C) to (y, log|det J|) given the condition bias, broadcastable to (..., hidden)."""
+        x1, x2 = x[..., : self.split], x[..., self.split :]
         log_scale, shift = self._coupling_params(x1, cond_bias)
         x2 = x2 * torch.exp(log_scale) + shift
         scale = self._scale()
-        y = (torch.cat([x1, x2], dim=1) * scale + self.global_offset) @ self.rotation.T
-        return y, log_scale.sum(dim=1) + torch.log(scale).sum()
+        y = (torch.cat([x1, x2], dim=-1) * scale + self.global_offset) @ self.rotation.T
+        return y, log_scale.sum(dim=-1) + torch.log(scale).sum()
 
     def inverse(self, y: Tensor, cond_bias: Tensor) -> Tensor:
         """Exact inverse of :meth:`forward`."""
         u = (y @ self.rotation - self.global_offset) / self._scale()
-        x1, x2 = u[:, : self.split], u[:, self.split :]
+        x1, x2 = u[..., : self.split], u[..., self.split :]
         log_scale, shift = self._coupling_params(x1, cond_bias)
-        return torch.cat([x1, (x2 - shift) * torch.exp(-log_scale)], dim=1)
+        return torch.cat([x1, (x2 - shift) * torch.exp(-log_scale)], dim=-1)
 
 
 class ConditionalFlow(nn.Module):
     """A stack of :class:`CouplingBlock` s over C-dimensional feature vectors with a positional condition.
 
-    Every method takes the condition as a table (P, D) or a :class:`~bgad.encoding.GridEncoding`, and
-    ``index`` (N,), the table row of each of the N vectors; ``index=None`` means one table row per vector.
+    Every method takes vectors ``x`` (N, C) with the condition as a table (P, D) or a
+    :class:`~bgad.encoding.GridEncoding` and ``index`` (N,), the table row of each vector. With ``index=None`` the
+    table's rows match ``x``'s second-to-last dimension: x (N, C) with one row per vector, or whole images
+    x (B, P, C) whose P positions all share one table (no per-vector gather at inference).
     """
 
     def __init__(
@@ -105,8 +107,8 @@ class ConditionalFlow(nn.Module):
         )
 
     def forward(self, x: Tensor, condition: Condition, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Return the latent z (N, C) and log|det dz/dx| (N,)."""
-        log_det = x.new_zeros(x.shape[0])
+        """Return the latent z (..., C) and log|det dz/dx| (...)."""
+        log_det = x.new_zeros(x.shape[:-1])
         for block in self.blocks:
             x, block_log_det = block(x, block.condition_bias(condition, index))
             log_det = log_det + block_log_det
@@ -119,6 +121,6 @@ class ConditionalFlow(nn.Module):
         return z
 
     def log_prob(self, x: Tensor, condition: Condition, index: Tensor | None = None) -> Tensor:
-        """Per-dimension log-likelihood ``log p(x | c) / C`` of each vector (N,) under a standard normal latent."""
+        """Per-dimension log-likelihood ``log p(x | c) / C`` of each vector (...) under a standard normal latent."""
         z, log_det = self(x, condition, index)
-        return (log_det - 0.5 * z.square().sum(dim=1)) / self.channels - _HALF_LOG_2PI
+        return (log_det - 0.5 * z.square().sum(dim=-1)) / self.channels - _HALF_LOG_2PI

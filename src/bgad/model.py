@@ -74,8 +74,9 @@ class BGADModel(nn.Module):
         out = []
         for level, (feature, flow, condition) in enumerate(zip(features, self.flows, self.conditions(), strict=True)):
             b, _, h, w = feature.shape
-            positions = torch.arange(h * w, device=feature.device).repeat(b)
-            out.append(flow.log_prob(self.flow_inputs(level, feature), condition, positions).view(b, h, w))
+            # (B, h*w, C): every image covers every position once, so all share one (h*w, hidden) condition table.
+            vectors = self.flow_inputs(level, feature).view(b, h * w, -1)
+            out.append(flow.log_prob(vectors, condition).view(b, h, w))
         return out
 
     def forward(self, images: Tensor) -> Tensor:
