@@ -42,7 +42,7 @@ class LossConfig:
 class TrainConfig:
     """Optimization schedule and few-shot protocol (reference §3.1-3.3, §4.1)."""
 
-    meta_epochs: int = 16  # cosine learning-rate steps; meta-epoch e runs `sub_epochs` passes over the data
+    meta_epochs: int = 12  # cosine learning-rate steps; meta-epoch e runs `sub_epochs` passes over the data
     sub_epochs: int = 1
     normal_only_meta_epochs: int = 1  # phase 1: maximum likelihood on normal images only
     warmup_meta_epochs: int = 2  # linear warm-up from lr/10 over the first meta-epochs, per step
