@@ -123,7 +123,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     heatmaps, masks = args.output / "heatmaps", args.output / "masks"
     heatmaps.mkdir(parents=True, exist_ok=True)
     masks.mkdir(exist_ok=True)
-    vmax = 2 * detector.thresholds_.pixel
     rows = []
     names = dict(zip(images, _output_names(images), strict=True))
     with tqdm(total=len(images), desc="predicting", unit="img", disable=args.quiet) as bar:
@@ -137,7 +136,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     print(f"bgad: error: {err}", file=sys.stderr)
             predictions = detector.predict_batch(list(readable.values()), batch_size=args.batch_size)
             for (image, picture), prediction in zip(readable.items(), predictions, strict=True):
-                overlay = heatmap_overlay(np.asarray(picture), prediction.anomaly_map, vmax=vmax)
+                overlay = heatmap_overlay(
+                    np.asarray(picture), prediction.anomaly_map, threshold=detector.thresholds_.pixel
+                )
                 Image.fromarray(overlay).save(heatmaps / f"{names[image]}.png")
                 Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(masks / f"{names[image]}_mask.png")
                 rows.append((str(image), f"{prediction.score:.6g}", int(prediction.is_anomalous)))
