@@ -41,7 +41,8 @@ def main() -> None:
     rows = []
     for n, size in POINTS:
         config = out / f"config_{size}.yaml"
-        config.write_text(yaml.safe_dump({"model": {"image_size": size}, "train": {"meta_epochs": META_EPOCHS}}))
+        train = {"meta_epochs": META_EPOCHS, "warmup_meta_epochs": 1}
+        config.write_text(yaml.safe_dump({"model": {"image_size": size}, "train": train}))
         run = out / f"run_{n}_{size}"
         start = time.perf_counter()
         command = ["bgad", "fit", "--data-root", str(subset(data_root, category, n, out)), "--category", category]
