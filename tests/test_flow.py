@@ -30,6 +30,12 @@ def _to_exact_double(flow: ConditionalFlow) -> ConditionalFlow:
     return flow
 
 
+def _exact_flow(channels: int, seed: int, *, perturbed: bool) -> ConditionalFlow:
+    """A float64 flow with exactly orthogonal rotations, optionally moved away from its init (seed + 1)."""
+    flow = _to_exact_double(ConditionalFlow(channels, seed=seed))
+    return _perturb(flow, seed=seed + 1) if perturbed else flow
+
+
 def _perturb(flow: ConditionalFlow, seed: int) -> ConditionalFlow:
     """Move every trainable parameter away from its init so that all terms of the log-det are non-trivial."""
     gen = torch.Generator().manual_seed(seed)
@@ -98,9 +104,7 @@ def test_encoding_rejects_channels_not_multiple_of_4(channels):
 @pytest.mark.parametrize("channels", [5, 24])
 @pytest.mark.parametrize("perturbed", [False, True])
 def test_inverse_is_exact(channels, perturbed):
-    flow = _to_exact_double(ConditionalFlow(channels, seed=1))
-    if perturbed:
-        _perturb(flow, seed=2)
+    flow = _exact_flow(channels, 1, perturbed=perturbed)
     gen = torch.Generator().manual_seed(3)
     table = _condition_table(20)
     index = torch.randint(0, 20, (64,), generator=gen)
@@ -118,9 +122,7 @@ def test_inverse_is_exact(channels, perturbed):
 @pytest.mark.parametrize("channels", [3, 6])
 @pytest.mark.parametrize("perturbed", [False, True])
 def test_log_det_matches_autograd_jacobian(channels, perturbed):
-    flow = _to_exact_double(ConditionalFlow(channels, seed=4))
-    if perturbed:
-        _perturb(flow, seed=5)
+    flow = _exact_flow(channels, 4, perturbed=perturbed)
     gen = torch.Generator().manual_seed(6)
     table = _condition_table(8)
     x = 1.5 * torch.randn(5, channels, generator=gen, dtype=torch.float64)
@@ -236,9 +238,7 @@ def test_parity_with_freia_all_in_one_block(channels, perturbed):
     FrEIA's reverse pass returns the log-det of the inverse map, i.e. minus ours at the reconstructed input;
     that identity needs an exactly orthogonal rotation (see the module docstring), which both sides share.
     """
-    flow = _to_exact_double(ConditionalFlow(channels, seed=14))
-    if perturbed:
-        _perturb(flow, seed=15)
+    flow = _exact_flow(channels, 14, perturbed=perturbed)
     inn = _freia_flow(channels).double()
     _copy_into_freia(flow, inn)
     gen = torch.Generator().manual_seed(16)
