@@ -219,10 +219,11 @@ def _panel(ev: Evaluation, i: int, vmin: float, vmax: float, path: Path) -> None
 def _gallery(ev: Evaluation, out: Path, threshold: float | None, size: int) -> str:
     labels = ev.labels.astype(bool)
     maps = ev.anomaly_maps[np.isfinite(ev.anomaly_maps)]
-    vmin, vmax = (float(maps.min()), float(maps.max())) if maps.size else (0.0, 1.0)
+    # Median to maximum: most of every map is normal, so starting at the median keeps the contrast for defects.
+    vmin, vmax = (float(np.median(maps)), float(maps.max())) if maps.size else (0.0, 1.0)
     parts = [
         f'<p class="note">White outline: ground-truth defect. Heatmap colours use one scale for every panel, '
-        f"from {_num(vmin)} (dark blue) to {_num(vmax)} (dark red): the smallest and largest anomaly-map values "
+        f"from {_num(vmin)} (dark blue) to {_num(vmax)} (dark red): the median and the largest anomaly-map value "
         "of the whole evaluation set. An image's score is the maximum of its map.</p>"
     ]
     for kind, want, sign, title in (
