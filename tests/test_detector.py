@@ -148,3 +148,11 @@ def test_cuda_request_without_gpu_is_a_clear_error(fitted: tuple[BGAD, list[Path
         pytest.skip("a GPU is present")
     with pytest.raises(BGADError, match="no CUDA GPU"):
         detector.to("cuda")
+
+
+def test_compiled_flows_give_the_same_maps(fitted: tuple[BGAD, list[Path]], tmp_path: Path) -> None:
+    detector, images = fitted
+    detector.save(tmp_path)
+    compiled = BGAD.load(tmp_path)
+    compiled.model_.compile_flows()
+    torch.testing.assert_close(compiled.anomaly_maps(images[:2]), detector.anomaly_maps(images[:2]), rtol=0, atol=1e-4)

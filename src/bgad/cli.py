@@ -106,7 +106,10 @@ def _read_for_prediction(path: Path) -> Image.Image:
 
 def _load_for_prediction(args: argparse.Namespace) -> BGAD | OnnxDetector:
     if args.engine == "torch":
-        return BGAD.load(args.run).to(args.device)
+        detector = BGAD.load(args.run).to(args.device)
+        if args.compile:
+            detector.model_.compile_flows()
+        return detector
     if args.device != "cpu":
         raise BGADError("the onnx engine runs on the CPU here; use --engine torch for --device cuda")
     return OnnxDetector.load(args.run / ONNX_FILE if args.run.is_dir() else args.run)
@@ -172,10 +175,13 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BGADError("device cuda was requested but no CUDA GPU is available to torch")
     model.to(args.device).eval()
+    if args.compile:
+        model.compile_flows()
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "backbone": config.model.backbone,
         "image_size": config.model.image_size,
+        "compiled_flows": args.compile,
     }
     report["batch_1"] = inference_speed(model, batch_size=1, repeats=args.repeats)
     report[f"batch_{args.batch_size}"] = inference_speed(model, batch_size=args.batch_size, repeats=args.repeats)
@@ -283,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path, required=True, help="folder for scores.csv, heatmaps/ and masks/")
     predict.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     predict.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    predict.add_argument("--compile", action="store_true", help="torch.compile the flows (worth it for many images)")
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
 
     export = command("export", _cmd_export, "export a trained run for deployment (ONNX, with its thresholds)")
@@ -296,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--batch-size", type=int, default=8, help="the larger batch size measured besides 1")
     speed.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     speed.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the flows before measuring")
 
     bench = command("benchmark", _cmd_benchmark, "BGAD and a Gaussian baseline over categories x seeds: results.md/csv")
     bench.add_argument("--data-root", type=Path, required=True, help="folder holding the category folders")
