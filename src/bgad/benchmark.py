@@ -75,10 +75,6 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-def _relative(path: Path, category: Category) -> str:
-    return path.relative_to(category.root).as_posix()
-
-
 def _gaussian(task: _Task, category: Category, known: tuple[Sample, ...]) -> dict[str, float]:
     """Fit and evaluate the baseline (normal images only; the known anomalies are left out of the evaluation)."""
     baseline = GaussianBaseline(task.config).fit([s.path for s in category.train], progress=task.progress)
@@ -113,7 +109,7 @@ def _run_task(task: _Task) -> dict[str, Any]:
         methods["gaussian"] = _gaussian(task, category, known)
     metrics = fit_run(task.data_root, task.category, task.run_dir, task.config, overwrite=True, progress=task.progress)
     used = json.loads((task.run_dir / RUN_JSON).read_text())["known_anomalies"]
-    if used != [_relative(s.path, category) for s in known]:
+    if used != [category.relative(s.path) for s in known]:
         raise BGADError(f"{task.run_dir}: the run's known anomalies differ from the baseline's")
     model = BGAD.load(task.run_dir).model_.eval()
     speed = inference_speed(model, batch_size=1, repeats=INFERENCE_REPEATS)

@@ -44,6 +44,10 @@ class Category:
     def defects(self) -> tuple[Sample, ...]:
         return tuple(s for s in self.test if s.is_anomalous)
 
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the category folder, with '/' separators (how run folders record images)."""
+        return path.relative_to(self.root).as_posix()
+
 
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

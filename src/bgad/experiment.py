@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__
 from .config import BGADConfig
-from .data import Category, evaluation_samples, load_mvtec_category, select_known_anomalies
+from .data import evaluation_samples, load_mvtec_category, select_known_anomalies
 from .detector import BGAD
 from .errors import BGADError
 from .evaluation import Evaluation, evaluate
@@ -28,10 +28,6 @@ KNOWN_ANOMALIES = "known_anomalies.txt"
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _relative(sample_path: Path, category: Category) -> str:
-    return sample_path.relative_to(category.root).as_posix()
 
 
 def _write_report(
@@ -59,7 +55,7 @@ def fit_run(
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        (staging / KNOWN_ANOMALIES).write_text("".join(f"{_relative(s.path, category)}\n" for s in known))
+        (staging / KNOWN_ANOMALIES).write_text("".join(f"{category.relative(s.path)}\n" for s in known))
         detector = BGAD(config).fit(
             [s.path for s in category.train],
             [s.path for s in known],
@@ -72,7 +68,7 @@ def fit_run(
             "bgad_version": __version__,
             "data_root": str(data_root.resolve()),
             "category": category.name,
-            "known_anomalies": [_relative(s.path, category) for s in known],
+            "known_anomalies": [category.relative(s.path) for s in known],
         }
         _write_json(staging / RUN_JSON, run)
         evaluation = evaluate(detector, evaluation_samples(category, known), progress=progress)
@@ -98,7 +94,7 @@ def test_run(run: Path, data_root: Path | None, category_name: str | None, *, pr
     detector = BGAD.load(run)
     category = load_mvtec_category(data_root or Path(info["data_root"]), category_name or info["category"])
     used = set(info["known_anomalies"]) if category.name == info["category"] else set()
-    samples = [s for s in category.test if _relative(s.path, category) not in used]
+    samples = [s for s in category.test if category.relative(s.path) not in used]
     evaluation = evaluate(detector, samples, progress=progress)
     results = evaluation.metrics()
     results["n_known_anomalies"] = len(info["known_anomalies"])
