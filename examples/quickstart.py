@@ -8,13 +8,14 @@ import tempfile
 from pathlib import Path
 
 from bgad import BGAD, load_config
-from bgad.data import evaluation_samples, load_mvtec_category, select_known_anomalies
+from bgad.data import evaluation_samples, select_known_anomalies
+from bgad.datasets import load_mvtec
 from bgad.demo_data import make_demo_dataset
 from bgad.evaluation import evaluate
 
 output = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="bgad-quickstart-"))
 make_demo_dataset(output / "data", category="demo_part")
-category = load_mvtec_category(output / "data", "demo_part")
+category = load_mvtec(output / "data", "demo_part")
 known = select_known_anomalies(category, 10, seed=0)
 
 detector = BGAD(load_config("fast")).fit(

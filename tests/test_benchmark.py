@@ -10,7 +10,8 @@ import yaml
 from bgad.baselines import GaussianBaseline, _fit_gaussians, _mahalanobis
 from bgad.cli import main
 from bgad.config import BGADConfig
-from bgad.data import evaluation_samples, load_mvtec_category, select_known_anomalies
+from bgad.data import evaluation_samples, select_known_anomalies
+from bgad.datasets import load_mvtec
 from bgad.evaluation import evaluate
 
 METRICS = ["image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap"]
@@ -145,7 +146,7 @@ def test_mahalanobis_is_zero_at_the_mean_and_grows_away_from_it() -> None:
 
 
 def test_gaussian_baseline_maps_and_evaluation(tiny_dataset: Path, tiny_config: BGADConfig) -> None:
-    category = load_mvtec_category(tiny_dataset, "part")
+    category = load_mvtec(tiny_dataset, "part")
     baseline = GaussianBaseline(tiny_config).fit([s.path for s in category.train])
     assert baseline.train_seconds_ > 0
     maps = baseline.anomaly_maps([s.path for s in category.test[:3]], batch_size=2)

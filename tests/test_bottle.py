@@ -5,7 +5,8 @@ import pytest
 
 from bgad import BGAD
 from bgad.config import BGADConfig
-from bgad.data import load_mvtec_category, select_known_anomalies
+from bgad.data import select_known_anomalies
+from bgad.datasets import load_mvtec
 from bgad.metrics import image_auroc
 
 from .conftest import SHARED_DATA
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.skipif(not (SHARED_DATA / "bottle").is_dir(), reason="M
 
 
 def test_a_short_training_on_real_images_separates_defects() -> None:
-    category = load_mvtec_category(SHARED_DATA, "bottle")
+    category = load_mvtec(SHARED_DATA, "bottle")
     known = select_known_anomalies(category, 3, seed=0)
     config = BGADConfig.from_dict({"model": {"image_size": 128}, "train": {"meta_epochs": 4, "fiber_batch": 1024}})
     detector = BGAD(config).fit(

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgad.data import evaluation_samples, load_mvtec_category, select_known_anomalies
+from bgad.data import evaluation_samples, select_known_anomalies
+from bgad.datasets import load_mvtec
 from bgad.errors import BGADError
 from bgad.images import read_image, read_mask
 
@@ -16,7 +17,7 @@ LAYOUT = {"train": 3, "good": 2, "crack": 4, "hole": 3, "scratch": 5}
 
 def test_category_index(tmp_path: Path) -> None:
     write_category(tmp_path, LAYOUT)
-    category = load_mvtec_category(tmp_path, "cat")
+    category = load_mvtec(tmp_path, "cat")
     assert len(category.train) == 3
     assert Counter(s.defect_type for s in category.test) == {"good": 2, "crack": 4, "hole": 3, "scratch": 5}
     assert all(s.mask_path.is_file() for s in category.defects)
@@ -24,7 +25,7 @@ def test_category_index(tmp_path: Path) -> None:
 
 def test_stratified_selection_and_removal_from_evaluation(tmp_path: Path) -> None:
     write_category(tmp_path, LAYOUT)
-    category = load_mvtec_category(tmp_path, "cat")
+    category = load_mvtec(tmp_path, "cat")
     known = select_known_anomalies(category, 7, seed=0)
     counts = Counter(s.defect_type for s in known)
     assert sum(counts.values()) == 7
@@ -36,7 +37,7 @@ def test_stratified_selection_and_removal_from_evaluation(tmp_path: Path) -> Non
 
 def test_selection_depends_only_on_category_and_seed(tmp_path: Path) -> None:
     write_category(tmp_path, LAYOUT)
-    category = load_mvtec_category(tmp_path, "cat")
+    category = load_mvtec(tmp_path, "cat")
     first = select_known_anomalies(category, 5, seed=3)
     np.random.seed(123)  # the global RNG must not matter
     assert select_known_anomalies(category, 5, seed=3) == first
@@ -45,7 +46,7 @@ def test_selection_depends_only_on_category_and_seed(tmp_path: Path) -> None:
 
 def test_type_with_fewer_images_than_its_share(tmp_path: Path) -> None:
     write_category(tmp_path, {"train": 1, "good": 1, "rare": 1, "common": 9})
-    known = select_known_anomalies(load_mvtec_category(tmp_path, "cat"), 8, seed=0)
+    known = select_known_anomalies(load_mvtec(tmp_path, "cat"), 8, seed=0)
     assert Counter(s.defect_type for s in known) == {"rare": 1, "common": 7}
 
 
@@ -59,25 +60,32 @@ def _empty_train_folder(root: Path) -> None:
     [
         (lambda root: None, "category folder not found"),
         (lambda root: (root / "cat" / "test").mkdir(parents=True), "no training images"),
-        (lambda root: write_category(root, {"train": 2, "good": 1, "crack": 1}, masks=False), "has no mask"),
         (_empty_train_folder, "no images in"),
     ],
 )
 def test_layout_errors_name_the_problem(tmp_path: Path, setup, message: str) -> None:
     setup(tmp_path)
     with pytest.raises(BGADError, match=message):
-        load_mvtec_category(tmp_path, "cat")
+        load_mvtec(tmp_path, "cat")
+
+
+def test_missing_mask_is_a_problem_not_an_exception(tmp_path: Path) -> None:
+    write_category(tmp_path, {"train": 2, "good": 1, "crack": 1}, masks=False)
+    category = load_mvtec(tmp_path, "cat")
+    assert len(category.problems) == 1
+    assert "test/crack/000.png has no mask" in category.problems[0]
+    assert not category.defects
 
 
 def test_missing_data_root() -> None:
     with pytest.raises(BGADError, match="data root not found: /nonexistent"):
-        load_mvtec_category("/nonexistent", "cat")
+        load_mvtec("/nonexistent", "cat")
 
 
 def test_more_anomalies_than_available(tmp_path: Path) -> None:
     write_category(tmp_path, {"train": 1, "good": 1, "crack": 2})
     with pytest.raises(BGADError, match="3 known anomalies requested but category cat has only 2"):
-        select_known_anomalies(load_mvtec_category(tmp_path, "cat"), 3, seed=0)
+        select_known_anomalies(load_mvtec(tmp_path, "cat"), 3, seed=0)
 
 
 def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
@@ -101,7 +109,7 @@ def test_grayscale_and_16_bit_images_become_rgb(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (SHARED_DATA / "bottle").is_dir(), reason="MVTec AD bottle not present in ../shared")
 def test_real_bottle_category() -> None:
-    category = load_mvtec_category(SHARED_DATA, "bottle")
+    category = load_mvtec(SHARED_DATA, "bottle")
     assert len(category.train) == 209
     assert len(category.test) == 83
     known = select_known_anomalies(category, 10, seed=0)
@@ -112,7 +120,7 @@ def test_real_bottle_category() -> None:
 
 def test_random_and_single_type_sampling(tmp_path: Path) -> None:
     write_category(tmp_path, LAYOUT)
-    category = load_mvtec_category(tmp_path, "cat")
+    category = load_mvtec(tmp_path, "cat")
     hard = select_known_anomalies(category, 4, seed=0, sampling="type:scratch")
     assert {s.defect_type for s in hard} == {"scratch"}
     assert len(hard) == 4
@@ -132,4 +140,4 @@ def test_random_and_single_type_sampling(tmp_path: Path) -> None:
 def test_sampling_errors(tmp_path: Path, n: int, sampling: str, message: str) -> None:
     write_category(tmp_path, LAYOUT)
     with pytest.raises(BGADError, match=message):
-        select_known_anomalies(load_mvtec_category(tmp_path, "cat"), n, seed=0, sampling=sampling)
+        select_known_anomalies(load_mvtec(tmp_path, "cat"), n, seed=0, sampling=sampling)

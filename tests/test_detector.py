@@ -7,13 +7,14 @@ import torch
 
 from bgad import BGAD, BGADError, NotFittedError
 from bgad.config import BGADConfig
-from bgad.data import load_mvtec_category, select_known_anomalies
+from bgad.data import select_known_anomalies
+from bgad.datasets import load_mvtec
 from bgad.runs import MODEL_JSON, MODEL_WEIGHTS
 
 
 @pytest.fixture(scope="module")
 def fitted(tiny_dataset: Path, tiny_config: BGADConfig) -> tuple[BGAD, list[Path]]:
-    category = load_mvtec_category(tiny_dataset, "part")
+    category = load_mvtec(tiny_dataset, "part")
     known = select_known_anomalies(category, 3, seed=0)
     detector = BGAD(tiny_config).fit(
         [s.path for s in category.train], [s.path for s in known], [s.mask_path for s in known], progress=False
@@ -60,7 +61,7 @@ def test_save_load_round_trip(fitted: tuple[BGAD, list[Path]], tmp_path: Path) -
 
 
 def test_same_seed_same_model(tiny_dataset: Path, tiny_config: BGADConfig) -> None:
-    category = load_mvtec_category(tiny_dataset, "part")
+    category = load_mvtec(tiny_dataset, "part")
     known = select_known_anomalies(category, 3, seed=0)
     states = []
     for _ in range(2):
@@ -113,7 +114,7 @@ def test_fit_argument_errors(tiny_config: BGADConfig) -> None:
 
 def test_image_threshold_passes_the_training_normals(fitted: tuple[BGAD, list[Path]], tiny_dataset: Path) -> None:
     detector, _ = fitted
-    train = [s.path for s in load_mvtec_category(tiny_dataset, "part").train]
+    train = [s.path for s in load_mvtec(tiny_dataset, "part").train]
     scores = detector.anomaly_maps(train).flatten(1).amax(dim=1)
     # 0.99-quantile of the training normals, possibly moved up towards the known anomalies: at most 1 of 12 above.
     assert int((scores > detector.thresholds_.image).sum()) <= 1

@@ -9,7 +9,7 @@ import torch
 
 from bgad import BGAD, BGADError, NotFittedError, __version__
 from bgad.config import BGADConfig
-from bgad.data import load_mvtec_category
+from bgad.datasets import load_mvtec
 from bgad.export import OnnxDetector, export_onnx
 from bgad.features import image_batches
 
@@ -28,7 +28,7 @@ ATOL = 2e-5
 @pytest.fixture(scope="module")
 def fitted(tiny_dataset: Path, tiny_config: BGADConfig) -> tuple[BGAD, list[Path]]:
     """A detector fitted in ~1 s: one normal-only meta-epoch is enough, the exported graph is the same."""
-    category = load_mvtec_category(tiny_dataset, "part")
+    category = load_mvtec(tiny_dataset, "part")
     config = BGADConfig.from_dict({"train": {"meta_epochs": 1, "warmup_meta_epochs": 0}}, base=tiny_config)
     detector = BGAD(config).fit([s.path for s in category.train[:6]], progress=False)
     return detector, [s.path for s in category.test]
@@ -97,7 +97,7 @@ def test_missing_or_corrupt_onnx_file_fails_clearly(exported: Path, tmp_path: Pa
 
 @pytest.mark.skipif(not (SHARED_DATA / "bottle").is_dir(), reason="MVTec AD bottle not in ../shared")
 def test_onnx_matches_torch_on_real_bottle_images(tmp_path: Path) -> None:
-    category = load_mvtec_category(SHARED_DATA, "bottle")
+    category = load_mvtec(SHARED_DATA, "bottle")
     config = BGADConfig.from_dict(
         {
             "model": {"image_size": 128, "n_coupling_blocks": 2},

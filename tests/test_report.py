@@ -30,7 +30,8 @@ def make_evaluation(root: Path, layout: dict[str, int], *, seed: int = 0) -> Eva
             if defect_type != "good":
                 mask[4 + i : 10 + i, 6:12] = True
                 amap[mask] += 0.5 + 0.3 * rng.random()
-            samples.append(Sample(path, defect_type, None))
+            mask_path = None if defect_type == "good" else folder / f"{defect_type}_{i:03d}_mask.png"  # not read
+            samples.append(Sample(path, defect_type, mask_path))
             maps.append(amap)
             masks.append(mask)
     maps_array = np.stack(maps) if maps else np.zeros((0, SIZE, SIZE), np.float32)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgad.data import load_mvtec_category
+from bgad.datasets import load_mvtec
 from bgad.errors import BGADError
 from bgad.images import read_mask
 from bgad.synthetic_pool import SyntheticAnomalies
@@ -12,7 +12,7 @@ from bgad.synthetic_pool import SyntheticAnomalies
 
 @pytest.fixture
 def sources(tiny_dataset: Path) -> tuple[list[Path], list[Path], list[np.ndarray]]:
-    category = load_mvtec_category(tiny_dataset, "part")
+    category = load_mvtec(tiny_dataset, "part")
     defects = category.defects[:2]
     return [s.path for s in category.train[:4]], [s.path for s in defects], [read_mask(s.mask_path) for s in defects]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BGADConfig
-from .experiment import METRICS_JSON, fit_run
+from .experiment import METRICS_JSON, RUN_JSON, fit_run
 
 _COLUMNS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
@@ -39,19 +39,17 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
-def run_ablation(data_root: Path, category: str, output: Path, base: BGADConfig, *, progress: bool = True) -> Path:
+def run_ablation(dataset: dict[str, Any], output: Path, base: BGADConfig, *, progress: bool = True) -> Path:
     """Train every variant into ``output/<variant>`` (skipping finished ones) and write ``output/ablation.md``."""
     rows = []
     for name, overrides in variants(base).items():
         run = output / _slug(name)
         if not (run / METRICS_JSON).is_file():
             print(f"ablation: training '{name}' into {run}", file=sys.stderr)
-            fit_run(
-                data_root, category, run, BGADConfig.from_dict(overrides, base=base), overwrite=True, progress=progress
-            )
+            fit_run(dataset, run, BGADConfig.from_dict(overrides, base=base), overwrite=True, progress=progress)
         rows.append((name, json.loads((run / METRICS_JSON).read_text())))
     path = output / "ablation.md"
-    path.write_text(_table(category, base, rows))
+    path.write_text(_table(json.loads((run / RUN_JSON).read_text())["category"], base, rows))
     return path
 
 

@@ -64,6 +64,11 @@ class GaussianBaseline:
     def _config(self) -> BGADConfig:
         return self.config or BGADConfig()
 
+    @property
+    def resize(self) -> str:
+        """How images are fitted to the square input (:attr:`bgad.config.ModelConfig.resize`)."""
+        return self._config.model.resize
+
     def fit(self, normal_images: Sequence[ImageSource], *, progress: bool = False) -> GaussianBaseline:
         """Fit one Gaussian per level and position on the features of normal images."""
         if len(normal_images) == 0:
@@ -76,6 +81,7 @@ class GaussianBaseline:
             list(normal_images),
             image_size=config.model.image_size,
             batch_size=config.train.extract_batch_size,
+            resize=self.resize,
             progress=progress,
         )
         gaussians = [_fit_gaussians(_positions_last(f), self.epsilon) for f in features]
@@ -100,5 +106,7 @@ class GaussianBaseline:
 
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
         """Anomaly maps (N, S, S) at the model's input size, on the CPU (same contract as ``BGAD.anomaly_maps``)."""
-        batches = image_batches(images, image_size=self._config.model.image_size, batch_size=batch_size)
+        batches = image_batches(
+            images, image_size=self._config.model.image_size, batch_size=batch_size, resize=self.resize
+        )
         return torch.cat([self.maps_from_tensor(batch) for batch in batches])

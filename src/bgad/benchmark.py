@@ -32,12 +32,14 @@ import torch
 from . import __version__
 from .baselines import GaussianBaseline
 from .config import BGADConfig, load_config
-from .data import GOOD, Category, Sample, evaluation_samples, load_mvtec_category, select_known_anomalies
+from .data import GOOD, Category, Sample, evaluation_samples, select_known_anomalies
+from .datasets import load_mvtec
 from .detector import BGAD
 from .errors import BGADError
 from .evaluation import evaluate
 from .experiment import RUN_JSON, fit_run
 from .speed import inference_speed, median_seconds
+from .validation import DatasetError
 
 RESULT_JSON = "benchmark.json"
 METHODS = ("bgad", "gaussian")
@@ -96,7 +98,7 @@ def _run_task(task: _Task) -> dict[str, Any]:
         torch.set_num_threads(task.threads)
     _log(f"{task.category} seed {task.seed}: started (pid {os.getpid()}, {torch.get_num_threads()} torch threads)")
     start = time.perf_counter()
-    category = load_mvtec_category(task.data_root, task.category)
+    category = load_mvtec(task.data_root, task.category)
     known = select_known_anomalies(
         category,
         task.config.train.num_anomalies,
@@ -107,7 +109,8 @@ def _run_task(task: _Task) -> dict[str, Any]:
     # The baseline runs first: ru_maxrss is a high-water mark, so the lighter method must be measured first.
     if task.baseline:
         methods["gaussian"] = _gaussian(task, category, known)
-    metrics = fit_run(task.data_root, task.category, task.run_dir, task.config, overwrite=True, progress=task.progress)
+    dataset = {"layout": "mvtec", "data_root": str(task.data_root.absolute()), "category": task.category}
+    metrics = fit_run(dataset, task.run_dir, task.config, overwrite=True, progress=task.progress)
     used = json.loads((task.run_dir / RUN_JSON).read_text())["known_anomalies"]
     if used != [category.relative(s.path) for s in known]:
         raise BGADError(f"{task.run_dir}: the run's known anomalies differ from the baseline's")
@@ -234,7 +237,9 @@ def run_benchmark(
     results: dict[tuple[str, int], dict[str, Any]] = {}
     tasks = []
     for name in names:
-        category = load_mvtec_category(data_root, name)  # fail early, before any process starts
+        category = load_mvtec(data_root, name)  # fail early, before any process starts
+        if category.problems:
+            raise DatasetError(category.problems)
         for seed in seeds:
             config = BGADConfig.from_dict({"train": {"seed": seed}}, base=base)
             select_known_anomalies(

@@ -18,19 +18,19 @@ from tqdm.auto import tqdm
 from . import __version__
 from .ablation import run_ablation
 from .benchmark import run_benchmark
-from .config import PRESETS, BGADConfig, load_config
+from .config import PRESETS, RESIZE_MODES, BGADConfig, load_config
+from .datasets import load_dataset
 from .demo_data import make_demo_dataset
 from .detector import BGAD
 from .errors import BGADError
-from .experiment import fit_run, test_run
+from .experiment import TrainingInterrupted, evaluate_run, fit_run, resume_run
 from .export import OnnxDetector, export_onnx
 from .images import IMAGE_SUFFIXES, read_image
 from .model import BGADModel
 from .speed import inference_speed, training_speed
+from .validation import MIN_IMAGE_SIDE, DatasetError, check_dataset
 from .visualize import heatmap_overlay
 
-# The coarsest feature level has stride 16: a smaller image has no cell of its own there.
-MIN_IMAGE_SIDE = 16
 ONNX_FILE = "model.onnx"
 
 
@@ -48,26 +48,102 @@ def _config_for(args: argparse.Namespace) -> BGADConfig:
         "synthesis": getattr(args, "synthesis", None),
     }
     train = {k: v for k, v in overrides.items() if v is not None}
-    return BGADConfig.from_dict({"train": train}, base=config)
+    model = {"resize": args.resize} if args.resize is not None else {}
+    return BGADConfig.from_dict({"train": train, "model": model}, base=config)
+
+
+def _dataset_spec(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The dataset the data options describe (a :func:`bgad.datasets.load_dataset` spec), or None if none."""
+    given = [name for name in ("data_root", "normal_dir", "manifest") if getattr(args, name) is not None]
+    if len(given) > 1:
+        raise BGADError(f"give one data source, not {' and '.join('--' + g.replace('_', '-') for g in given)}")
+    folder_options = args.defect_dir or args.mask_dir or args.test_normal_dir
+    if folder_options and args.normal_dir is None:
+        raise BGADError("--defect-dir, --mask-dir and --test-normal-dir need --normal-dir")
+    if (args.data_root is None) != (args.category is None):
+        raise BGADError("--data-root and --category go together")
+    if not given:
+        return None
+    unmasked = args.unmasked_defects
+    if args.data_root is not None:
+        return {
+            "layout": args.layout,
+            "data_root": _absolute(args.data_root),
+            "category": args.category,
+            "unmasked": unmasked,
+        }
+    if args.manifest is not None:
+        return {"layout": "manifest", "manifest": _absolute(args.manifest), "unmasked": unmasked}
+    return {
+        "layout": "folders",
+        "normal_dir": _absolute(args.normal_dir),
+        "defect_dirs": [_absolute(p) for p in args.defect_dir],
+        "mask_dirs": [_absolute(p) for p in args.mask_dir],
+        "test_normal_dirs": [_absolute(p) for p in args.test_normal_dir],
+        "test_normal_ratio": args.test_normal_ratio,
+        "unmasked": unmasked,
+    }
+
+
+def _absolute(path: Path) -> str:
+    return str(path.absolute())
+
+
+def _required_dataset(args: argparse.Namespace) -> dict[str, Any]:
+    spec = _dataset_spec(args)
+    if spec is None:
+        raise BGADError("no data given: use --data-root with --category, --normal-dir, or --manifest")
+    return spec
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    results = fit_run(
-        args.data_root, args.category, args.output, _config_for(args), overwrite=args.overwrite, progress=not args.quiet
-    )
+    if args.resume is not None:
+        if args.output is not None or _dataset_spec(args) is not None:
+            raise BGADError("--resume takes the data, options and output of the interrupted fit; give nothing else")
+        output = args.resume
+        results = resume_run(output, progress=not args.quiet)
+    else:
+        if args.output is None:
+            raise BGADError("--output is required (the run folder to create)")
+        config = _config_for(args)
+        output = args.output
+        results = fit_run(_required_dataset(args), output, config, overwrite=args.overwrite, progress=not args.quiet)
     print(json.dumps(results, indent=2))
-    print(f"model, metrics and logs written to {args.output}", file=sys.stderr)
+    print(f"model, metrics and logs written to {output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = _config_for(args)
+    train = config.train
+    report = check_dataset(
+        load_dataset(_required_dataset(args)),
+        num_anomalies=train.num_anomalies,
+        sampling=train.anomaly_sampling,
+        seed=train.seed,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    for note in report.notes:
+        print(f"note: {note}")
+    for problem in report.problems:
+        print(f"bgad: error: {problem}", file=sys.stderr)
+    if report.problems:
+        print(f"bgad: {len(report.problems)} problem(s) found", file=sys.stderr)
+        return 2
+    print("no problems found")
     return 0
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    path = run_ablation(args.data_root, args.category, args.output, _config_for(args), progress=not args.quiet)
+    config = _config_for(args)
+    path = run_ablation(_required_dataset(args), args.output, config, progress=not args.quiet)
     print(path.read_text())
     return 0
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    print(json.dumps(test_run(args.run, args.data_root, args.category, progress=not args.quiet), indent=2))
+    print(json.dumps(evaluate_run(args.run, _dataset_spec(args), progress=not args.quiet), indent=2))
     return 0
 
 
@@ -235,7 +311,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     make_demo_dataset(data_root, category="demo_part", seed=args.seed)
     config = BGADConfig.from_dict({"train": {"seed": args.seed}}, base=load_config("fast"))
     run = args.output / "run"
-    results = fit_run(data_root, "demo_part", run, config, overwrite=True, progress=not args.quiet)
+    dataset = {"layout": "mvtec", "data_root": str(data_root.absolute()), "category": "demo_part"}
+    results = fit_run(dataset, run, config, overwrite=True, progress=not args.quiet)
     print(json.dumps(results, indent=2))
     print(
         f"demo done: data in {data_root}, model and metrics in {run} (re-test: bgad test --run {run})", file=sys.stderr
@@ -249,8 +326,37 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--anomaly-sampling", help="stratified (default), random, or type:NAME (all known anomalies of one type)"
     )
+    parser.add_argument(
+        "--resize", choices=RESIZE_MODES, help="non-square images: stretch to a square (default) or pad (keep)"
+    )
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--config", type=Path, help="YAML file with model/loss/train options over the preset")
+
+
+def _add_data_options(parser: argparse.ArgumentParser, default_help: str = "") -> None:
+    group = parser.add_argument_group(
+        "data",
+        f"one of: --data-root with --category, --normal-dir (with defect folders), or --manifest. {default_help}",
+    )
+    group.add_argument("--data-root", type=Path, help="folder holding the category folders of a benchmark layout")
+    group.add_argument("--category", help="category (VisA: object) to use")
+    group.add_argument("--layout", default="mvtec", choices=["mvtec", "btad", "visa"], help="default mvtec")
+    group.add_argument("--normal-dir", type=Path, help="folder of good images")
+    group.add_argument("--defect-dir", type=Path, action="append", default=[], help="folder of defect images (repeat)")
+    group.add_argument("--mask-dir", type=Path, action="append", default=[], help="folder of masks (repeat)")
+    group.add_argument(
+        "--test-normal-dir", type=Path, action="append", default=[], help="good images kept for evaluation (repeat)"
+    )
+    group.add_argument(
+        "--test-normal-ratio", type=float, default=0.2, help="without --test-normal-dir: good images held out (0.2)"
+    )
+    group.add_argument("--manifest", type=Path, help="CSV with path,label,mask,split[,defect_type]")
+    group.add_argument(
+        "--unmasked-defects",
+        default="error",
+        choices=["error", "image-only"],
+        help="a defect image without a mask is an error (default) or evaluated at image level only",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,24 +370,26 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         return sub
 
-    fit = command("fit", _cmd_fit, "train on an MVTec-layout category, save the model and evaluate it")
-    fit.add_argument("--data-root", type=Path, required=True, help="folder holding the category folders")
-    fit.add_argument("--category", required=True)
-    fit.add_argument("--output", type=Path, required=True, help="run folder to create")
+    fit = command("fit", _cmd_fit, "check a dataset, train on it, save the model and evaluate it")
+    _add_data_options(fit)
+    fit.add_argument("--output", type=Path, help="run folder to create")
+    fit.add_argument("--resume", type=Path, metavar="RUN", help="continue the interrupted fit of RUN (alone)")
     _add_training_options(fit)
     fit.add_argument("--synthesis", choices=["cutpaste", "nsa", "none"], help="synthetic anomalies (default cutpaste)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
 
-    ablate = command("ablate", _cmd_ablate, "train the method's variants on one category and print the table")
-    ablate.add_argument("--data-root", type=Path, required=True)
-    ablate.add_argument("--category", required=True)
+    check = command("check", _cmd_check, "check a dataset before training: list every problem found")
+    _add_data_options(check)
+    _add_training_options(check)
+
+    ablate = command("ablate", _cmd_ablate, "train the method's variants on one dataset and print the table")
+    _add_data_options(ablate)
     ablate.add_argument("--output", type=Path, required=True, help="folder for the variants' runs and ablation.md")
     _add_training_options(ablate)
 
     test = command("test", _cmd_test, "re-evaluate a saved run and print its metrics as JSON")
     test.add_argument("--run", type=Path, required=True)
-    test.add_argument("--data-root", type=Path, help="default: the data root the run was trained on")
-    test.add_argument("--category", help="default: the category the run was trained on")
+    _add_data_options(test, default_help="default: the data the run was trained on")
 
     predict = command("predict", _cmd_predict, "score new images: scores.csv, heatmaps and masks at original size")
     predict.add_argument("--run", type=Path, required=True, help="run folder (or, with --engine onnx, an .onnx file)")
@@ -328,9 +436,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         return args.handler(args)
+    except DatasetError as err:
+        for problem in err.problems:
+            print(f"bgad: error: {problem}", file=sys.stderr)
+        if len(err.problems) > 1:
+            print(f"bgad: {len(err.problems)} problems in the dataset; nothing was written", file=sys.stderr)
+        return 2
     except BGADError as err:
         print(f"bgad: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as interrupted:
+        print(f"bgad: {interrupted}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("bgad: interrupted; nothing was written", file=sys.stderr)
         return 130

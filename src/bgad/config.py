@@ -11,6 +11,8 @@ import yaml
 
 from .errors import BGADError
 
+RESIZE_MODES = ("stretch", "pad")  # how images are fitted to the square input, see ModelConfig.resize
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -18,6 +20,9 @@ class ModelConfig:
 
     backbone: str = "efficientnet_lite0"
     image_size: int = 256  # images are resized to image_size x image_size
+    # "stretch": resize to image_size x image_size (aspect ratio not kept); "pad": scale the long side to image_size
+    # and pad the short side symmetrically (letterbox). Pad pixels never affect scores, thresholds or metrics.
+    resize: str = "stretch"
     condition_dim: int = 128  # positional-encoding channels fed to every coupling subnet
     n_coupling_blocks: int = 8
     clamp_alpha: float = 1.9  # soft clamp of the coupling log-scale: alpha * tanh(.)
@@ -100,6 +105,7 @@ class BGADConfig:
         """Raise :class:`BGADError` naming the first out-of-range option."""
         checks = [
             ("model.image_size", self.model.image_size, self.model.image_size >= 32),
+            ("model.resize", self.model.resize, self.model.resize in RESIZE_MODES),
             ("model.condition_dim", self.model.condition_dim, self.model.condition_dim % 4 == 0),
             ("model.n_coupling_blocks", self.model.n_coupling_blocks, self.model.n_coupling_blocks >= 1),
             ("model.clamp_alpha", self.model.clamp_alpha, self.model.clamp_alpha > 0),

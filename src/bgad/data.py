@@ -1,8 +1,6 @@
-"""The MVTec AD folder layout and the few-shot protocol: which defective images become known anomalies.
-
-Layout: ``CATEGORY/train/good``, ``CATEGORY/test/<type>`` (``good`` for normal images) and
-``CATEGORY/ground_truth/<type>/<stem>_mask.png``.
-"""
+"""What a dataset is once loaded (:class:`Category`) and the few-shot protocol: which defective images become
+known anomalies. The loaders of each layout (MVTec AD, BTAD, VisA, plain folders, a CSV manifest) live in
+:mod:`bgad.datasets`."""
 
 from __future__ import annotations
 
@@ -13,14 +11,17 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BGADError
-from .images import IMAGE_SUFFIXES
 
 GOOD = "good"
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: its path, its defect type (``"good"`` for normal images) and its mask path, if defective."""
+    """One image: its path, its defect type (``"good"`` for normal images) and its mask path, if defective.
+
+    A defective image without a mask is an image-level-only sample: it counts for image metrics, not for pixel
+    metrics, and is never picked as a known anomaly.
+    """
 
     path: Path
     defect_type: str = GOOD
@@ -30,57 +31,39 @@ class Sample:
     def is_anomalous(self) -> bool:
         return self.defect_type != GOOD
 
+    @property
+    def has_pixel_labels(self) -> bool:
+        """True for normal images and for defective images with a mask."""
+        return not self.is_anomalous or self.mask_path is not None
+
 
 @dataclass(frozen=True)
 class Category:
-    """A category's training normals and its test images, in sorted order."""
+    """A dataset of one part: its training normals and its test images, in sorted order.
+
+    ``known`` holds defective images that the dataset itself assigns to training (a manifest's ``train``
+    anomalies); when empty, known anomalies are drawn from the test defects (:func:`select_known_anomalies`).
+    ``problems`` lists what the loader found wrong without stopping (e.g. a defect image without a mask), for
+    :func:`bgad.validation.check_dataset` to report with everything else.
+    """
 
     name: str
     root: Path
     train: tuple[Sample, ...]
     test: tuple[Sample, ...]
+    known: tuple[Sample, ...] = ()
+    problems: tuple[str, ...] = ()
 
     @property
     def defects(self) -> tuple[Sample, ...]:
-        return tuple(s for s in self.test if s.is_anomalous)
+        """Test defects with a mask: the pool known anomalies are drawn from."""
+        return tuple(s for s in self.test if s.is_anomalous and s.mask_path is not None)
 
     def relative(self, path: Path) -> str:
-        """``path`` relative to the category folder, with '/' separators (how run folders record images)."""
-        return path.relative_to(self.root).as_posix()
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def load_mvtec_category(data_root: str | Path, category: str) -> Category:
-    """Index one MVTec-layout category, checking that folders exist and every defect image has its mask."""
-    root = Path(data_root) / category
-    if not Path(data_root).is_dir():
-        raise BGADError(f"data root not found: {data_root}")
-    if not root.is_dir():
-        found = sorted(p.name for p in Path(data_root).iterdir() if p.is_dir())
-        raise BGADError(f"category folder not found: {root} (found: {', '.join(found) or 'nothing'})")
-    train_dir = root / "train" / GOOD
-    if not train_dir.is_dir():
-        raise BGADError(f"no training images: {train_dir} is missing")
-    train = tuple(Sample(p) for p in _image_files(train_dir))
-    if not train:
-        raise BGADError(f"no images in {train_dir}")
-    test_dir = root / "test"
-    if not test_dir.is_dir():
-        raise BGADError(f"no test images: {test_dir} is missing")
-    test = []
-    for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-        for path in _image_files(type_dir):
-            if type_dir.name == GOOD:
-                test.append(Sample(path))
-                continue
-            mask = root / "ground_truth" / type_dir.name / f"{path.stem}_mask.png"
-            if not mask.is_file():
-                raise BGADError(f"defect image {path} has no mask (expected {mask})")
-            test.append(Sample(path, type_dir.name, mask))
-    return Category(category, root, train, tuple(test))
+        """``path`` relative to the dataset folder, with '/' separators (how run folders record images);
+        absolute if it lies elsewhere."""
+        path, root = path.absolute(), self.root.absolute()
+        return (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
 
 
 def _category_rng(category: str, seed: int) -> np.random.Generator:
@@ -93,10 +76,14 @@ def select_known_anomalies(
 ) -> tuple[Sample, ...]:
     """Pick ``n`` defective test images to train with; the result depends only on (category name, seed).
 
+    A dataset that assigns its own training anomalies (``category.known``) gets exactly those, whatever ``n``.
+
     ``"stratified"`` (the reference's choice): each of the T defect types gives ``n // T`` images (all it has,
     if fewer), the rest come from the leftovers of all types. ``"random"``: uniformly from all defects (the DRA
     protocol). ``"type:NAME"``: all from defect type NAME — the hard setting, where the other types stay unseen.
     """
+    if category.known:
+        return category.known
     defects = category.defects
     rng = _category_rng(category.name, seed)
     if sampling.startswith("type:"):

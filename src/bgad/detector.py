@@ -18,7 +18,18 @@ from torch import Tensor
 from .config import BGADConfig
 from .errors import BGADError
 from .features import extract_features, image_batches
-from .images import ImageSource, image_to_tensor, mask_to_tensor, read_image, read_mask
+from .images import (
+    ImageSource,
+    binarize_mask,
+    content_box,
+    content_masks,
+    image_shape,
+    image_to_tensor,
+    mask_to_tensor,
+    read_image,
+    read_mask,
+    square_mask,
+)
 from .model import BGADModel
 from .runs import load_model, save_model
 from .scoring import anomaly_map, calibrate, image_scores, resize_maps
@@ -37,7 +48,7 @@ class NotFittedError(BGADError, AttributeError):
 class Prediction:
     """The result for one image; maps and masks are at the image's original resolution."""
 
-    score: float  # maximum of the anomaly map at the model's input size; higher = more anomalous
+    score: float  # maximum of the anomaly map at the model's input size (content box); higher = more anomalous
     anomaly_map: np.ndarray  # (H, W) float32
     mask: np.ndarray  # (H, W) bool: anomaly_map above the pixel threshold
     is_anomalous: bool  # score above the image threshold
@@ -66,12 +77,15 @@ class BGAD:
         anomaly_masks: Sequence[MaskSource] = (),
         *,
         log_path: str | Path | None = None,
+        checkpoint: str | Path | None = None,
         progress: bool = True,
     ) -> BGAD:
         """Train on normal images and (optionally) a few anomalies with their pixel masks.
 
         Sets ``model_`` (a :class:`BGADModel`), ``thresholds_`` (image and pixel decision thresholds, see
         :mod:`bgad.thresholds`), ``history_`` (one record per meta-epoch) and ``train_seconds_``.
+        ``checkpoint`` is a folder where the training state is saved after every meta-epoch; if it holds one, fit
+        resumes from it and ends with the same model as an uninterrupted fit (same configuration and device).
         """
         config = self._config
         config.validate()
@@ -92,12 +106,19 @@ class BGAD:
             config.loss,
             synthetic=_synthetic_source(model, normal_images, anomaly_images, masks, config),
             log_path=Path(log_path) if log_path is not None else None,
+            checkpoint=Path(checkpoint) if checkpoint is not None else None,
+            config=config.to_dict(),
             progress=progress,
         )
-        self.thresholds_ = _calibrate(model, levels, len(normal_images), masks, config)
+        self.thresholds_ = _calibrate(model, levels, normal_images, masks, config)
         self.model_ = model
         self.train_seconds_ = time.perf_counter() - start
         return self
+
+    @property
+    def resize(self) -> str:
+        """How images are fitted to the square model input (:attr:`bgad.config.ModelConfig.resize`)."""
+        return self._config.model.resize
 
     def _check_is_fitted(self) -> BGADModel:
         if not hasattr(self, "model_"):
@@ -114,10 +135,11 @@ class BGAD:
 
     @torch.inference_mode()
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
-        """Anomaly maps (N, S, S) at the model's input size, on the CPU; higher = more anomalous."""
+        """Anomaly maps (N, S, S) at the model's input size, on the CPU; higher = more anomalous. With
+        ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.images.content_box` is meaningful."""
         model = self._check_is_fitted()
         device = model.level_max.device
-        batches = image_batches(images, image_size=model.config.image_size, batch_size=batch_size)
+        batches = image_batches(images, image_size=model.config.image_size, batch_size=batch_size, resize=self.resize)
         return torch.cat([model(batch.to(device)).cpu() for batch in batches])
 
     def predict(self, image: ImageSource) -> Prediction:
@@ -129,7 +151,12 @@ class BGAD:
         model = self._check_is_fitted()
         device = model.level_max.device
         return predict_images(
-            lambda batch: model(batch.to(device)).cpu(), images, model.config.image_size, self.thresholds_, batch_size
+            lambda batch: model(batch.to(device)).cpu(),
+            images,
+            model.config.image_size,
+            self.thresholds_,
+            batch_size,
+            resize=self.resize,
         )
 
     def save(self, directory: str | Path) -> None:
@@ -153,17 +180,23 @@ def predict_images(
     image_size: int,
     thresholds: Thresholds,
     batch_size: int,
+    *,
+    resize: str = "stretch",
 ) -> list[Prediction]:
     """Predictions for ``images`` given a function from input batches (B, 3, S, S) to anomaly maps (B, S, S).
 
-    Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.export`).
+    Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.export`). Each map is cropped to the
+    image's content box (the whole map with ``resize="stretch"``), scored, and resized to the image's resolution.
     """
     predictions = []
     for start in range(0, len(images), batch_size):
         pictures = [read_image(image) for image in images[start : start + batch_size]]
-        maps = anomaly_maps(torch.stack([image_to_tensor(picture, image_size) for picture in pictures]))
-        for picture, scaled, score in zip(pictures, maps, image_scores(maps), strict=True):
-            full = resize_maps(scaled[None], (picture.height, picture.width))[0].numpy()
+        maps = anomaly_maps(torch.stack([image_to_tensor(picture, image_size, resize) for picture in pictures]))
+        for picture, scaled in zip(pictures, maps, strict=True):
+            top, left, box_h, box_w = content_box(picture.height, picture.width, image_size, resize)
+            content = scaled[None, top : top + box_h, left : left + box_w]
+            score = image_scores(content)[0]
+            full = resize_maps(content, (picture.height, picture.width))[0].numpy()
             predictions.append(
                 Prediction(
                     score=float(score),
@@ -189,13 +222,15 @@ def _training_vectors(
         list(normal_images) + list(anomaly_images),
         image_size=config.model.image_size,
         batch_size=config.train.extract_batch_size,
+        resize=config.model.resize,
         progress=progress,
     )
     n = len(normal_images)
     if config.model.standardize_features:
         model.fit_standardization([f[:n] for f in features])
+    labels = [None] * n + [square_mask(mask, config.model.resize) for mask in masks]
     return [
-        level_data(model.flow_inputs(level, f), vector_labels([None] * n + masks, model.feature_shapes[level]), n)
+        level_data(model.flow_inputs(level, f), vector_labels(labels, model.feature_shapes[level]), n)
         for level, f in enumerate(features)
     ]
 
@@ -231,9 +266,10 @@ def _synthetic_source(
             images,
             image_size=config.model.image_size,
             batch_size=config.train.extract_batch_size,
+            resize=config.model.resize,
             progress=False,
         )
-        labels_t = [torch.from_numpy(label) for label in labels]
+        labels_t = [square_mask(torch.from_numpy(label), config.model.resize) for label in labels]
         return [
             level_data(model.flow_inputs(level, f), vector_labels(labels_t, model.feature_shapes[level]), 0)
             for level, f in enumerate(features)
@@ -244,10 +280,16 @@ def _synthetic_source(
 
 @torch.inference_mode()
 def _calibrate(
-    model: BGADModel, levels: list[LevelData], n_normal: int, masks: list[Tensor], config: BGADConfig
+    model: BGADModel,
+    levels: list[LevelData],
+    normal_images: Sequence[ImageSource],
+    masks: list[Tensor],
+    config: BGADConfig,
 ) -> Thresholds:
-    """Set the score calibration on the training normals, then the decision thresholds (with the known anomalies)."""
+    """Set the score calibration on the training normals, then the decision thresholds (with the known anomalies),
+    from content pixels only (letterboxed images: their shapes are read again, the known anomalies' from masks)."""
     size = (config.model.image_size, config.model.image_size)
+    resize, n_normal = config.model.resize, len(normal_images)
 
     def maps_of(images: slice) -> list[Tensor]:
         return [
@@ -257,23 +299,24 @@ def _calibrate(
             )
         ]
 
+    normal_valid = content_masks((image_shape(image) for image in normal_images), size[0], resize)
     normal_log_probs = maps_of(slice(0, n_normal))
-    model.level_max, model.normal_max = calibrate(normal_log_probs, size)
+    model.level_max, model.normal_max = calibrate(normal_log_probs, size, normal_valid)
     normal_maps = anomaly_map(normal_log_probs, model.level_max, model.normal_max, size)
     if not masks:
-        return fit_thresholds(normal_maps, None, None, config.threshold)
+        return fit_thresholds(normal_maps, None, None, config.threshold, normal_valid=normal_valid)
     known_maps = anomaly_map(maps_of(slice(n_normal, None)), model.level_max, model.normal_max, size)
-    known_masks = torch.stack([mask_to_tensor(m.numpy(), size[0]) for m in masks])
-    return fit_thresholds(normal_maps, known_maps, known_masks, config.threshold)
+    known_masks = torch.stack([mask_to_tensor(m.numpy(), size[0], resize) for m in masks])
+    known_valid = content_masks((tuple(m.shape) for m in masks), size[0], resize)
+    return fit_thresholds(
+        normal_maps, known_maps, known_masks, config.threshold, normal_valid=normal_valid, anomaly_valid=known_valid
+    )
 
 
 def _mask_tensor(mask: MaskSource) -> Tensor:
-    """A boolean (H, W) mask from a path or an array (bool; 0/1 or 0/255 integers; floats in [0, 1])."""
+    """A boolean (H, W) mask from a path or a 2-D array, by the rule of :mod:`bgad.images` (:func:`binarize_mask`)."""
     if not isinstance(mask, np.ndarray):
         return torch.from_numpy(read_mask(mask))
     if mask.ndim != 2:
         raise BGADError(f"a mask must be a 2-D array, got shape {mask.shape}")
-    if mask.dtype == bool:
-        return torch.from_numpy(mask)
-    threshold = 0.5 if mask.dtype.kind == "f" or mask.max() <= 1 else 127
-    return torch.from_numpy(mask > threshold)
+    return torch.from_numpy(binarize_mask(mask))

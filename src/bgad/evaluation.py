@@ -13,37 +13,66 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data import Sample
-from .images import ImageSource, mask_to_tensor, read_mask
+from .images import ImageSource, content_masks, image_shape, mask_to_tensor, read_mask
 from .scoring import image_scores
 
 
 class AnomalyMapper(Protocol):
-    """Anything with BGAD's ``anomaly_maps``: a fitted :class:`bgad.BGAD` or a baseline of :mod:`bgad.baselines`."""
+    """Anything with BGAD's ``anomaly_maps`` and ``resize``: a fitted :class:`bgad.BGAD` or a baseline of
+    :mod:`bgad.baselines`."""
+
+    @property
+    def resize(self) -> str: ...
 
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = ...) -> Tensor: ...
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Per-image results on an evaluation set; maps and masks are at the model's input size."""
+    """Per-image results on an evaluation set, in the evaluation space: the model's S x S input.
+
+    Maps are the model's output; masks are resized to the image's place on the input (nearest neighbour). With
+    ``resize="pad"`` only ``valid``, each image's content box, counts: image scores are maxima over it and pixel
+    metrics use its pixels only (pad pixels are neither normal nor defect). ``valid`` None: every pixel counts.
+    """
 
     samples: tuple[Sample, ...]
     scores: np.ndarray  # (N,)
     anomaly_maps: np.ndarray  # (N, S, S) float32
     masks: np.ndarray  # (N, S, S) bool
+    valid: np.ndarray | None = None  # (N, S, S) bool: the content pixels; None = all
+    resize: str = "stretch"  # how the images were fitted to the input (bgad.images.to_canvas shows them so)
 
     @property
     def labels(self) -> np.ndarray:
         return np.array([s.is_anomalous for s in self.samples], dtype=np.int64)
 
+    @property
+    def labelled(self) -> np.ndarray | None:
+        """The pixels pixel metrics use: ``valid`` ones of images with pixel labels, i.e. without the defect images
+        that have no mask (image-level-only samples); None when every pixel counts."""
+        has_labels = np.array([s.has_pixel_labels for s in self.samples])
+        if has_labels.all():
+            return self.valid
+        content = np.ones(self.masks.shape, dtype=bool) if self.valid is None else self.valid
+        return content & has_labels[:, None, None]
+
+    def pixels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Anomaly-map values and mask labels of the pixels that count (see :attr:`labelled`), flattened."""
+        labelled = self.labelled
+        if labelled is None:
+            return self.anomaly_maps.reshape(-1), self.masks.reshape(-1)
+        return self.anomaly_maps[labelled], self.masks[labelled]
+
     def metrics(self) -> dict[str, float | int]:
-        """Image- and pixel-level metrics; pixel metrics at the input size (masks resized nearest)."""
+        """Image- and pixel-level metrics; pixel metrics in the evaluation space (see the class docstring)."""
+        labelled = self.labelled
         return {
             "image_auroc": metrics.image_auroc(self.scores, self.labels),
-            "pixel_auroc": metrics.pixel_auroc(self.anomaly_maps, self.masks),
-            "pixel_aupro": metrics.aupro(self.anomaly_maps, self.masks),
+            "pixel_auroc": metrics.pixel_auroc(self.anomaly_maps, self.masks, valid=labelled),
+            "pixel_aupro": metrics.aupro(self.anomaly_maps, self.masks, valid=labelled),
             "image_ap": metrics.image_ap(self.scores, self.labels),
-            "pixel_ap": metrics.pixel_ap(self.anomaly_maps, self.masks),
+            "pixel_ap": metrics.pixel_ap(self.anomaly_maps, self.masks, valid=labelled),
             "n_eval_images": len(self.samples),
         }
 
@@ -52,14 +81,16 @@ class Evaluation:
         over the unseen types as ``"unseen_mean"`` (the hard setting's headline number) when there are some."""
         types = sorted({s.defect_type for s in self.samples if s.is_anomalous})
         good = self.labels == 0
+        labelled = self.labelled
         out: dict[str, dict[str, float | bool]] = {}
         for defect_type in types:
             keep = good | np.array([s.defect_type == defect_type for s in self.samples])
             maps, masks = self.anomaly_maps[keep], self.masks[keep]
+            valid = None if labelled is None else labelled[keep]
             out[defect_type] = {
                 "image_auroc": metrics.image_auroc(self.scores[keep], self.labels[keep]),
-                "pixel_auroc": metrics.pixel_auroc(maps, masks),
-                "pixel_aupro": metrics.aupro(maps, masks),
+                "pixel_auroc": metrics.pixel_auroc(maps, masks, valid=valid),
+                "pixel_aupro": metrics.aupro(maps, masks, valid=valid),
                 "n_images": int(keep.sum() - good.sum()),
                 "seen": defect_type in seen_types,
             }
@@ -79,14 +110,19 @@ def evaluate(
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluating", unit="batch", disable=not progress):
         maps.append(detector.anomaly_maps([s.path for s in samples[start : start + batch_size]], batch_size=batch_size))
     anomaly_maps = torch.cat(maps)
-    size = anomaly_maps.shape[-1]
+    size, resize = anomaly_maps.shape[-1], detector.resize
     masks = [
-        mask_to_tensor(read_mask(s.mask_path), size) if s.mask_path else torch.zeros(size, size, dtype=torch.bool)
+        mask_to_tensor(read_mask(s.mask_path), size, resize)
+        if s.mask_path
+        else torch.zeros(size, size, dtype=torch.bool)
         for s in samples
     ]
+    valid = content_masks((image_shape(s.path) for s in samples), size, resize)
     return Evaluation(
         samples=tuple(samples),
-        scores=image_scores(anomaly_maps).numpy(),
+        scores=image_scores(anomaly_maps, valid).numpy(),
         anomaly_maps=anomaly_maps.numpy(),
         masks=torch.stack(masks).numpy(),
+        valid=None if valid is None else valid.numpy(),
+        resize=resize,
     )

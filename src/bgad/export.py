@@ -4,7 +4,9 @@ The exported graph takes ``images`` float32 (B, 3, S, S) RGB in [0, 1] and retur
 and ``scores`` (B,), the maximum of each map; the batch dimension is dynamic. Everything after the resize is
 inside the graph: ImageNet normalization, backbone, feature standardization, flows and the calibrated scoring
 (``level_max``, ``normal_max``). Resizing stays on the host (PIL Lanczos, :func:`bgad.features.image_batches`),
-because no ONNX resize reproduces PIL's Lanczos filter: both runtimes then see exactly the same pixels.
+because no ONNX resize reproduces PIL's Lanczos filter: both runtimes then see exactly the same pixels. With
+``resize="pad"`` (stored in the metadata) the graph sees the letterboxed canvas and its ``scores`` are maxima over
+the whole canvas; :meth:`OnnxDetector.predict` crops each map to the image's content box first, as BGAD does.
 """
 
 from __future__ import annotations
@@ -80,8 +82,10 @@ def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -
     metadata = {
         "bgad_version": __version__,
         "image_size": str(size),
+        "resize": config.model.resize,
         "config": json.dumps(config.to_dict()),
-        "input": f"RGB float32 (B, 3, {size}, {size}) in [0, 1], resized on the host with PIL Lanczos",
+        "input": f"RGB float32 (B, 3, {size}, {size}) in [0, 1], resized on the host with PIL Lanczos "
+        f"(resize={config.model.resize}, see bgad.images.to_canvas)",
     }
     metadata["thresholds"] = json.dumps(detector.thresholds_._asdict())
     program.model.metadata_props.update(metadata)
@@ -127,13 +131,18 @@ class OnnxDetector:
         """The side S of the square model input (and of the anomaly maps)."""
         return self._image_size
 
+    @property
+    def resize(self) -> str:
+        """How images are fitted to the square input (``"stretch"`` for files exported before it was stored)."""
+        return self.metadata.get("resize", "stretch")
+
     def _run(self, batch: Tensor) -> Tensor:
         (maps,) = self._session.run([OUTPUT_NAMES[0]], {INPUT_NAME: batch.numpy()})
         return torch.from_numpy(maps)
 
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
         """Anomaly maps (N, S, S) at the model's input size; higher = more anomalous (as ``BGAD.anomaly_maps``)."""
-        batches = image_batches(images, image_size=self.image_size, batch_size=batch_size)
+        batches = image_batches(images, image_size=self.image_size, batch_size=batch_size, resize=self.resize)
         return torch.cat([self._run(batch) for batch in batches])
 
     def predict(self, image: ImageSource) -> Prediction:
@@ -142,4 +151,4 @@ class OnnxDetector:
 
     def predict_batch(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> list[Prediction]:
         """As :meth:`bgad.BGAD.predict_batch`."""
-        return predict_images(self._run, images, self.image_size, self.thresholds_, batch_size)
+        return predict_images(self._run, images, self.image_size, self.thresholds_, batch_size, resize=self.resize)

@@ -12,11 +12,13 @@ from .backbones import FeatureExtractor
 from .images import ImageSource, image_to_tensor, read_image
 
 
-def image_batches(images: Sequence[ImageSource], *, image_size: int, batch_size: int) -> Iterator[Tensor]:
+def image_batches(
+    images: Sequence[ImageSource], *, image_size: int, batch_size: int, resize: str = "stretch"
+) -> Iterator[Tensor]:
     """Yield (B, 3, S, S) input tensors in [0, 1], reading and resizing ``batch_size`` images at a time."""
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        yield torch.stack([image_to_tensor(read_image(image), image_size) for image in chunk])
+        yield torch.stack([image_to_tensor(read_image(image), image_size, resize) for image in chunk])
 
 
 @torch.inference_mode()
@@ -26,13 +28,14 @@ def extract_features(
     *,
     image_size: int,
     batch_size: int,
+    resize: str = "stretch",
     progress: bool = True,
     desc: str = "extracting features",
 ) -> list[Tensor]:
     """Backbone features of all ``images``: one (N, C, h, w) tensor per level."""
     levels: list[list[Tensor]] = []
     with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
-        for batch in image_batches(images, image_size=image_size, batch_size=batch_size):
+        for batch in image_batches(images, image_size=image_size, batch_size=batch_size, resize=resize):
             for level, feature in enumerate(extractor(batch)):
                 if level == len(levels):
                     levels.append([])

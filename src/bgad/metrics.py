@@ -1,7 +1,8 @@
 """Evaluation metrics: image/pixel AUROC and average precision, and AUPRO.
 
 Convention: a higher score means more anomalous; labels and masks are nonzero (True) for anomalous.
-Inputs may be numpy arrays or torch tensors.
+Inputs may be numpy arrays or torch tensors. Pixel metrics take an optional ``valid`` (N, H, W) boolean array:
+only those pixels count (the content of letterboxed images; pad pixels are neither normal nor defect).
 
 AUPRO follows the official MVTec AD evaluation code (Bergmann et al., "The MVTec Anomaly Detection
 Dataset: A Comprehensive Real-World Dataset for Unsupervised Anomaly Detection", IJCV 2021): ground-truth
@@ -71,41 +72,64 @@ def image_ap(scores: ArrayLike, labels: ArrayLike) -> float:
     return _binary_metric(average_precision_score, *_validate(scores, labels, ndim=1), "image AP")
 
 
-def pixel_auroc(anomaly_maps: ArrayLike, masks: ArrayLike) -> float:
+def _valid(valid: ArrayLike | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    if valid is None:
+        return None
+    keep = _to_numpy(valid).astype(bool, copy=False)
+    if keep.shape != shape:
+        raise ValueError(f"valid shape {keep.shape} does not match maps shape {shape}")
+    return keep
+
+
+def _content(maps: np.ndarray, masks: np.ndarray, valid: ArrayLike | None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``valid`` pixels of maps and masks, flattened (all of them, unflattened, when ``valid`` is None)."""
+    keep = _valid(valid, maps.shape)
+    return (maps, masks) if keep is None else (maps[keep], masks[keep])
+
+
+def pixel_auroc(anomaly_maps: ArrayLike, masks: ArrayLike, *, valid: ArrayLike | None = None) -> float:
     """Pixel-level AUROC of anomaly maps (N, H, W) against ground-truth masks (N, H, W)."""
-    return _binary_metric(roc_auc_score, *_validate(anomaly_maps, masks, ndim=3), "pixel AUROC")
+    pixels = _content(*_validate(anomaly_maps, masks, ndim=3), valid)
+    return _binary_metric(roc_auc_score, *pixels, "pixel AUROC")
 
 
-def pixel_ap(anomaly_maps: ArrayLike, masks: ArrayLike) -> float:
+def pixel_ap(anomaly_maps: ArrayLike, masks: ArrayLike, *, valid: ArrayLike | None = None) -> float:
     """Pixel-level average precision of anomaly maps (N, H, W) against masks (N, H, W)."""
-    return _binary_metric(average_precision_score, *_validate(anomaly_maps, masks, ndim=3), "pixel AP")
+    pixels = _content(*_validate(anomaly_maps, masks, ndim=3), valid)
+    return _binary_metric(average_precision_score, *pixels, "pixel AP")
 
 
-def pro_curve(anomaly_maps: ArrayLike, masks: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def pro_curve(
+    anomaly_maps: ArrayLike, masks: ArrayLike, *, valid: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-region-overlap curve over all thresholds, as in the official MVTec AD evaluation.
 
     Args:
         anomaly_maps: Scores of shape (N, H, W).
         masks: Ground truth of shape (N, H, W); needs at least one defect and one normal pixel.
+        valid: Optional (N, H, W) boolean array; other pixels are left out (also from the defect regions).
 
     Returns:
         ``(fpr, pro)``, non-decreasing, starting at (0, 0) and ending at (1, 1); one point per distinct
         score (threshold ``score >= t`` for descending ``t``).
     """
     maps, masks = _validate(anomaly_maps, masks, ndim=3)
+    keep = _valid(valid, maps.shape)
+    if keep is not None:
+        masks = masks & keep
     regions = np.zeros(masks.shape, dtype=np.int64)  # 0 = normal, k > 0 = k-th region of the whole set
     num_regions = 0
     for i, mask in enumerate(masks):
         labeled, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
         regions[i] = np.where(labeled > 0, labeled + num_regions, 0)
         num_regions += n
-    regions = regions.ravel()
+    scores, regions = (a.ravel() for a in _content(maps, regions, keep))
     area = np.bincount(regions)  # area[0] is the number of normal pixels
     if num_regions == 0 or area[0] == 0:
         raise ValueError("the PRO curve needs at least one defect pixel and one normal pixel")
 
-    order = np.argsort(maps.ravel(), kind="stable")[::-1]
-    scores, regions = maps.ravel()[order], regions[order]
+    order = np.argsort(scores, kind="stable")[::-1]
+    scores, regions = scores[order], regions[order]
     fpr = np.cumsum(regions == 0) / area[0]
     pro = np.cumsum(np.where(regions > 0, 1.0 / area[regions], 0.0)) / num_regions
     last_of_run = np.append(scores[1:] != scores[:-1], True)
@@ -113,22 +137,25 @@ def pro_curve(anomaly_maps: ArrayLike, masks: ArrayLike) -> tuple[np.ndarray, np
     return np.concatenate([zero, fpr[last_of_run]]), np.concatenate([zero, np.minimum(pro[last_of_run], 1.0)])
 
 
-def aupro(anomaly_maps: ArrayLike, masks: ArrayLike, *, fpr_limit: float = 0.3) -> float:
+def aupro(
+    anomaly_maps: ArrayLike, masks: ArrayLike, *, fpr_limit: float = 0.3, valid: ArrayLike | None = None
+) -> float:
     """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec AD AUPRO), in [0, 1].
 
     Args:
         anomaly_maps: Scores of shape (N, H, W).
         masks: Ground truth of shape (N, H, W).
         fpr_limit: Integration limit on the false-positive rate, in (0, 1].
+        valid: Optional (N, H, W) boolean array of the pixels that count (the FPR is over valid normal pixels).
 
     Returns:
         The area divided by ``fpr_limit``; NaN (with an ``UndefinedMetricWarning``) when the masks
         contain no defect pixel or no normal pixel.
     """
     maps, masks = _validate(anomaly_maps, masks, ndim=3, fpr_limit=fpr_limit)
-    if _one_class(masks, "AUPRO"):
+    if _one_class(_content(maps, masks, valid)[1], "AUPRO"):
         return float("nan")
-    fpr, pro = pro_curve(maps, masks)
+    fpr, pro = pro_curve(maps, masks, valid=valid)
     n = int(np.searchsorted(fpr, fpr_limit, side="right"))  # points with fpr <= fpr_limit (>= 1)
     x, y = fpr[:n], pro[:n]
     if x[-1] < fpr_limit:  # fpr[-1] == 1 >= fpr_limit, so fpr[n] exists and fpr[n] > fpr_limit

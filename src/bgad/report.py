@@ -14,14 +14,13 @@ from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
 from . import __version__
 from .data import GOOD
 from .errors import BGADError
 from .evaluation import Evaluation
-from .images import read_image
+from .images import read_image, to_canvas
 from .metrics import pro_curve
 
 FILES = "report_files"
@@ -127,24 +126,25 @@ def _curves(ev: Evaluation, metrics: dict[str, float | int], out: Path, threshol
         ax.legend(loc="lower right")
         _save(fig, out / "roc_image.png")
         parts.append(_figure("roc_image.png", caption))
-    masks, maps = ev.masks.reshape(-1), ev.anomaly_maps.reshape(-1)
+    maps, masks = ev.pixels()
     if why := _undefined(masks, maps, "pixels"):
         parts.append(f'<p class="note">Pixel ROC and PRO curves not drawn: {why}.</p>')
         return parts
-    caption = f"All {masks.size:,} pixels at the {ev.masks.shape[-1]} px model input size."
+    content = "" if ev.valid is None else " (image content only, padding left out)"
+    caption = f"All {masks.size:,} pixels at the {ev.masks.shape[-1]} px model input size{content}."
     if masks.size > MAX_ROC_PIXELS:
         pick = np.sort(np.random.default_rng(0).integers(0, masks.size, MAX_ROC_PIXELS))
-        masks, maps = masks[pick], maps[pick]
         caption = (
-            f"Drawn from a fixed random sample of {MAX_ROC_PIXELS:,} of the {ev.masks.size:,} pixels; "
+            f"Drawn from a fixed random sample of {MAX_ROC_PIXELS:,} of the {masks.size:,} pixels{content}; "
             "the pixel AUROC in the table uses all of them."
         )
+        masks, maps = masks[pick], maps[pick]
     fpr, tpr, _ = roc_curve(masks, maps)
     fig, ax = _curve(fpr, tpr, "Pixel-level ROC", f"AUROC {auc(fpr, tpr):.3f}")
     ax.legend(loc="lower right")
     _save(fig, out / "roc_pixel.png")
     parts.append(_figure("roc_pixel.png", caption))
-    fpr, pro = pro_curve(ev.anomaly_maps, ev.masks)
+    fpr, pro = pro_curve(ev.anomaly_maps, ev.masks, valid=ev.labelled)
     value = metrics.get("pixel_aupro")
     label = "PRO" if value is None else f"AUPRO {_num(value)}"
     fig, ax = _curve(fpr, pro, "Per-region overlap (PRO)", label, roc=False)
@@ -198,14 +198,15 @@ def _panel(ev: Evaluation, i: int, vmin: float, vmax: float, path: Path) -> None
     """Input image | anomaly-map overlay with the ground-truth outline, on the shared colour scale."""
     size, input_title = ev.anomaly_maps.shape[-1], "input"
     try:
-        image = np.asarray(read_image(ev.samples[i].path).resize((size, size), Image.Resampling.LANCZOS))
+        image = np.asarray(to_canvas(read_image(ev.samples[i].path), size, ev.resize))
     except BGADError:  # the image moved: show the map on grey
         image, input_title = np.full((size, size, 3), 128, np.uint8), "input (cannot be read)"
     fig = Figure(figsize=(5.0, 2.45), layout="constrained")
     left, right = fig.subplots(1, 2)
     left.imshow(image)
     right.imshow(image)
-    shown = right.imshow(ev.anomaly_maps[i], cmap=CMAP, vmin=vmin, vmax=vmax, alpha=0.5)
+    amap = ev.anomaly_maps[i] if ev.valid is None else np.where(ev.valid[i], ev.anomaly_maps[i], np.nan)  # no pad
+    shown = right.imshow(amap, cmap=CMAP, vmin=vmin, vmax=vmax, alpha=0.5)
     if ev.masks[i].any():
         outline = right.contour(ev.masks[i], levels=[0.5], colors="white", linewidths=1.3)
         outline.set_path_effects([patheffects.withStroke(linewidth=2.8, foreground="black")])
@@ -218,7 +219,8 @@ def _panel(ev: Evaluation, i: int, vmin: float, vmax: float, path: Path) -> None
 
 def _gallery(ev: Evaluation, out: Path, threshold: float | None, size: int) -> str:
     labels = ev.labels.astype(bool)
-    maps = ev.anomaly_maps[np.isfinite(ev.anomaly_maps)]
+    maps = ev.pixels()[0]
+    maps = maps[np.isfinite(maps)]
     # Median to maximum: most of every map is normal, so starting at the median keeps the contrast for defects.
     vmin, vmax = (float(np.median(maps)), float(maps.max())) if maps.size else (0.0, 1.0)
     parts = [

@@ -27,16 +27,31 @@ def anomaly_map(level_log_probs: list[Tensor], level_max: Tensor, normal_max: Te
     return normal_max - normality_map(level_log_probs, level_max, size)
 
 
-def image_scores(anomaly_maps: Tensor) -> Tensor:
-    """Image score = maximum of its anomaly map, as in the reference."""
+def image_scores(anomaly_maps: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Image score = maximum of its anomaly map, as in the reference; over the ``valid`` (B, S, S) pixels only
+    when given (the content of letterboxed images)."""
+    if valid is not None:
+        anomaly_maps = anomaly_maps.masked_fill(~valid, -torch.inf)
     return anomaly_maps.flatten(1).amax(dim=1)
 
 
-def calibrate(level_log_probs: list[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Constants ``(level_max, normal_max)`` from the level maps of the training normal images."""
-    level_max = torch.stack([lp.max() for lp in level_log_probs])
-    normal_max = normality_map(level_log_probs, level_max, size).max()
+def calibrate(
+    level_log_probs: list[Tensor], size: tuple[int, int], valid: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Constants ``(level_max, normal_max)`` from the level maps of the training normal images; with ``valid``
+    (N, *size), from content pixels and the feature cells that cover some content only."""
+    level_max = torch.stack([_masked_max(lp, _cells(valid, lp.shape[-2:])) for lp in level_log_probs])
+    normal_max = _masked_max(normality_map(level_log_probs, level_max, size), valid)
     return level_max, normal_max
+
+
+def _cells(valid: Tensor | None, shape: tuple[int, int]) -> Tensor | None:
+    """The cells of an (h, w) grid that cover at least one valid pixel."""
+    return None if valid is None else F.adaptive_max_pool2d(valid[:, None].float(), shape)[:, 0] > 0
+
+
+def _masked_max(values: Tensor, valid: Tensor | None) -> Tensor:
+    return values.max() if valid is None else values[valid].max()
 
 
 def resize_maps(anomaly_maps: Tensor, size: tuple[int, int]) -> Tensor:

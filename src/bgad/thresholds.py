@@ -13,6 +13,7 @@ from sklearn.metrics import precision_recall_curve
 from torch import Tensor
 
 from .config import ThresholdConfig
+from .scoring import image_scores
 
 
 class Thresholds(NamedTuple):
@@ -21,25 +22,37 @@ class Thresholds(NamedTuple):
 
 
 def fit_thresholds(
-    normal_maps: Tensor, anomaly_maps: Tensor | None, anomaly_masks: Tensor | None, config: ThresholdConfig
+    normal_maps: Tensor,
+    anomaly_maps: Tensor | None,
+    anomaly_masks: Tensor | None,
+    config: ThresholdConfig,
+    *,
+    normal_valid: Tensor | None = None,
+    anomaly_valid: Tensor | None = None,
 ) -> Thresholds:
     """Thresholds from anomaly maps (N, S, S) of training normals and, optionally, of known anomalies + masks.
 
     Image: the ``image_quantile`` of the normals' scores; if every known anomaly scores above it, the midpoint
     between it and the lowest known-anomaly score. Pixel: the ``pixel_quantile`` of the normals' pixels; with
-    known anomalies, the F1-optimal threshold on their pixels if that is higher.
+    known anomalies, the F1-optimal threshold on their pixels if that is higher. ``normal_valid`` and
+    ``anomaly_valid`` (bool, shaped as the maps) restrict everything to those pixels (letterboxed content).
     """
-    normal_scores = normal_maps.flatten(1).amax(dim=1).numpy()
+    normal_scores = image_scores(normal_maps, normal_valid).numpy()
     image = float(np.quantile(normal_scores, config.image_quantile))
-    pixel = float(np.quantile(normal_maps.numpy().ravel(), config.pixel_quantile))
+    pixel = float(np.quantile(_pixels(normal_maps, normal_valid), config.pixel_quantile))
     if anomaly_maps is None or len(anomaly_maps) == 0 or not config.refine_with_anomalies:
         return Thresholds(image, pixel)
-    lowest_anomaly = float(anomaly_maps.flatten(1).amax(dim=1).min())
+    lowest_anomaly = float(image_scores(anomaly_maps, anomaly_valid).min())
     if lowest_anomaly > image:
         image = (image + lowest_anomaly) / 2
-    labels = anomaly_masks.numpy().ravel()
+    labels = _pixels(anomaly_masks, anomaly_valid)
     if labels.any() and not labels.all():
-        precision, recall, candidates = precision_recall_curve(labels, anomaly_maps.numpy().ravel())
+        precision, recall, candidates = precision_recall_curve(labels, _pixels(anomaly_maps, anomaly_valid))
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
         pixel = max(pixel, float(candidates[np.argmax(f1[:-1])]))
     return Thresholds(image, pixel)
+
+
+def _pixels(values: Tensor, valid: Tensor | None) -> np.ndarray:
+    """The values (all, or the ``valid`` ones) as a flat numpy array."""
+    return (values if valid is None else values[valid]).numpy().ravel()

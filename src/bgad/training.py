@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .config import LossConfig, TrainConfig
 from .encoding import GridEncoding
+from .errors import BGADError
 from .flow import ConditionalFlow
 from .losses import bgad_loss
 
@@ -128,28 +130,37 @@ def train_flows(
     *,
     synthetic: Callable[[int], list[LevelData] | None] | None = None,
     log_path: Path | None = None,
+    checkpoint: Path | None = None,
+    config: dict | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Train ``flows`` in place; return one log record per meta-epoch (also appended to ``log_path``).
 
     ``synthetic(meta_epoch)`` returns the vectors of a fresh pool of synthetic anomalies (``n_normal == 0``), or
     None if it could make none; it is called at the first phase-2 meta-epoch and every ``synthesis_refresh``
-    meta-epochs after.
+    meta-epochs after, and must depend on its argument only.
+
+    With ``checkpoint`` (a folder, see :mod:`bgad.checkpoint`), the state is saved there after every meta-epoch,
+    tagged with ``config``; a checkpoint found there at the start is resumed (it must carry the same ``config``) and
+    the run ends with the same flows as an uninterrupted one. Ctrl-C propagates; the last checkpoint stays complete.
     """
     generator = torch.Generator().manual_seed(train_config.seed)
     optimizer = torch.optim.Adam(flows.parameters(), lr=train_config.lr)
+    history = _resume(checkpoint, config, flows, optimizer, generator) if checkpoint is not None else []
+    if history and log_path is not None:  # the log may hold records the checkpoint does not: start it afresh
+        log_path.write_text("".join(json.dumps(record) + "\n" for record in history))
     flows.train()
-    history = []
+    first = len(history)
     current = levels
-    bar = tqdm(desc="training flows", unit="step", disable=not progress, mininterval=1)
-    for meta_epoch in range(train_config.meta_epochs):
+    initial = sum(record["steps"] for record in history)
+    bar = tqdm(desc="training flows", unit="step", initial=initial, disable=not progress, mininterval=1)
+    for meta_epoch in range(first, train_config.meta_epochs):
         start = time.perf_counter()
         semi_push_pull = meta_epoch >= train_config.normal_only_meta_epochs
         since_phase_2 = meta_epoch - train_config.normal_only_meta_epochs
-        if semi_push_pull and synthetic is not None and since_phase_2 % train_config.synthesis_refresh == 0:
-            current = [
-                _with_synthetic(level, extra) for level, extra in zip(levels, synthetic(meta_epoch), strict=True)
-            ]
+        round_start = meta_epoch - since_phase_2 % train_config.synthesis_refresh
+        if semi_push_pull and synthetic is not None and meta_epoch in (round_start, first):
+            current = _with_pool(levels, synthetic(round_start))  # a resumed run redraws its round's pool
         has_anomalies = any(len(level.vectors) > level.n_normal for level in current)
         plan = _meta_epoch_plan(current, train_config, semi_push_pull and has_anomalies, generator)
         bar.total = bar.n + len(plan) * (train_config.meta_epochs - meta_epoch)  # exact once phase 2 has begun
@@ -184,12 +195,45 @@ def train_flows(
             "seconds": time.perf_counter() - start,
         }
         history.append(record)
+        if checkpoint is not None:
+            state = TrainingState(
+                meta_epoch + 1, flows.state_dict(), optimizer.state_dict(), generator.get_state(), history, config
+            )
+            save_checkpoint(state, checkpoint)
         if log_path is not None:
             with open(log_path, "a") as log:
                 log.write(json.dumps(record) + "\n")
     bar.close()
     flows.eval()
     return history
+
+
+def _resume(
+    checkpoint: Path, config: dict | None, flows: nn.Module, optimizer: torch.optim.Adam, generator: torch.Generator
+) -> list[dict]:
+    """Restore the training state saved in ``checkpoint``; return its history (empty when there is none yet)."""
+    state = load_checkpoint(checkpoint)
+    if state is None:
+        return []
+    if state.config != config:
+        raise BGADError(
+            f"checkpoint {checkpoint} was written with a different configuration: "
+            "resume with that configuration or delete the checkpoint"
+        )
+    try:
+        flows.load_state_dict(state.flows)
+        optimizer.load_state_dict(state.optimizer)
+        generator.set_state(state.generator)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise BGADError(f"checkpoint {checkpoint} does not fit this model: {str(err).splitlines()[0]}") from None
+    return state.history
+
+
+def _with_pool(levels: list[LevelData], pool: list[LevelData] | None) -> list[LevelData]:
+    """The real levels with a synthetic pool appended; the real levels alone if the pool came out empty."""
+    if pool is None:
+        return levels
+    return [_with_synthetic(level, extra) for level, extra in zip(levels, pool, strict=True)]
 
 
 def _with_synthetic(level: LevelData, synthetic: LevelData) -> LevelData:

@@ -1,0 +1,127 @@
+"""Checking a dataset before any work starts: every problem at once, one line each (``bgad check``, and the start
+of ``bgad fit``).
+
+Problems stop a fit: unreadable images or masks, masks whose size differs from their image, empty masks on
+defect images, images smaller than the network's coarsest stride, the same image (by content) in training and
+evaluation, fewer usable defects than requested, and what the loader reported (missing or ambiguous masks, bad
+manifest rows). Notes do not: they say what the evaluation will lack (no held-out normals, no defects left).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from .data import Category, Sample, evaluation_samples, select_known_anomalies
+from .errors import BGADError
+from .images import read_image, read_mask
+
+# The coarsest feature level has stride 16: a smaller image has no cell of its own there.
+MIN_IMAGE_SIDE = 16
+
+
+class DatasetError(BGADError):
+    """A dataset failed its checks; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = tuple(problems)
+        super().__init__(f"the dataset has {len(self.problems)} problem(s); `bgad check` lists them")
+
+
+@dataclass(frozen=True)
+class DatasetReport:
+    """What :func:`check_dataset` found; ``ok`` when there are no problems (notes are allowed)."""
+
+    category: Category
+    known: tuple[Sample, ...]
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        evaluation = evaluation_samples(self.category, self.known)
+        n_defects = sum(s.is_anomalous for s in evaluation)
+        return (
+            f"{self.category.name}: {len(self.category.train)} training normals, {len(self.known)} known anomalies; "
+            f"evaluation: {len(evaluation) - n_defects} normals, {n_defects} defects"
+        )
+
+    def raise_for_problems(self) -> None:
+        if self.problems:
+            raise DatasetError(self.problems)
+
+
+def _file_problems(sample: Sample) -> tuple[list[str], str | None]:
+    """Problems of one sample's files, and the image's content hash (None if unreadable)."""
+    try:
+        data = sample.path.read_bytes()
+        image = read_image(sample.path)
+    except (OSError, BGADError) as err:
+        return [str(err) if isinstance(err, BGADError) else f"cannot read image {sample.path}: {err}"], None
+    problems = []
+    if min(image.size) < MIN_IMAGE_SIDE:
+        problems.append(f"image {sample.path} is {image.width}x{image.height}, smaller than the network's stride 16")
+    if sample.mask_path is not None:
+        try:
+            mask = read_mask(sample.mask_path)
+        except BGADError as err:
+            problems.append(str(err).replace("image", "mask", 1))
+        else:
+            if mask.shape != (image.height, image.width):
+                problems.append(
+                    f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {sample.path} is "
+                    f"{image.width}x{image.height}"
+                )
+            elif not mask.any():
+                problems.append(f"mask {sample.mask_path} of defect image {sample.path} is empty")
+    return problems, hashlib.sha1(data).hexdigest()
+
+
+def _selection(category: Category, num_anomalies: int, sampling: str, seed: int) -> tuple[tuple[Sample, ...], str]:
+    try:
+        return select_known_anomalies(category, num_anomalies, seed=seed, sampling=sampling), ""
+    except BGADError as err:
+        return (), str(err)
+
+
+def check_dataset(
+    category: Category, *, num_anomalies: int, sampling: str = "stratified", seed: int = 0, progress: bool = True
+) -> DatasetReport:
+    """Read every image and mask of ``category`` once and report all problems found (see the module docstring)."""
+    problems = list(category.problems)
+    known, selection_problem = _selection(category, num_anomalies, sampling, seed)
+    if selection_problem:
+        problems.append(selection_problem)
+    roles = [(s, "train") for s in category.train + category.known] + [(s, "test") for s in category.test]
+    by_hash: dict[str, list[tuple[Sample, str]]] = defaultdict(list)
+    for sample, role in tqdm(roles, desc="checking images", unit="img", disable=not progress):
+        sample_problems, digest = _file_problems(sample)
+        problems += sample_problems
+        if digest is not None:
+            by_hash[digest].append((sample, role))
+    for copies in by_hash.values():
+        if {"train", "test"} <= {role for _, role in copies}:
+            names = ", ".join(str(s.path) for s, _ in copies)
+            problems.append(f"the same image is in training and evaluation: {names}")
+    notes = _notes(category, known)
+    return DatasetReport(category, known, tuple(problems), notes)
+
+
+def _notes(category: Category, known: tuple[Sample, ...]) -> tuple[str, ...]:
+    evaluation = evaluation_samples(category, known)
+    notes = []
+    if not any(not s.is_anomalous for s in evaluation):
+        notes.append("no normal images are held out for evaluation: image metrics will be undefined")
+    if not any(s.is_anomalous for s in evaluation):
+        notes.append("no defect images are left for evaluation: metrics will be undefined")
+    image_only = sum(not s.has_pixel_labels for s in evaluation)
+    if image_only:
+        notes.append(f"{image_only} defect image(s) without masks count for image metrics only")
+    return tuple(notes)

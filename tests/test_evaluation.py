@@ -1,0 +1,49 @@
+"""Image-level-only defects (no mask) count for image metrics and are left out of pixel metrics."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bgad import metrics
+from bgad.data import Sample
+from bgad.evaluation import evaluate
+from bgad.features import image_batches
+
+
+class BrightnessMapper:
+    """A stand-in detector whose anomaly map is the image's brightness."""
+
+    resize = "stretch"
+
+    def anomaly_maps(self, images, *, batch_size: int = 4) -> torch.Tensor:
+        return torch.cat([b.mean(1) for b in image_batches(images, image_size=32, batch_size=batch_size)])
+
+
+def _image(path: Path, spot: bool, seed: int) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 100, (32, 32, 3), dtype=np.uint8)
+    if spot:
+        pixels[8:16, 8:16] = 250
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_image_only_defects_count_for_image_metrics_only(tmp_path: Path) -> None:
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:16, 8:16] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    good = [Sample(_image(tmp_path / f"g{i}.png", False, i)) for i in range(3)]
+    masked = [Sample(_image(tmp_path / f"d{i}.png", True, 10 + i), "spot", tmp_path / "m.png") for i in range(2)]
+    unmasked = Sample(_image(tmp_path / "u.png", True, 20), "spot")
+    with_unmasked = evaluate(BrightnessMapper(), [*good, *masked, unmasked], progress=False)
+    without = evaluate(BrightnessMapper(), [*good, *masked], progress=False)
+    assert with_unmasked.metrics()["n_eval_images"] == 6
+    for key in ("pixel_auroc", "pixel_aupro", "pixel_ap"):
+        assert with_unmasked.metrics()[key] == pytest.approx(without.metrics()[key])
+    scores, labels = with_unmasked.scores, with_unmasked.labels
+    assert with_unmasked.metrics()["image_auroc"] == metrics.image_auroc(scores, labels)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+    counted_as_normal = metrics.pixel_auroc(with_unmasked.anomaly_maps, with_unmasked.masks)
+    assert counted_as_normal < with_unmasked.metrics()["pixel_auroc"], "the unmasked spot would count as normal"
