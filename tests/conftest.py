@@ -2,10 +2,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 from bgad.config import BGADConfig
 from bgad.demo_data import make_demo_dataset
+
+# Property tests draw the same examples on every run: CI stays reproducible; a failure found once stays found.
+settings.register_profile("bgad", derandomize=True, deadline=None)
+settings.load_profile("bgad")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_ad"
 

@@ -248,3 +248,24 @@ def test_mask_matching_finds_each_generated_mask(stems: list[str], choices: st.D
             names = {image.stem.lower() + suffix.lower() for suffix in MASK_SUFFIXES}
             fitting = [m for m in expected.values() if m.stem.lower() in names]
             assert (found, problem is None) == ((mask, True) if len(fitting) == 1 else (None, False))
+
+
+_cells = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.lists(_cells, min_size=0, max_size=6), max_size=6), header=st.sampled_from([0, 1]))
+def test_any_manifest_content_loads_or_gives_one_clear_error(rows: list[list[str]], header: int) -> None:
+    """Fuzz: whatever a CSV holds, loading it returns a dataset (problems listed) or raises BGADError."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fields = ["path,label,mask,split,defect_type", "path,label,mask"][header]
+        path = _write_manifest(Path(tmp) / "m.csv", rows, fields)
+        try:
+            category = load_manifest(path)
+        except BGADError as err:
+            message = str(err)
+        else:
+            message = ""
+            assert category.train
+            assert all(isinstance(problem, str) for problem in category.problems)
+        assert "\n" not in message

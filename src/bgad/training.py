@@ -153,59 +153,76 @@ def train_flows(
     first = len(history)
     current = levels
     initial = sum(record["steps"] for record in history)
-    bar = tqdm(desc="training flows", unit="step", initial=initial, disable=not progress, mininterval=1)
-    for meta_epoch in range(first, train_config.meta_epochs):
-        start = time.perf_counter()
-        semi_push_pull = meta_epoch >= train_config.normal_only_meta_epochs
-        since_phase_2 = meta_epoch - train_config.normal_only_meta_epochs
-        round_start = meta_epoch - since_phase_2 % train_config.synthesis_refresh
-        if semi_push_pull and synthetic is not None and meta_epoch in (round_start, first):
-            current = _with_pool(levels, synthetic(round_start))  # a resumed run redraws its round's pool
-        has_anomalies = any(len(level.vectors) > level.n_normal for level in current)
-        plan = _meta_epoch_plan(current, train_config, semi_push_pull and has_anomalies, generator)
-        bar.total = bar.n + len(plan) * (train_config.meta_epochs - meta_epoch)  # exact once phase 2 has begun
-        sums = {"loss": 0.0, "ml": 0.0, "pull": 0.0, "push": 0.0}
-        boundaries = [[] for _ in current]
-        for step, (index, rows) in enumerate(plan):
-            lr = learning_rate(train_config, meta_epoch, step, len(plan))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            level: ConditionalFlow = flows[index]
-            data = current[index]
-            log_prob = level.log_prob(data.vectors[rows], conditions[index], data.positions[rows])
-            terms = bgad_loss(log_prob, data.anomalous[rows], loss_config, semi_push_pull=semi_push_pull)
-            if terms.total.requires_grad:
-                optimizer.zero_grad(set_to_none=True)
-                terms.total.backward()
-                optimizer.step()
-            for key, value in zip(sums, terms[:4], strict=True):
-                sums[key] += float(value.detach())
-            if not math.isnan(float(terms.b_n)):
-                boundaries[index].append((float(terms.b_n), float(terms.b_a)))
-            bar.update()
-            bar.set_postfix(meta_epoch=meta_epoch, loss=f"{float(terms.total.detach()):.3f}")
-        record = {
-            "meta_epoch": meta_epoch,
-            "phase": "bg-spp" if semi_push_pull else "normal-only",
-            "steps": len(plan),
-            "lr_end": lr,
-            **{key: value / len(plan) for key, value in sums.items()},
-            "b_n": [_mean([b[0] for b in level_b]) for level_b in boundaries],
-            "b_a": [_mean([b[1] for b in level_b]) for level_b in boundaries],
-            "seconds": time.perf_counter() - start,
-        }
-        history.append(record)
-        if checkpoint is not None:
-            state = TrainingState(
-                meta_epoch + 1, flows.state_dict(), optimizer.state_dict(), generator.get_state(), history, config
+    with tqdm(desc="training flows", unit="step", initial=initial, disable=not progress, mininterval=1) as bar:
+        for meta_epoch in range(first, train_config.meta_epochs):
+            semi_push_pull = meta_epoch >= train_config.normal_only_meta_epochs
+            since_phase_2 = meta_epoch - train_config.normal_only_meta_epochs
+            round_start = meta_epoch - since_phase_2 % train_config.synthesis_refresh
+            if semi_push_pull and synthetic is not None and meta_epoch in (round_start, first):
+                current = _with_pool(levels, synthetic(round_start))  # a resumed run redraws its round's pool
+            record = _meta_epoch(
+                meta_epoch, flows, conditions, current, optimizer, generator, train_config, loss_config, bar
             )
-            save_checkpoint(state, checkpoint)
-        if log_path is not None:
-            with open(log_path, "a") as log:
-                log.write(json.dumps(record) + "\n")
-    bar.close()
+            history.append(record)
+            if checkpoint is not None:
+                state = TrainingState(
+                    meta_epoch + 1, flows.state_dict(), optimizer.state_dict(), generator.get_state(), history, config
+                )
+                save_checkpoint(state, checkpoint)
+            if log_path is not None:
+                with open(log_path, "a") as log:
+                    log.write(json.dumps(record) + "\n")
     flows.eval()
     return history
+
+
+def _meta_epoch(
+    meta_epoch: int,
+    flows: nn.ModuleList,
+    conditions: list[GridEncoding],
+    current: list[LevelData],
+    optimizer: torch.optim.Adam,
+    generator: torch.Generator,
+    train_config: TrainConfig,
+    loss_config: LossConfig,
+    bar: tqdm,
+) -> dict:
+    """Run the optimizer steps of one meta-epoch; return its log record."""
+    start = time.perf_counter()
+    semi_push_pull = meta_epoch >= train_config.normal_only_meta_epochs
+    has_anomalies = any(len(level.vectors) > level.n_normal for level in current)
+    plan = _meta_epoch_plan(current, train_config, semi_push_pull and has_anomalies, generator)
+    bar.total = bar.n + len(plan) * (train_config.meta_epochs - meta_epoch)  # exact once phase 2 has begun
+    sums = {"loss": 0.0, "ml": 0.0, "pull": 0.0, "push": 0.0}
+    boundaries = [[] for _ in current]
+    for step, (index, rows) in enumerate(plan):
+        lr = learning_rate(train_config, meta_epoch, step, len(plan))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        level: ConditionalFlow = flows[index]
+        data = current[index]
+        log_prob = level.log_prob(data.vectors[rows], conditions[index], data.positions[rows])
+        terms = bgad_loss(log_prob, data.anomalous[rows], loss_config, semi_push_pull=semi_push_pull)
+        if terms.total.requires_grad:
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimizer.step()
+        for key, value in zip(sums, terms[:4], strict=True):
+            sums[key] += float(value.detach())
+        if not math.isnan(float(terms.b_n)):
+            boundaries[index].append((float(terms.b_n), float(terms.b_a)))
+        bar.update()
+        bar.set_postfix(meta_epoch=meta_epoch, loss=f"{float(terms.total.detach()):.3f}")
+    return {
+        "meta_epoch": meta_epoch,
+        "phase": "bg-spp" if semi_push_pull else "normal-only",
+        "steps": len(plan),
+        "lr_end": lr,
+        **{key: value / len(plan) for key, value in sums.items()},
+        "b_n": [_mean([b[0] for b in level_b]) for level_b in boundaries],
+        "b_a": [_mean([b[1] for b in level_b]) for level_b in boundaries],
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def _resume(
