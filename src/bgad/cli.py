@@ -321,7 +321,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-anomalies", type=int, help="known anomalies taken from the test set (default 10)")
+    parser.add_argument(
+        "--num-anomalies", type=int, help="known anomalies to train on, drawn from the defect images (default 10)"
+    )
     parser.add_argument("--seed", type=int, help="seed for the anomaly choice and training (default 0)")
     parser.add_argument(
         "--anomaly-sampling", help="stratified (default), random, or type:NAME (all known anomalies of one type)"
