@@ -11,6 +11,8 @@ import bgad.training
 from bgad.cli import main
 from bgad.config import BGADConfig
 
+from .test_datasets import folder_options
+
 
 @pytest.fixture(scope="module")
 def folders(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
@@ -27,14 +29,7 @@ def folders(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> lis
             (root / "masks" / type_dir.name).mkdir(parents=True)
             for mask in (source / "ground_truth" / type_dir.name).iterdir():
                 shutil.copy(mask, root / "masks" / type_dir.name / mask.name.replace("_mask", "_label"))
-    return [
-        "--normal-dir",
-        str(root / "good"),
-        "--defect-dir",
-        str(root / "defects"),
-        "--mask-dir",
-        str(root / "masks"),
-    ]
+    return folder_options(root)
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,18 @@ def folder_dataset(root: Path) -> Path:
     return root
 
 
+def folder_options(root: Path) -> list[str]:
+    """The ``bgad`` data options of a dataset laid out as ``root/good``, ``root/defects``, ``root/masks``."""
+    return [
+        "--normal-dir",
+        str(root / "good"),
+        "--defect-dir",
+        str(root / "defects"),
+        "--mask-dir",
+        str(root / "masks"),
+    ]
+
+
 def test_folder_dataset_matches_differently_named_masks(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "part")
     category = load_folders(root / "good", [root / "defects"], [root / "masks"])

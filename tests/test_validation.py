@@ -11,7 +11,7 @@ from bgad.cli import main
 from bgad.datasets import load_folders
 from bgad.validation import check_dataset
 
-from .test_datasets import folder_dataset
+from .test_datasets import folder_dataset, folder_options
 
 
 def _break(root: Path) -> list[str]:
@@ -60,14 +60,7 @@ def test_check_of_a_clean_dataset(tmp_path: Path) -> None:
 
 def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = folder_dataset(tmp_path / "part")
-    data = [
-        "--normal-dir",
-        str(root / "good"),
-        "--defect-dir",
-        str(root / "defects"),
-        "--mask-dir",
-        str(root / "masks"),
-    ]
+    data = folder_options(root)
     assert main(["check", *data, "--num-anomalies", "3", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "part: 8 training normals, 3 known anomalies; evaluation: 2 normals, 4 defects" in out

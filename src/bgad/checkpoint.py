@@ -20,6 +20,7 @@ from torch import Tensor
 
 from . import __version__
 from .errors import BGADError
+from .runs import read_description
 
 STATE_JSON = "training.json"
 FORMAT = "bgad-training-checkpoint"
@@ -70,17 +71,7 @@ def load_checkpoint(directory: Path) -> TrainingState | None:
     json_path = directory / STATE_JSON
     if not json_path.is_file():
         return None
-    try:
-        description = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BGADError(f"training checkpoint {json_path} is damaged: {err}") from None
-    if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise BGADError(f"{json_path} is not a bgad training checkpoint")
-    if description.get("format_version") != FORMAT_VERSION:
-        raise BGADError(
-            f"{json_path} has checkpoint format version {description.get('format_version')!r}; "
-            f"this bgad {__version__} reads version {FORMAT_VERSION}"
-        )
+    description = read_description(json_path, FORMAT, FORMAT_VERSION, "training checkpoint")
     name = description.get("tensors")
     if not isinstance(name, str) or Path(name).name != name:
         raise BGADError(f"training checkpoint {json_path} is damaged: bad tensor file name {name!r}")

@@ -16,7 +16,7 @@ from typing import Any
 from . import __version__
 from .checkpoint import STATE_JSON
 from .config import BGADConfig
-from .data import evaluation_samples
+from .data import Category, evaluation_samples
 from .datasets import load_dataset
 from .detector import BGAD
 from .errors import BGADError
@@ -90,7 +90,7 @@ def fit_run(
         "known_types": sorted({s.defect_type for s in report.known}),
     }
     _write_json(partial / RUN_JSON, run)
-    return _train_and_evaluate(partial, output, run, progress=progress)
+    return _train_and_evaluate(partial, output, run, category, progress=progress)
 
 
 def resume_run(output: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -99,12 +99,13 @@ def resume_run(output: Path, *, progress: bool = True) -> dict[str, Any]:
     if not (partial / RUN_JSON).is_file():
         raise BGADError(f"no interrupted fit of {output} to resume ({partial / RUN_JSON} is missing)")
     run = json.loads((partial / RUN_JSON).read_text())
-    return _train_and_evaluate(partial, output, run, progress=progress)
+    return _train_and_evaluate(partial, output, run, load_dataset(run["dataset"]), progress=progress)
 
 
-def _train_and_evaluate(partial: Path, output: Path, run: dict[str, Any], *, progress: bool) -> dict[str, Any]:
+def _train_and_evaluate(
+    partial: Path, output: Path, run: dict[str, Any], category: Category, *, progress: bool
+) -> dict[str, Any]:
     config = BGADConfig.from_dict(run["config"])
-    category = load_dataset(run["dataset"])
     by_name = {category.relative(s.path): s for s in category.test + category.known}
     missing = [name for name in run["known_anomalies"] if name not in by_name]
     if missing:

@@ -48,6 +48,23 @@ def save_model(model: BGADModel, config: BGADConfig, thresholds: Thresholds, dir
     (directory / MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")
 
 
+def read_description(json_path: Path, format_name: str, format_version: int, kind: str) -> dict:
+    """The JSON description of a bgad file of ``kind`` (model, training checkpoint), checked to be one and to have
+    the format version this bgad reads; anything else is a one-line BGADError."""
+    try:
+        description = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BGADError(f"{json_path} is damaged, not valid JSON: {err}") from None
+    if not isinstance(description, dict) or description.get("format") != format_name:
+        raise BGADError(f"{json_path} is not a bgad {kind} description")
+    if description.get("format_version") != format_version:
+        raise BGADError(
+            f"{json_path} has {kind} format version {description.get('format_version')!r}; "
+            f"this bgad {__version__} reads version {format_version}"
+        )
+    return description
+
+
 def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds]:
     """Load what :func:`save_model` wrote; any missing, foreign, truncated or tampered file is a BGADError."""
     from .model import BGADModel
@@ -56,17 +73,7 @@ def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds]:
     for path in (json_path, weights_path):
         if not path.is_file():
             raise BGADError(f"not a bgad model: {path} is missing")
-    try:
-        description = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BGADError(f"{json_path} is not valid JSON: {err}") from None
-    if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise BGADError(f"{json_path} is not a bgad model description")
-    if description.get("format_version") != FORMAT_VERSION:
-        raise BGADError(
-            f"{json_path} has model format version {description.get('format_version')!r}; "
-            f"this bgad {__version__} reads version {FORMAT_VERSION}"
-        )
+    description = read_description(json_path, FORMAT, FORMAT_VERSION, "model")
     try:
         config = BGADConfig.from_dict(description["config"])
         thresholds = Thresholds(**{k: float(v) for k, v in description["thresholds"].items()})
