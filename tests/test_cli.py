@@ -102,7 +102,7 @@ def test_unreadable_training_image_leaves_nothing(
 def test_existing_output_needs_overwrite(run: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["fit", "--data-root", str(tiny_dataset), "--category", "part", "--output", str(run), "--quiet"]
     assert main(args) == 2
-    _one_line_error(capsys, "already exists")
+    _one_line_error(capsys, "already holds a run")
 
 
 def test_test_command_on_a_folder_that_is_no_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

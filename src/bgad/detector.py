@@ -161,15 +161,17 @@ class BGAD:
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` and ``model.json`` into ``directory`` (no pickle)."""
-        save_model(self._check_is_fitted(), self._config, self.thresholds_, Path(directory))
+        model = self._check_is_fitted()
+        save_model(model, self._config, self.thresholds_, Path(directory), train_seconds=self.train_seconds_)
 
     @classmethod
     def load(cls, directory: str | Path) -> BGAD:
         """Load a detector saved with :meth:`save`."""
-        model, config, thresholds = load_model(Path(directory))
+        model, config, thresholds, train_seconds = load_model(Path(directory))
         detector = cls(config)
         detector.model_ = model
         detector.thresholds_ = thresholds
+        detector.train_seconds_ = train_seconds
         return detector
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from .detector import BGAD
 from .errors import BGADError
 from .evaluation import Evaluation, evaluate
 from .report import write_report
+from .runs import MODEL_JSON
 from .validation import check_dataset
 
 RUN_JSON = "run.json"
@@ -47,29 +49,84 @@ def _write_json(path: Path, data: Any) -> None:
 def _write_report(
     evaluation: Evaluation, results: dict[str, Any], directory: Path, detector: BGAD, category: str
 ) -> None:
+    """Write the HTML report; a failure to draw it is a warning, never the end of a fit or a test."""
     title = f"bgad evaluation: {category}"
     scalars = {key: value for key, value in results.items() if not isinstance(value, dict)}
-    write_report(evaluation, scalars, directory, title=title, image_threshold=detector.thresholds_.image)
+    try:
+        write_report(evaluation, scalars, directory, title=title, image_threshold=detector.thresholds_.image)
+    except Exception as err:
+        print(f"bgad: warning: the report could not be written: {err!r}", file=sys.stderr)
+
+
+def is_run_folder(path: Path) -> bool:
+    """True for a folder that a finished fit wrote: the only kind of folder ``--overwrite`` may replace."""
+    return (path / RUN_JSON).is_file() and (path / MODEL_JSON).is_file()
 
 
 def _check_output(output: Path, *, overwrite: bool) -> None:
-    """Raise unless a new fit may write ``output``."""
-    if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):
-        raise BGADError(f"output {output} already exists and is not empty (use --overwrite to replace it)")
+    """Raise unless a new fit may write ``output``: a new or empty folder, or (with ``overwrite``) a bgad run.
+
+    The current folder, one of its parents, the home folder and the file-system root are never outputs: the
+    finished run is renamed into place, and ``--overwrite`` would have replaced them.
+    """
+    target = output.resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents or target == Path.home().resolve():
+        raise BGADError(f"output {output} is the current folder, a parent of it or the home folder: name a new folder")
+    if output.exists() and not output.is_dir():
+        raise BGADError(f"output {output} is a file, not a run folder")
+    if output.is_dir() and any(output.iterdir()):
+        if not is_run_folder(output):
+            raise BGADError(
+                f"output {output} is not empty and is not a bgad run (no {RUN_JSON} and {MODEL_JSON}): "
+                "name a new folder (--overwrite only replaces run folders)"
+            )
+        if not overwrite:
+            raise BGADError(f"output {output} already holds a run (use --overwrite to replace it)")
     if partial_folder(output).exists() and not overwrite:
         raise BGADError(f"an interrupted fit of {output} exists: continue it with `bgad fit --resume {output}`")
+
+
+def _check_data_outside(output: Path, category: Category) -> None:
+    """Raise if the run folder would hold any of the dataset's files (replacing it would delete them)."""
+    target = output.resolve()
+    for sample in (*category.train, *category.test, *category.known):
+        for path in (sample.path, sample.mask_path):
+            if path is not None and path.resolve().is_relative_to(target):
+                raise BGADError(f"output {output} contains the dataset's file {path}: put the run somewhere else")
+
+
+def _install(partial: Path, output: Path) -> None:
+    """Rename the finished ``partial`` folder to ``output``; an existing run there is renamed aside first and
+    deleted only once the new one is in place, so that a failure never leaves neither."""
+    aside = output.parent / f".{output.name}.replaced"
+    if aside.exists():
+        shutil.rmtree(aside)  # left by an install that was killed after its swap
+    if output.exists():
+        if any(output.iterdir()) and not is_run_folder(output):
+            raise BGADError(f"output {output} was filled with other files during the fit: the run is kept in {partial}")
+        output.rename(aside)
+    try:
+        partial.rename(output)
+    except BaseException:
+        if aside.exists():
+            aside.rename(output)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def fit_run(
     dataset: dict[str, Any], output: Path, config: BGADConfig, *, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Check the dataset, then train, save and evaluate into ``output``; return the metrics.
+    """Check the output and the dataset, then train, save and evaluate into ``output``; return the metrics.
 
-    ``dataset`` is a :func:`bgad.datasets.load_dataset` spec. Nothing is left behind on an error; on Ctrl-C
-    during training the partial folder stays for :func:`resume_run`.
+    ``dataset`` is a :func:`bgad.datasets.load_dataset` spec. ``overwrite`` replaces an earlier run in ``output``
+    (never any other folder). Nothing is left behind if the fit fails before its first checkpoint; after it, the
+    partial folder stays for :func:`resume_run` (Ctrl-C, or an error in evaluation: the trained model is kept).
     """
     _check_output(output, overwrite=overwrite)
     category = load_dataset(dataset)
+    _check_data_outside(output, category)
     report = check_dataset(
         category,
         num_anomalies=config.train.num_anomalies,
@@ -94,12 +151,15 @@ def fit_run(
 
 
 def resume_run(output: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Continue the interrupted fit of ``output`` from its last checkpoint, with its own dataset and options."""
+    """Finish the interrupted fit of ``output``: train on from its last checkpoint with its own dataset and
+    options, or, if training had finished, go straight to evaluation with the saved model."""
     partial = partial_folder(output)
     if not (partial / RUN_JSON).is_file():
         raise BGADError(f"no interrupted fit of {output} to resume ({partial / RUN_JSON} is missing)")
     run = json.loads((partial / RUN_JSON).read_text())
-    return _train_and_evaluate(partial, output, run, load_dataset(run["dataset"]), progress=progress)
+    category = load_dataset(run["dataset"])
+    _check_data_outside(output, category)
+    return _train_and_evaluate(partial, output, run, category, progress=progress)
 
 
 def _train_and_evaluate(
@@ -111,7 +171,45 @@ def _train_and_evaluate(
     if missing:
         raise BGADError(f"known anomaly {missing[0]} is no longer in the dataset")
     known = tuple(by_name[name] for name in run["known_anomalies"])
-    (partial / KNOWN_ANOMALIES).write_text("".join(f"{name}\n" for name in run["known_anomalies"]))
+    names = "".join(f"{name}\n" for name in run["known_anomalies"])
+    (partial / KNOWN_ANOMALIES).write_text(names, encoding="utf-8", errors="surrogateescape")
+    detector = _saved_detector(partial) or _train(partial, output, config, category, known, progress=progress)
+    try:
+        evaluation = evaluate(detector, evaluation_samples(category, known), progress=progress)
+        results = evaluation.metrics()
+        seconds = detector.train_seconds_
+        results.update(n_known_anomalies=len(known), train_seconds=None if seconds is None else round(seconds, 1))
+        results["per_type"] = evaluation.per_type_metrics(set(run["known_types"]))
+        _write_json(partial / METRICS_JSON, results)
+        _write_report(evaluation, results, partial, detector, category.name)
+        _install(partial, output)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted after training; the model is saved: finish with `bgad fit --resume {output}`"
+        ) from None
+    except (BGADError, OSError) as err:
+        raise BGADError(
+            f"{err}; the trained model is kept in {partial}: finish with `bgad fit --resume {output}`"
+        ) from None
+    shutil.rmtree(output / CHECKPOINT, ignore_errors=True)
+    return results
+
+
+def _saved_detector(partial: Path) -> BGAD | None:
+    """The model a fit saved in ``partial`` when its training had finished, else None (train, or resume)."""
+    if not (partial / MODEL_JSON).is_file():
+        return None
+    try:
+        return BGAD.load(partial)
+    except BGADError:
+        return None  # saving was interrupted: the checkpoint retrains nothing, only recalibrates
+
+
+def _train(
+    partial: Path, output: Path, config: BGADConfig, category: Category, known: tuple, *, progress: bool
+) -> BGAD:
+    """Train (or resume) into ``partial`` and save the model there; the folder is removed on failure unless a
+    checkpoint makes it worth resuming."""
     try:
         detector = BGAD(config).fit(
             [s.path for s in category.train],
@@ -121,7 +219,11 @@ def _train_and_evaluate(
             checkpoint=partial / CHECKPOINT,
             progress=progress,
         )
+        detector.save(partial)
     except KeyboardInterrupt:
+        if not (partial / CHECKPOINT / STATE_JSON).exists():
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         raise TrainingInterrupted(
             f"interrupted; finished meta-epochs are saved: continue with `bgad fit --resume {output}`"
         ) from None
@@ -129,21 +231,7 @@ def _train_and_evaluate(
         if not (partial / CHECKPOINT / STATE_JSON).exists():  # keep finished meta-epochs for --resume
             shutil.rmtree(partial, ignore_errors=True)
         raise
-    try:
-        detector.save(partial)
-        evaluation = evaluate(detector, evaluation_samples(category, known), progress=progress)
-        results = evaluation.metrics()
-        results.update(n_known_anomalies=len(known), train_seconds=round(detector.train_seconds_, 1))
-        results["per_type"] = evaluation.per_type_metrics(set(run["known_types"]))
-        _write_json(partial / METRICS_JSON, results)
-        _write_report(evaluation, results, partial, detector, category.name)
-        shutil.rmtree(partial / CHECKPOINT, ignore_errors=True)
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        partial.rename(output)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return results
+    return detector
 
 
 def evaluate_run(run: Path, dataset: dict[str, Any] | None = None, *, progress: bool = True) -> dict[str, Any]:

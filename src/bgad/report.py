@@ -60,8 +60,18 @@ def _num(x: float) -> str:
     return f"{x:.3f}" if x == 0 or 0.01 <= abs(x) < 1e5 else f"{x:.3g}"
 
 
+def _plain(text: object) -> str:
+    """``text`` as valid Unicode: names that are not valid UTF-8 on disk show replacement characters."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _label(text: object) -> str:
+    """``text`` for a matplotlib label, shown literally: ``$`` would start math text (and can fail to parse)."""
+    return _plain(text).replace("$", r"\$")
+
+
 def _e(text: object) -> str:
-    return html.escape(str(text))
+    return html.escape(_plain(text))
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -182,7 +192,8 @@ def _by_type(ev: Evaluation, out: Path, threshold: float | None) -> str:
     if threshold is not None:
         ax.axvline(threshold, color="#1f2933", ls="--", lw=1, label=f"threshold {_num(threshold)}")
         ax.legend(loc="upper right", fontsize=8)
-    ax.set(yticks=range(len(types)), yticklabels=types, ylim=(len(types) - 0.5, -0.5), xlabel="image score")
+    ax.set(yticks=range(len(types)), yticklabels=[_label(t) for t in types], ylim=(len(types) - 0.5, -0.5))
+    ax.set_xlabel("image score")
     ax.grid(axis="x", alpha=0.3)
     _save(fig, out / "scores_by_type.png")
     header = f"<th>{_e(head[0])}</th>" + "".join(f'<th class="n">{_e(h)}</th>' for h in head[1:])

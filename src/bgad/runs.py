@@ -30,7 +30,14 @@ def _trained_state(model: BGADModel) -> dict:
     return {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("extractor.")}
 
 
-def save_model(model: BGADModel, config: BGADConfig, thresholds: Thresholds, directory: Path) -> None:
+def save_model(
+    model: BGADModel,
+    config: BGADConfig,
+    thresholds: Thresholds,
+    directory: Path,
+    *,
+    train_seconds: float | None = None,
+) -> None:
     """Write the flows, the calibration constants, the thresholds and the configuration into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file(_trained_state(model), directory / MODEL_WEIGHTS, metadata={"format": FORMAT})
@@ -44,6 +51,7 @@ def save_model(model: BGADModel, config: BGADConfig, thresholds: Thresholds, dir
         "score_calibration": {"level_max": model.level_max.tolist(), "normal_max": float(model.normal_max)},
         "channels": model.channels,
         "feature_shapes": [list(s) for s in model.feature_shapes],
+        "train_seconds": train_seconds,
     }
     (directory / MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")
 
@@ -65,8 +73,9 @@ def read_description(json_path: Path, format_name: str, format_version: int, kin
     return description
 
 
-def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds]:
-    """Load what :func:`save_model` wrote; any missing, foreign, truncated or tampered file is a BGADError."""
+def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds, float | None]:
+    """Load what :func:`save_model` wrote, with the training time (None if not recorded); any missing, foreign,
+    truncated or tampered file is a BGADError."""
     from .model import BGADModel
 
     json_path, weights_path = directory / MODEL_JSON, directory / MODEL_WEIGHTS
@@ -77,6 +86,8 @@ def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds]:
     try:
         config = BGADConfig.from_dict(description["config"])
         thresholds = Thresholds(**{k: float(v) for k, v in description["thresholds"].items()})
+        train_seconds = description.get("train_seconds")
+        train_seconds = None if train_seconds is None else float(train_seconds)
     except (KeyError, TypeError, ValueError) as err:
         raise BGADError(f"{json_path} is damaged: {err}") from None
     try:
@@ -89,4 +100,4 @@ def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds]:
         raise BGADError(f"model weights {weights_path} do not match {json_path} (different or damaged model)")
     model.load_state_dict(state, strict=False)
     model.eval()
-    return model, config, thresholds
+    return model, config, thresholds, train_seconds
