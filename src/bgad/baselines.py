@@ -1,9 +1,14 @@
-"""A PaDiM-style floor for the benchmark: one Gaussian per feature level and position, on BGAD's own backbone.
+"""One-class floors for the benchmark: per-position Gaussians of the same frozen backbone features BGAD uses.
 
-It answers whether the flows beat a plain per-position Gaussian of the same frozen features. Normal images only
-(no known anomalies); the map is the sum over levels of the upsampled Mahalanobis distance divided by
-``sqrt(C_level)``, without smoothing (BGAD's maps are not smoothed either). Unlike PaDiM there is no random
-channel subsampling: the backbone's levels are small enough (24-112 channels for EfficientNet-Lite0).
+They answer whether the flows (and the known anomalies) beat a plain per-position Gaussian. Normal images only.
+
+- :class:`GaussianBaseline`: one Gaussian per level (strides 4, 8, 16) and position; the map is the sum over levels
+  of the upsampled Mahalanobis distance divided by ``sqrt(C_level)``, not smoothed.
+- :class:`PadimBaseline`: PaDiM's recipe (Defard et al., 2021) on this backbone: the stride-16 map upsampled
+  (nearest) onto the stride-8 grid and concatenated with it, one Gaussian per position of the concatenation, the
+  Mahalanobis map upsampled and smoothed with a Gaussian of σ = 4 pixels.
+
+Unlike PaDiM there is no random channel subsampling: the levels are small (24-112 channels for EfficientNet-Lite0).
 """
 
 from __future__ import annotations
@@ -44,17 +49,32 @@ def _mahalanobis(vectors: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
     return squared.clamp_min(0).sqrt()
 
 
+def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """Blur maps (B, H, W) with a Gaussian of ``sigma`` pixels truncated at 4 sigma, mirrored at the borders
+    (``scipy.ndimage.gaussian_filter(mode="mirror")``)."""
+    radius = int(4 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0]
+
+
 def _positions_last(feature: Tensor) -> Tensor:
     """(B, C, h, w) -> (B, h*w, C)."""
     return feature.flatten(2).transpose(1, 2)
 
 
 class GaussianBaseline:
-    """Per-position Gaussian of backbone features (PaDiM without channel subsampling); same API as BGAD's maps.
+    """Per-position Gaussian of each backbone level, distances summed over levels; same API as BGAD's maps.
 
     Fitted state: ``extractor_``, ``means_`` (per level (P, C)), ``precisions_`` (per level (P, C, C)),
     ``train_seconds_``.
     """
+
+    strides: tuple[int, ...] = (4, 8, 16)
+    smoothing_sigma: float = 0.0  # pixels; 0 = no smoothing
 
     def __init__(self, config: BGADConfig | None = None, *, epsilon: float = EPSILON):
         self.config = config
@@ -75,14 +95,16 @@ class GaussianBaseline:
             raise BGADError("fit needs at least one normal image")
         config = self._config
         start = time.perf_counter()
-        self.extractor_ = create_backbone(config.model.backbone, config.model.image_size)
-        features = extract_features(
-            self.extractor_,
-            list(normal_images),
-            image_size=config.model.image_size,
-            batch_size=config.train.extract_batch_size,
-            resize=self.resize,
-            progress=progress,
+        self.extractor_ = create_backbone(config.model.backbone, config.model.image_size, self.strides)
+        features = self._levels(
+            extract_features(
+                self.extractor_,
+                list(normal_images),
+                image_size=config.model.image_size,
+                batch_size=config.train.extract_batch_size,
+                resize=self.resize,
+                progress=progress,
+            )
         )
         gaussians = [_fit_gaussians(_positions_last(f), self.epsilon) for f in features]
         self.means_ = [mean for mean, _ in gaussians]
@@ -97,12 +119,13 @@ class GaussianBaseline:
             raise BGADError("this GaussianBaseline is not fitted yet: call fit() first")
         size = images.shape[-2:]
         total = None
-        for feature, mean, precision in zip(self.extractor_(images), self.means_, self.precisions_, strict=True):
+        features = self._levels(self.extractor_(images))
+        for feature, mean, precision in zip(features, self.means_, self.precisions_, strict=True):
             b, c, h, w = feature.shape
             distance = _mahalanobis(_positions_last(feature), mean, precision).view(b, 1, h, w) / math.sqrt(c)
             up = F.interpolate(distance, size=size, mode="bilinear", align_corners=True)[:, 0]
             total = up if total is None else total + up
-        return total
+        return gaussian_blur(total, self.smoothing_sigma) if self.smoothing_sigma else total
 
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
         """Anomaly maps (N, S, S) at the model's input size, on the CPU (same contract as ``BGAD.anomaly_maps``)."""
@@ -110,3 +133,18 @@ class GaussianBaseline:
             images, image_size=self._config.model.image_size, batch_size=batch_size, resize=self.resize
         )
         return torch.cat([self.maps_from_tensor(batch) for batch in batches])
+
+    def _levels(self, features: list[Tensor]) -> list[Tensor]:
+        """The feature maps the Gaussians are fitted on: the backbone's levels as they are."""
+        return features
+
+
+class PadimBaseline(GaussianBaseline):
+    """PaDiM on this backbone: strides 8 and 16 concatenated on the stride-8 grid, maps smoothed with σ = 4."""
+
+    strides = (8, 16)
+    smoothing_sigma = 4.0
+
+    def _levels(self, features: list[Tensor]) -> list[Tensor]:
+        fine, coarse = features
+        return [torch.cat([fine, F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")], dim=1)]

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .baselines import GaussianBaseline
+from .baselines import GaussianBaseline, PadimBaseline
 from .config import BGADConfig, load_config
 from .data import GOOD, Category, Sample, evaluation_samples, select_known_anomalies
 from .datasets import load_mvtec
@@ -42,7 +42,8 @@ from .speed import inference_speed, median_seconds
 from .validation import DatasetError
 
 RESULT_JSON = "benchmark.json"
-METHODS = ("bgad", "gaussian")
+BASELINES = {"gaussian": GaussianBaseline, "padim": PadimBaseline}  # one-class floors, see bgad.baselines
+METHODS = ("bgad", *BASELINES)
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap")
 COSTS = ("train_seconds", "inference_ms", "peak_rss_mb")
 CSV_COLUMNS = ("category", "seed", "method", *METRICS, *COSTS)
@@ -77,9 +78,9 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-def _gaussian(task: _Task, category: Category, known: tuple[Sample, ...]) -> dict[str, float]:
-    """Fit and evaluate the baseline (normal images only; the known anomalies are left out of the evaluation)."""
-    baseline = GaussianBaseline(task.config).fit([s.path for s in category.train], progress=task.progress)
+def _baseline(task: _Task, method: str, category: Category, known: tuple[Sample, ...]) -> dict[str, float]:
+    """Fit and evaluate a floor (normal images only; the known anomalies are left out of the evaluation)."""
+    baseline = BASELINES[method](task.config).fit([s.path for s in category.train], progress=task.progress)
     metrics = evaluate(baseline, evaluation_samples(category, known), progress=task.progress).metrics()
     size = task.config.model.image_size
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -106,9 +107,10 @@ def _run_task(task: _Task) -> dict[str, Any]:
         sampling=task.config.train.anomaly_sampling,
     )
     methods = {}
-    # The baseline runs first: ru_maxrss is a high-water mark, so the lighter method must be measured first.
+    # The baselines run first: ru_maxrss is a high-water mark, so the lighter methods must be measured first.
     if task.baseline:
-        methods["gaussian"] = _gaussian(task, category, known)
+        for method in BASELINES:
+            methods[method] = _baseline(task, method, category, known)
     dataset = {"layout": "mvtec", "data_root": str(task.data_root.absolute()), "category": task.category}
     metrics = fit_run(dataset, task.run_dir, task.config, overwrite=True, progress=task.progress)
     used = json.loads((task.run_dir / RUN_JSON).read_text())["known_anomalies"]
@@ -150,8 +152,8 @@ def _stored_result(task: _Task) -> dict[str, Any] | None:
         return None  # damaged: run the task again
     if result.get("config") != task.config.to_dict() or result.get("data_root") != str(task.data_root.resolve()):
         raise BGADError(f"{path} was made with another config or data root; use another --output or delete it")
-    if task.baseline and "gaussian" not in result.get("methods", {}):
-        return None  # made with --no-baseline: run again with the baseline
+    if task.baseline and not set(BASELINES) <= set(result.get("methods", {})):
+        return None  # made with --no-baseline (or before a baseline existed): run again with the baselines
     return result
 
 
@@ -332,6 +334,25 @@ def _method_table(results: list[dict[str, Any]], names: list[str], method: str) 
     return lines
 
 
+def _margin_table(results: list[dict[str, Any]], names: list[str], floors: list[str]) -> str:
+    """Per category: bgad's mean minus the best floor's mean (over seeds), for each quality metric."""
+    lines = [
+        "| category | " + " | ".join(COLUMN_TITLES[k][0] for k in METRICS) + " |",
+        "|---|" + "---:|" * len(METRICS),
+    ]
+    for name in names:
+        rows = [r["methods"] for r in results if r["category"] == name]
+        if not rows:
+            continue
+        cells = []
+        for key in METRICS:
+            bgad = statistics.fmean(row["bgad"][key] for row in rows)
+            floor = max(statistics.fmean(row[f][key] for row in rows) for f in floors)
+            cells.append(f"{bgad - floor:+.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _threads(results: list[dict[str, Any]]) -> str:
     counts = sorted({r["torch_threads"] for r in results})
     return "/".join(map(str, counts)) if counts else "?"
@@ -366,21 +387,19 @@ def _markdown(results: list[dict[str, Any]], names: list[str], methods: list[str
     ]
     titles = {
         "bgad": "bgad (boundary-guided normalizing flows)",
-        "gaussian": "gaussian (PaDiM-style baseline on the same backbone features, normal images only)",
+        "gaussian": "gaussian (per-level, per-position Gaussians on the same backbone, strides 4/8/16; normal "
+        "images only)",
+        "padim": "padim (PaDiM's recipe on the same backbone: strides 8+16 concatenated, σ = 4 smoothing; normal "
+        "images only)",
     }
     for method in methods:
         lines += [f"## {titles[method]}", "", *_method_table(results, names, method), ""]
-    if "gaussian" in methods:
-        diffs = []
-        for key in METRICS:
-            bgad = statistics.fmean(r["methods"]["bgad"][key] for r in results)
-            gaussian = statistics.fmean(r["methods"]["gaussian"][key] for r in results)
-            diffs.append(f"{COLUMN_TITLES[key][0]} {bgad - gaussian:+.3f}")
-        lines += [f"bgad minus gaussian, mean over all tasks: {', '.join(diffs)}.", ""]
-    if "gaussian" in methods:
+    floors = [m for m in methods if m in BASELINES]
+    if floors:
+        lines += ["## bgad minus the best floor", "", _margin_table(results, names, floors), ""]
         lines += [
-            "Peak memory: in each task the baseline runs before BGAD in the same process, so BGAD's peak MB is the "
-            "larger of the two methods' peaks (BGAD's own whenever it needs more than the baseline).",
+            "Peak memory: in each task the baselines run before BGAD in the same process, so BGAD's peak MB is the "
+            "largest of the methods' peaks (BGAD's own whenever it needs more than the baselines).",
             "",
         ]
     if sorted(names) == sorted(MVTEC_CATEGORIES):

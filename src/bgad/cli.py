@@ -23,6 +23,7 @@ from .datasets import load_dataset
 from .demo_data import make_demo_dataset
 from .detector import BGAD
 from .errors import BGADError
+from .evaluation import EVAL_SIZES
 from .experiment import TrainingInterrupted, evaluate_run, fit_run, resume_run
 from .export import OnnxDetector, export_onnx
 from .images import IMAGE_SUFFIXES, read_image
@@ -107,7 +108,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise BGADError("--output is required (the run folder to create)")
         config = _config_for(args)
         output = args.output
-        results = fit_run(_required_dataset(args), output, config, overwrite=args.overwrite, progress=not args.quiet)
+        results = fit_run(
+            _required_dataset(args),
+            output,
+            config,
+            overwrite=args.overwrite,
+            eval_size=args.eval_size,
+            progress=not args.quiet,
+        )
     print(json.dumps(results, indent=2))
     print(f"model, metrics and logs written to {output}", file=sys.stderr)
     return 0
@@ -143,7 +151,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    print(json.dumps(evaluate_run(args.run, _dataset_spec(args), progress=not args.quiet), indent=2))
+    results = evaluate_run(args.run, _dataset_spec(args), eval_size=args.eval_size, progress=not args.quiet)
+    print(json.dumps(results, indent=2))
     return 0
 
 
@@ -361,6 +370,16 @@ def _add_data_options(parser: argparse.ArgumentParser, default_help: str = "") -
     )
 
 
+def _add_eval_size_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--eval-size",
+        default="input",
+        choices=EVAL_SIZES,
+        help="pixel metrics on the model's input grid (default) or, with full, also at each image's resolution "
+        "against the original masks (metrics.json: full_resolution)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bgad", description="Supervised anomaly detection with BGAD.")
     parser.add_argument("--version", action="version", version=f"bgad {__version__}")
@@ -378,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", type=Path, metavar="RUN", help="continue the interrupted fit of RUN (alone)")
     _add_training_options(fit)
     fit.add_argument("--synthesis", choices=["cutpaste", "nsa", "none"], help="synthetic anomalies (default cutpaste)")
-    fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing bgad run folder (never another)")
+    _add_eval_size_option(fit)
 
     check = command("check", _cmd_check, "check a dataset before training: list every problem found")
     _add_data_options(check)
@@ -391,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     test = command("test", _cmd_test, "re-evaluate a saved run and print its metrics as JSON")
     test.add_argument("--run", type=Path, required=True)
+    _add_eval_size_option(test)
     _add_data_options(test, default_help="default: the data the run was trained on")
 
     predict = command("predict", _cmd_predict, "score new images: scores.csv, heatmaps and masks at original size")

@@ -12,6 +12,7 @@ import yaml
 from .errors import BGADError
 
 RESIZE_MODES = ("stretch", "pad")  # how images are fitted to the square input, see ModelConfig.resize
+NORMALIZATIONS = ("position", "channel", "none")  # how features are normalized for the flows, see ModelConfig
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class ModelConfig:
     """What the saved model is: backbone, input size and flow architecture (reference §1-2)."""
 
     backbone: str = "efficientnet_lite0"
+    strides: tuple[int, ...] = (8, 16)  # backbone feature levels, among 4, 8, 16: one flow each (docs/method.md)
     image_size: int = 256  # images are resized to image_size x image_size
     # "stretch": resize to image_size x image_size (aspect ratio not kept); "pad": scale the long side to image_size
     # and pad the short side symmetrically (letterbox). Pad pixels never affect scores, thresholds or metrics.
@@ -26,10 +28,13 @@ class ModelConfig:
     condition_dim: int = 128  # positional-encoding channels fed to every coupling subnet
     n_coupling_blocks: int = 8
     clamp_alpha: float = 1.9  # soft clamp of the coupling log-scale: alpha * tanh(.)
-    # Standardize each feature channel with the mean/std of the training normals before the flow (not in the
-    # reference): raw backbone channels have scales far from 1, which the flow otherwise spends most of its
-    # steps learning. ℓ is then the likelihood of the standardized vector.
-    standardize_features: bool = True
+    # Levels are combined as sum_l exp((ℓ_l - max_l) / T) (reference §5 has T = 1): a larger T saturates less, so
+    # a level's evidence for a subtle defect counts for more (docs/diagnosis.md measures T = 1 to 6).
+    score_temperature: float = 2.0
+    # What the flow sees (not in the reference, see docs/method.md): "position" standardizes each channel with the
+    # training normals' statistics, then whitens every position with its own Gaussian (the flow starts as the
+    # per-position Gaussian and learns on top of it); "channel" only standardizes channels; "none": raw features.
+    normalization: str = "position"
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ class BGADConfig:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """Nested plain dicts, as JSON and YAML hold them (tuples become lists)."""
+        return dataclasses.asdict(self, dict_factory=lambda items: {k: _plain(v) for k, v in items})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, base: BGADConfig | None = None) -> BGADConfig:
@@ -106,9 +112,18 @@ class BGADConfig:
         checks = [
             ("model.image_size", self.model.image_size, self.model.image_size >= 32),
             ("model.resize", self.model.resize, self.model.resize in RESIZE_MODES),
+            ("model.normalization", self.model.normalization, self.model.normalization in NORMALIZATIONS),
+            (
+                "model.strides",
+                self.model.strides,
+                len(self.model.strides) > 0
+                and list(self.model.strides) == sorted(set(self.model.strides))
+                and set(self.model.strides) <= {4, 8, 16},
+            ),
             ("model.condition_dim", self.model.condition_dim, self.model.condition_dim % 4 == 0),
             ("model.n_coupling_blocks", self.model.n_coupling_blocks, self.model.n_coupling_blocks >= 1),
             ("model.clamp_alpha", self.model.clamp_alpha, self.model.clamp_alpha > 0),
+            ("model.score_temperature", self.model.score_temperature, self.model.score_temperature > 0),
             ("loss.beta", self.loss.beta, 0 <= self.loss.beta < 1),
             ("loss.tau", self.loss.tau, self.loss.tau >= 0),
             ("loss.normalizer", self.loss.normalizer, self.loss.normalizer > 0),
@@ -148,19 +163,28 @@ class BGADConfig:
                 raise BGADError(f"option {name} has an invalid value {value!r}")
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _replace(section: Any, values: dict[str, Any], section_name: str) -> Any:
     if not isinstance(values, dict):
         raise BGADError(f"config section {section_name!r} must be a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(section)}
+    checked = {}
     for key, value in values.items():
         if key not in fields:
             raise BGADError(f"unknown option {section_name}.{key}; expected one of {sorted(fields)}")
         expected = type(getattr(section, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if type(value) is not expected:
-            raise BGADError(f"option {section_name}.{key} must be {expected.__name__}, got {value!r}")
-    return dataclasses.replace(section, **values)
+        if expected is tuple and isinstance(value, list):  # JSON and YAML have lists only
+            value = tuple(value)
+        if type(value) is not expected or (expected is tuple and not all(type(v) is int for v in value)):
+            kind = "a list of integers" if expected is tuple else expected.__name__
+            raise BGADError(f"option {section_name}.{key} must be {kind}, got {value!r}")
+        checked[key] = value
+    return dataclasses.replace(section, **checked)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -99,8 +99,7 @@ class BGAD:
         model = BGADModel(config.model, seed=config.train.seed)
         levels = _training_vectors(model, normal_images, anomaly_images, masks, config, progress)
         self.history_ = train_flows(
-            model.flows,
-            model.conditions(),
+            model.levels,
             levels,
             config.train,
             config.loss,
@@ -138,7 +137,7 @@ class BGAD:
         """Anomaly maps (N, S, S) at the model's input size, on the CPU; higher = more anomalous. With
         ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.images.content_box` is meaningful."""
         model = self._check_is_fitted()
-        device = model.level_max.device
+        device = model.normal_max.device
         batches = image_batches(images, image_size=model.config.image_size, batch_size=batch_size, resize=self.resize)
         return torch.cat([model(batch.to(device)).cpu() for batch in batches])
 
@@ -149,7 +148,7 @@ class BGAD:
     def predict_batch(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> list[Prediction]:
         """:meth:`predict` for many images, ``batch_size`` at a time."""
         model = self._check_is_fitted()
-        device = model.level_max.device
+        device = model.normal_max.device
         return predict_images(
             lambda batch: model(batch.to(device)).cpu(),
             images,
@@ -228,12 +227,11 @@ def _training_vectors(
         progress=progress,
     )
     n = len(normal_images)
-    if config.model.standardize_features:
-        model.fit_standardization([f[:n] for f in features])
+    model.fit_normalization([f[:n] for f in features])
     labels = [None] * n + [square_mask(mask, config.model.resize) for mask in masks]
     return [
-        level_data(model.flow_inputs(level, f), vector_labels(labels, model.feature_shapes[level]), n)
-        for level, f in enumerate(features)
+        level_data(level.vectors(f), vector_labels(labels, level.grid), n)
+        for level, f in zip(model.levels, features, strict=True)
     ]
 
 
@@ -273,8 +271,8 @@ def _synthetic_source(
         )
         labels_t = [square_mask(torch.from_numpy(label), config.model.resize) for label in labels]
         return [
-            level_data(model.flow_inputs(level, f), vector_labels(labels_t, model.feature_shapes[level]), 0)
-            for level, f in enumerate(features)
+            level_data(level.vectors(f), vector_labels(labels_t, level.grid), 0)
+            for level, f in zip(model.levels, features, strict=True)
         ]
 
     return draw
@@ -291,23 +289,20 @@ def _calibrate(
     """Set the score calibration on the training normals, then the decision thresholds (with the known anomalies),
     from content pixels only (letterboxed images: their shapes are read again, the known anomalies' from masks)."""
     size = (config.model.image_size, config.model.image_size)
-    resize, n_normal = config.model.resize, len(normal_images)
+    resize, n_normal, temperature = config.model.resize, len(normal_images), config.model.score_temperature
 
     def maps_of(images: slice) -> list[Tensor]:
-        return [
-            cached_log_prob_maps(flow, condition, level, shape, images)
-            for flow, condition, level, shape in zip(
-                model.flows, model.conditions(), levels, model.feature_shapes, strict=True
-            )
-        ]
+        return [cached_log_prob_maps(level, data, images) for level, data in zip(model.levels, levels, strict=True)]
 
     normal_valid = content_masks((image_shape(image) for image in normal_images), size[0], resize)
     normal_log_probs = maps_of(slice(0, n_normal))
-    model.level_max, model.normal_max = calibrate(normal_log_probs, size, normal_valid)
-    normal_maps = anomaly_map(normal_log_probs, model.level_max, model.normal_max, size)
+    level_max, model.normal_max = calibrate(normal_log_probs, size, normal_valid, temperature)
+    for level, maximum in zip(model.levels, level_max, strict=True):
+        level.log_prob_max.copy_(maximum)
+    normal_maps = anomaly_map(normal_log_probs, level_max, model.normal_max, size, temperature)
     if not masks:
         return fit_thresholds(normal_maps, None, None, config.threshold, normal_valid=normal_valid)
-    known_maps = anomaly_map(maps_of(slice(n_normal, None)), model.level_max, model.normal_max, size)
+    known_maps = anomaly_map(maps_of(slice(n_normal, None)), level_max, model.normal_max, size, temperature)
     known_masks = torch.stack([mask_to_tensor(m.numpy(), size[0], resize) for m in masks])
     known_valid = content_masks((tuple(m.shape) for m in masks), size[0], resize)
     return fit_thresholds(

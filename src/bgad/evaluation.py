@@ -13,8 +13,10 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data import Sample
-from .images import ImageSource, content_masks, image_shape, mask_to_tensor, read_mask
-from .scoring import image_scores
+from .images import ImageSource, content_box, content_masks, image_shape, mask_to_tensor, read_mask
+from .scoring import image_scores, resize_maps
+
+EVAL_SIZES = ("input", "full")  # pixel metrics on the model's input grid, or at each image's own resolution
 
 
 class AnomalyMapper(Protocol):
@@ -126,3 +128,28 @@ def evaluate(
         valid=None if valid is None else valid.numpy(),
         resize=resize,
     )
+
+
+def full_resolution_metrics(evaluation: Evaluation) -> dict[str, float]:
+    """Pixel metrics against the original masks at each image's original resolution, as the MVTec AD evaluation
+    script computes them: each map is cropped to its image's content box and resized (bilinear) to the image's
+    size, as :meth:`bgad.BGAD.predict` does. Images of different sizes are padded; padding never counts."""
+    shapes = [image_shape(s.path) for s in evaluation.samples]
+    height, width = max(h for h, _ in shapes), max(w for _, w in shapes)
+    n = len(shapes)
+    maps = np.zeros((n, height, width), np.float32)
+    masks = np.zeros((n, height, width), bool)
+    valid = np.zeros((n, height, width), bool)
+    size = evaluation.anomaly_maps.shape[-1]
+    for i, (sample, (h, w)) in enumerate(zip(evaluation.samples, shapes, strict=True)):
+        top, left, box_h, box_w = content_box(h, w, size, evaluation.resize)
+        content = torch.from_numpy(evaluation.anomaly_maps[i, top : top + box_h, left : left + box_w])
+        maps[i, :h, :w] = resize_maps(content[None], (h, w))[0].numpy()
+        if sample.mask_path is not None:
+            masks[i, :h, :w] = read_mask(sample.mask_path)
+        valid[i, :h, :w] = sample.has_pixel_labels
+    return {
+        "pixel_auroc": metrics.pixel_auroc(maps, masks, valid=valid),
+        "pixel_aupro": metrics.aupro(maps, masks, valid=valid),
+        "pixel_ap": metrics.pixel_ap(maps, masks, valid=valid),
+    }

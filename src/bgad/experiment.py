@@ -21,7 +21,7 @@ from .data import Category, evaluation_samples
 from .datasets import load_dataset
 from .detector import BGAD
 from .errors import BGADError
-from .evaluation import Evaluation, evaluate
+from .evaluation import EVAL_SIZES, Evaluation, evaluate, full_resolution_metrics
 from .report import write_report
 from .runs import MODEL_JSON
 from .validation import check_dataset
@@ -116,7 +116,13 @@ def _install(partial: Path, output: Path) -> None:
 
 
 def fit_run(
-    dataset: dict[str, Any], output: Path, config: BGADConfig, *, overwrite: bool = False, progress: bool = True
+    dataset: dict[str, Any],
+    output: Path,
+    config: BGADConfig,
+    *,
+    overwrite: bool = False,
+    eval_size: str = "input",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Check the output and the dataset, then train, save and evaluate into ``output``; return the metrics.
 
@@ -124,6 +130,7 @@ def fit_run(
     (never any other folder). Nothing is left behind if the fit fails before its first checkpoint; after it, the
     partial folder stays for :func:`resume_run` (Ctrl-C, or an error in evaluation: the trained model is kept).
     """
+    _check_eval_size(eval_size)
     _check_output(output, overwrite=overwrite)
     category = load_dataset(dataset)
     _check_data_outside(output, category)
@@ -145,6 +152,7 @@ def fit_run(
         "config": config.to_dict(),
         "known_anomalies": [category.relative(s.path) for s in report.known],
         "known_types": sorted({s.defect_type for s in report.known}),
+        "eval_size": eval_size,
     }
     _write_json(partial / RUN_JSON, run)
     return _train_and_evaluate(partial, output, run, category, progress=progress)
@@ -180,6 +188,8 @@ def _train_and_evaluate(
         seconds = detector.train_seconds_
         results.update(n_known_anomalies=len(known), train_seconds=None if seconds is None else round(seconds, 1))
         results["per_type"] = evaluation.per_type_metrics(set(run["known_types"]))
+        if run.get("eval_size") == "full":
+            results["full_resolution"] = full_resolution_metrics(evaluation)
         _write_json(partial / METRICS_JSON, results)
         _write_report(evaluation, results, partial, detector, category.name)
         _install(partial, output)
@@ -234,8 +244,12 @@ def _train(
     return detector
 
 
-def evaluate_run(run: Path, dataset: dict[str, Any] | None = None, *, progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a saved run on its dataset (or another), leaving out the known anomalies it trained on."""
+def evaluate_run(
+    run: Path, dataset: dict[str, Any] | None = None, *, eval_size: str = "input", progress: bool = True
+) -> dict[str, Any]:
+    """Re-evaluate a saved run on its dataset (or another), leaving out the known anomalies it trained on; with
+    ``eval_size="full"`` also at each image's own resolution (``results["full_resolution"]``)."""
+    _check_eval_size(eval_size)
     run_json = run / RUN_JSON
     if not run_json.is_file():
         raise BGADError(f"not a bgad run: {run_json} is missing")
@@ -250,5 +264,12 @@ def evaluate_run(run: Path, dataset: dict[str, Any] | None = None, *, progress: 
     results = evaluation.metrics()
     results["n_known_anomalies"] = len(info["known_anomalies"])
     results["per_type"] = evaluation.per_type_metrics(set(info["known_types"]))
+    if eval_size == "full":
+        results["full_resolution"] = full_resolution_metrics(evaluation)
     _write_report(evaluation, results, run, detector, category.name)
     return results
+
+
+def _check_eval_size(eval_size: str) -> None:
+    if eval_size not in EVAL_SIZES:
+        raise BGADError(f"unknown evaluation size {eval_size!r}; use one of {', '.join(EVAL_SIZES)}")

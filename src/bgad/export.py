@@ -66,7 +66,7 @@ def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -
     try:  # eval mode changes nothing here (no dropout or batch norm in the flows) but is what export expects
         program = torch.onnx.export(
             _MapsAndScores(model).eval(),
-            (torch.full((2, 3, size, size), 0.5, device=model.level_max.device),),
+            (torch.full((2, 3, size, size), 0.5, device=model.normal_max.device),),
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
 FORMAT = "bgad-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-level modules with feature whitening (bgad 0.2)
 
 
 def _trained_state(model: BGADModel) -> dict:
@@ -48,9 +48,12 @@ def save_model(
         "config": config.to_dict(),
         "thresholds": thresholds._asdict(),
         # For reading only; the model uses the values stored in model.safetensors.
-        "score_calibration": {"level_max": model.level_max.tolist(), "normal_max": float(model.normal_max)},
-        "channels": model.channels,
-        "feature_shapes": [list(s) for s in model.feature_shapes],
+        "score_calibration": {
+            "level_max": [float(level.log_prob_max) for level in model.levels],
+            "normal_max": float(model.normal_max),
+        },
+        "channels": [level.channels for level in model.levels],
+        "feature_shapes": [list(level.grid) for level in model.levels],
         "train_seconds": train_seconds,
     }
     (directory / MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")

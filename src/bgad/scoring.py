@@ -1,9 +1,10 @@
 """From per-level log-likelihood maps to anomaly maps (reference §5), calibrated on training normals only.
 
-Per level, ``exp(ℓ - max_l)`` is a normality map in (0, ~1]; maps are upsampled bilinearly and summed over
-levels, and the anomaly map is ``normal_max - sum``. The reference takes ``max_l`` and the final constant from
-the test set, so an image's score depends on which other images are scored with it; here both constants come
-from the training normals and are stored with the model. Higher scores mean more anomalous.
+Per level, ``exp((ℓ - max_l) / T)`` is a normality map in (0, ~1] (T, the score temperature, is 1 in the
+reference); maps are upsampled bilinearly and summed over levels, and the anomaly map is ``normal_max - sum``.
+The reference takes ``max_l`` and the final constant from the test set, so an image's score depends on which
+other images are scored with it; here both constants come from the training normals and are stored with the
+model. Higher scores mean more anomalous.
 """
 
 from __future__ import annotations
@@ -13,18 +14,27 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def normality_map(level_log_probs: list[Tensor], level_max: Tensor, size: tuple[int, int]) -> Tensor:
-    """Sum over levels of the upsampled ``exp(ℓ - max_l)``: (B, h_l, w_l) per level -> (B, *size)."""
+def normality_map(
+    level_log_probs: list[Tensor], level_max: Tensor, size: tuple[int, int], temperature: float = 1.0
+) -> Tensor:
+    """Sum over levels of the upsampled ``exp((ℓ - max_l) / T)``: (B, h_l, w_l) per level -> (B, *size)."""
     total = None
     for log_prob, offset in zip(level_log_probs, level_max, strict=True):
-        up = F.interpolate(torch.exp(log_prob - offset)[:, None], size=size, mode="bilinear", align_corners=True)
+        normality = torch.exp((log_prob - offset) / temperature)
+        up = F.interpolate(normality[:, None], size=size, mode="bilinear", align_corners=True)
         total = up[:, 0] if total is None else total + up[:, 0]
     return total
 
 
-def anomaly_map(level_log_probs: list[Tensor], level_max: Tensor, normal_max: Tensor, size: tuple[int, int]) -> Tensor:
+def anomaly_map(
+    level_log_probs: list[Tensor],
+    level_max: Tensor,
+    normal_max: Tensor,
+    size: tuple[int, int],
+    temperature: float = 1.0,
+) -> Tensor:
     """The anomaly map (B, *size); higher means more anomalous."""
-    return normal_max - normality_map(level_log_probs, level_max, size)
+    return normal_max - normality_map(level_log_probs, level_max, size, temperature)
 
 
 def image_scores(anomaly_maps: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -36,12 +46,12 @@ def image_scores(anomaly_maps: Tensor, valid: Tensor | None = None) -> Tensor:
 
 
 def calibrate(
-    level_log_probs: list[Tensor], size: tuple[int, int], valid: Tensor | None = None
+    level_log_probs: list[Tensor], size: tuple[int, int], valid: Tensor | None = None, temperature: float = 1.0
 ) -> tuple[Tensor, Tensor]:
     """Constants ``(level_max, normal_max)`` from the level maps of the training normal images; with ``valid``
     (N, *size), from content pixels and the feature cells that cover some content only."""
     level_max = torch.stack([_masked_max(lp, _cells(valid, lp.shape[-2:])) for lp in level_log_probs])
-    normal_max = _masked_max(normality_map(level_log_probs, level_max, size), valid)
+    normal_max = _masked_max(normality_map(level_log_probs, level_max, size, temperature), valid)
     return level_max, normal_max
 
 

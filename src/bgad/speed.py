@@ -32,7 +32,7 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int) -> fl
 @torch.inference_mode()
 def inference_speed(model: BGADModel, *, batch_size: int, repeats: int = 10, warmup: int = 3) -> dict[str, float]:
     """Backbone-only and end-to-end (image tensor in, anomaly map out) milliseconds per image."""
-    device = model.level_max.device
+    device = model.normal_max.device
     size = model.config.image_size
     images = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
 
@@ -61,19 +61,17 @@ def training_speed(model: BGADModel, train: TrainConfig, loss: LossConfig, *, st
     A step is one fiber batch of random standardized vectors through one level's flow with the phase-2 loss
     (5 % anomalous vectors), backward and an Adam step: the inner loop of :func:`bgad.training.train_flows`.
     """
-    device = model.level_max.device
+    device = model.normal_max.device
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.Adam(model.flows.parameters(), lr=train.lr)
     per_level, seconds_per_image = [], 0.0
-    for flow, condition, channels, (h, w) in zip(
-        model.flows, model.conditions(), model.channels, model.feature_shapes, strict=True
-    ):
-        vectors = torch.randn(train.fiber_batch, channels, generator=generator).to(device)
-        positions = torch.randint(0, h * w, (train.fiber_batch,), generator=generator).to(device)
+    for level in model.levels:
+        vectors = torch.randn(train.fiber_batch, level.channels, generator=generator).to(device)
+        positions = torch.randint(0, level.positions, (train.fiber_batch,), generator=generator).to(device)
         anomalous = (torch.rand(train.fiber_batch, generator=generator) < 0.05).to(device)
 
-        def step(flow=flow, condition=condition, vectors=vectors, positions=positions, anomalous=anomalous) -> None:
-            log_prob = flow.log_prob(vectors, condition, positions)
+        def step(level=level, vectors=vectors, positions=positions, anomalous=anomalous) -> None:
+            log_prob = level.log_prob(vectors, positions)
             optimizer.zero_grad(set_to_none=True)
             bgad_loss(log_prob, anomalous, loss, semi_push_pull=True).total.backward()
             optimizer.step()
@@ -82,6 +80,6 @@ def training_speed(model: BGADModel, train: TrainConfig, loss: LossConfig, *, st
 
         rate = train.fiber_batch / median_seconds(step, repeats=steps, warmup=2)
         per_level.append(round(rate))
-        seconds_per_image += h * w / rate
-    total_vectors = sum(h * w for h, w in model.feature_shapes)
+        seconds_per_image += level.positions / rate
+    total_vectors = sum(level.positions for level in model.levels)
     return {"train_vectors_per_s": round(total_vectors / seconds_per_image), "train_vectors_per_s_per_level": per_level}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +25,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .config import LossConfig, TrainConfig
-from .encoding import GridEncoding
 from .errors import BGADError
-from .flow import ConditionalFlow
+from .level import FeatureLevel
 from .losses import bgad_loss
 
 
@@ -56,26 +55,22 @@ def vector_labels(masks: list[Tensor | None], shape: tuple[int, int]) -> Tensor:
 
 
 def level_data(vectors: Tensor, labels: Tensor, n_normal_images: int) -> LevelData:
-    """Pair flow inputs (N*h*w, C), in (n, y, x) order, with their (N, h, w) labels."""
+    """Pair flow inputs (N, h*w, C), positions in (y, x) order, with their (N, h, w) labels."""
     n, h, w = labels.shape
     return LevelData(
-        vectors=vectors.contiguous(),
+        vectors=vectors.reshape(n * h * w, -1).contiguous(),
         positions=torch.arange(h * w).repeat(n),
         anomalous=labels.reshape(-1),
         n_normal=n_normal_images * h * w,
     )
 
 
-@torch.inference_mode()
-def cached_log_prob_maps(
-    flow: ConditionalFlow, condition: GridEncoding, level: LevelData, shape: tuple[int, int], images: slice
-) -> Tensor:
+def cached_log_prob_maps(level: FeatureLevel, data: LevelData, images: slice) -> Tensor:
     """Log-likelihood maps (n, h, w) of a range of training images of one level, from its cached vectors."""
-    cells = shape[0] * shape[1]
-    stop = len(level.vectors) if images.stop is None else images.stop * cells
-    rows = torch.arange((images.start or 0) * cells, stop).split(65536)
-    log_probs = [flow.log_prob(level.vectors[r], condition, level.positions[r]) for r in rows]
-    return torch.cat(log_probs).view(-1, *shape) if log_probs else torch.empty(0, *shape)
+    cells = level.positions
+    stop = len(data.vectors) if images.stop is None else images.stop * cells
+    rows = slice((images.start or 0) * cells, stop)
+    return level.log_prob_rows(data.vectors[rows], data.positions[rows]).view(-1, *level.grid)
 
 
 def learning_rate(config: TrainConfig, meta_epoch: int, step: int, steps_in_meta_epoch: int) -> float:
@@ -122,8 +117,7 @@ def _meta_epoch_plan(
 
 
 def train_flows(
-    flows: nn.ModuleList,
-    conditions: list[GridEncoding],
+    model_levels: Sequence[FeatureLevel],
     levels: list[LevelData],
     train_config: TrainConfig,
     loss_config: LossConfig,
@@ -134,7 +128,8 @@ def train_flows(
     config: dict | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Train ``flows`` in place; return one log record per meta-epoch (also appended to ``log_path``).
+    """Train the flows of ``model_levels`` in place on the vectors of ``levels`` (one :class:`LevelData` per model
+    level); return one log record per meta-epoch (also appended to ``log_path``).
 
     ``synthetic(meta_epoch)`` returns the vectors of a fresh pool of synthetic anomalies (``n_normal == 0``), or
     None if it could make none; it is called at the first phase-2 meta-epoch and every ``synthesis_refresh``
@@ -144,6 +139,7 @@ def train_flows(
     tagged with ``config``; a checkpoint found there at the start is resumed (it must carry the same ``config``) and
     the run ends with the same flows as an uninterrupted one. Ctrl-C propagates; the last checkpoint stays complete.
     """
+    flows = nn.ModuleList(level.flow for level in model_levels)
     generator = torch.Generator().manual_seed(train_config.seed)
     optimizer = torch.optim.Adam(flows.parameters(), lr=train_config.lr)
     history = _resume(checkpoint, config, flows, optimizer, generator) if checkpoint is not None else []
@@ -161,7 +157,7 @@ def train_flows(
             if semi_push_pull and synthetic is not None and meta_epoch in (round_start, first):
                 current = _with_pool(levels, synthetic(round_start))  # a resumed run redraws its round's pool
             record = _meta_epoch(
-                meta_epoch, flows, conditions, current, optimizer, generator, train_config, loss_config, bar
+                meta_epoch, model_levels, current, optimizer, generator, train_config, loss_config, bar
             )
             history.append(record)
             if checkpoint is not None:
@@ -178,8 +174,7 @@ def train_flows(
 
 def _meta_epoch(
     meta_epoch: int,
-    flows: nn.ModuleList,
-    conditions: list[GridEncoding],
+    model_levels: Sequence[FeatureLevel],
     current: list[LevelData],
     optimizer: torch.optim.Adam,
     generator: torch.Generator,
@@ -199,9 +194,8 @@ def _meta_epoch(
         lr = learning_rate(train_config, meta_epoch, step, len(plan))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        level: ConditionalFlow = flows[index]
         data = current[index]
-        log_prob = level.log_prob(data.vectors[rows], conditions[index], data.positions[rows])
+        log_prob = model_levels[index].log_prob(data.vectors[rows], data.positions[rows])
         terms = bgad_loss(log_prob, data.anomalous[rows], loss_config, semi_push_pull=semi_push_pull)
         if terms.total.requires_grad:
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,105 @@
+"""One feature level of the model: how its backbone features are normalized, its positional condition and its flow.
+
+A :class:`FeatureLevel` is the only place where a level's vectors are made and scored: training, calibration,
+inference, ``bgad speed`` and the benchmarks all go through :meth:`FeatureLevel.vectors` and
+:meth:`FeatureLevel.log_prob`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .encoding import GridEncoding
+from .flow import ConditionalFlow
+from .whitening import fit_whitening, whiten
+
+NORMALIZATIONS = ("position", "channel", "none")
+_CHUNK = 65536  # vectors per flow call when scoring many (bounds the activations' memory)
+
+
+class FeatureLevel(nn.Module):
+    """Normalization, positional condition and conditional flow of one backbone level with an (h, w) grid.
+
+    ``normalization`` (see :class:`bgad.config.ModelConfig`): ``"position"`` standardizes each channel, then
+    whitens every position with its own Gaussian (:mod:`bgad.whitening`); ``"channel"`` only standardizes
+    channels; ``"none"`` feeds the raw features. Statistics come from :meth:`fit_normalization` (normal images).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        grid: tuple[int, int],
+        *,
+        normalization: str,
+        condition_dim: int,
+        n_blocks: int,
+        clamp_alpha: float,
+        seed: int,
+    ):
+        super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        self.channels, self.grid, self.normalization = channels, grid, normalization
+        self.flow = ConditionalFlow(
+            channels, condition_dim=condition_dim, n_blocks=n_blocks, clamp_alpha=clamp_alpha, seed=seed
+        )
+        encoding = GridEncoding.create(condition_dim, *grid)
+        self.register_buffer("condition_columns", encoding.columns, persistent=False)
+        self.register_buffer("condition_rows", encoding.rows, persistent=False)
+        self.register_buffer("channel_mean", torch.zeros(channels))
+        self.register_buffer("channel_std", torch.ones(channels))
+        if normalization == "position":
+            positions = grid[0] * grid[1]
+            self.register_buffer("position_mean", torch.zeros(positions, channels))
+            self.register_buffer("whitener", torch.eye(channels).repeat(positions, 1, 1))
+        # Calibration (bgad.scoring): the largest log-likelihood of the training normals at this level.
+        self.register_buffer("log_prob_max", torch.zeros(()))
+
+    @property
+    def condition(self) -> GridEncoding:
+        return GridEncoding(self.condition_columns, self.condition_rows)
+
+    @property
+    def positions(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def fit_normalization(self, features: Tensor) -> None:
+        """Set the normalization statistics from the features (N, C, h, w) of normal images."""
+        if self.normalization == "none":
+            return
+        self.channel_mean.copy_(features.mean(dim=(0, 2, 3)))
+        self.channel_std.copy_(features.std(dim=(0, 2, 3)).clamp_min(1e-6))
+        if self.normalization == "position":
+            mean, whitener = fit_whitening(self._standardized(features))
+            self.position_mean.copy_(mean)
+            self.whitener.copy_(whitener)
+
+    def _standardized(self, features: Tensor) -> Tensor:
+        """(B, C, h, w) -> (B, h*w, C), each channel standardized."""
+        vectors = features.flatten(2).transpose(1, 2)
+        return (vectors - self.channel_mean) / self.channel_std
+
+    def vectors(self, features: Tensor) -> Tensor:
+        """The flow's inputs (B, h*w, C), positions in (y, x) order, from backbone features (B, C, h, w)."""
+        if self.normalization == "none":
+            return features.flatten(2).transpose(1, 2)
+        vectors = self._standardized(features)
+        if self.normalization == "position":
+            vectors = whiten(vectors, self.position_mean, self.whitener)
+        return vectors
+
+    def log_prob(self, vectors: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Per-dimension log-likelihoods: of whole images (B, h*w, C) -> (B, h*w) when ``positions`` is None, else
+        of vectors (M, C) at grid ``positions`` (M,) -> (M,)."""
+        return self.flow.log_prob(vectors, self.condition, positions)
+
+    def log_prob_map(self, features: Tensor) -> Tensor:
+        """Log-likelihood map (B, h, w) of backbone features (B, C, h, w)."""
+        return self.log_prob(self.vectors(features)).view(-1, *self.grid)
+
+    @torch.inference_mode()
+    def log_prob_rows(self, vectors: Tensor, positions: Tensor) -> Tensor:
+        """:meth:`log_prob` of many cached vectors (M, C) at ``positions`` (M,), in chunks (no gradients)."""
+        chunks = [self.log_prob(v, p) for v, p in zip(vectors.split(_CHUNK), positions.split(_CHUNK), strict=True)]
+        return torch.cat(chunks) if chunks else vectors.new_empty(0)
