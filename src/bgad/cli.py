@@ -156,12 +156,20 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collect_images(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
-    """Image files named directly or found (recursively) in folders, plus one problem line per bad path."""
+def _collect_images(paths: Sequence[Path], skip: Path | None = None) -> tuple[list[Path], list[str]]:
+    """Image files named directly or found (recursively) in folders, except under ``skip`` (the output folder, so
+    that a second run does not score the first one's heatmaps), plus one problem line per bad path."""
     images, problems = [], []
+    skipped = None if skip is None else skip.resolve()
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and (skipped is None or not p.resolve().is_relative_to(skipped))
+            )
             images += found
             if not found:
                 problems.append(f"no images in folder {path}")
@@ -173,12 +181,17 @@ def _collect_images(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
 
 
 def _output_names(images: Sequence[Path]) -> list[str]:
-    """File stems made unique (``name``, ``name_2``, ...) so that outputs from different folders never collide."""
-    seen: dict[str, int] = {}
+    """File stems made unique (``name``, ``name_2``, ...) so that outputs from different folders never collide,
+    also with a stem that already ends in ``_2``."""
+    taken: set[str] = set()
     names = []
     for image in images:
-        seen[image.stem] = seen.get(image.stem, 0) + 1
-        names.append(image.stem if seen[image.stem] == 1 else f"{image.stem}_{seen[image.stem]}")
+        name, copy = image.stem, 1
+        while name.casefold() in taken:  # case-insensitive: outputs may land on a case-insensitive file system
+            copy += 1
+            name = f"{image.stem}_{copy}"
+        taken.add(name.casefold())
+        names.append(name)
     return names
 
 
@@ -202,7 +215,7 @@ def _load_for_prediction(args: argparse.Namespace) -> BGAD | OnnxDetector:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     detector = _load_for_prediction(args)
-    images, problems = _collect_images(args.paths)
+    images, problems = _collect_images(args.paths, skip=args.output)
     for problem in problems:
         print(f"bgad: error: {problem}", file=sys.stderr)
     if not images:
@@ -211,9 +224,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     heatmaps, masks = args.output / "heatmaps", args.output / "masks"
     heatmaps.mkdir(parents=True, exist_ok=True)
     masks.mkdir(exist_ok=True)
-    rows = []
+    scored = flagged = 0
     names = dict(zip(images, _output_names(images), strict=True))
-    with tqdm(total=len(images), desc="predicting", unit="img", disable=args.quiet) as bar:
+    # Rows are written as images are scored (an interrupted run keeps what it did), in UTF-8 whatever the locale;
+    # file names that are not valid UTF-8 keep their bytes.
+    with (
+        open(args.output / "scores.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as handle,
+        tqdm(total=len(images), desc="predicting", unit="img", disable=args.quiet) as bar,
+    ):
+        writer = csv.writer(handle)
+        writer.writerow(["path", "score", "is_anomalous"])
         for start in range(0, len(images), args.batch_size):
             readable = {}
             for image in images[start : start + args.batch_size]:
@@ -229,14 +249,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 )
                 Image.fromarray(overlay).save(heatmaps / f"{names[image]}.png")
                 Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(masks / f"{names[image]}_mask.png")
-                rows.append((str(image), f"{prediction.score:.6g}", int(prediction.is_anomalous)))
+                writer.writerow([str(image), f"{prediction.score:.6g}", int(prediction.is_anomalous)])
+                handle.flush()
+                scored += 1
+                flagged += int(prediction.is_anomalous)
             bar.update(min(args.batch_size, len(images) - start))
-    with open(args.output / "scores.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "score", "is_anomalous"])
-        writer.writerows(rows)
-    flagged = sum(row[2] for row in rows)
-    print(f"{len(rows)} images scored, {flagged} flagged anomalous; results in {args.output}", file=sys.stderr)
+    print(f"{scored} images scored, {flagged} flagged anomalous; results in {args.output}", file=sys.stderr)
     if problems:
         print(f"bgad: {len(problems)} input(s) could not be processed (listed above)", file=sys.stderr)
         return 1
@@ -419,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="onnx: run RUN/model.onnx")
     predict.add_argument("--output", type=Path, required=True, help="folder for scores.csv, heatmaps/ and masks/")
     predict.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    predict.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    predict.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default 4)")
     predict.add_argument("--compile", action="store_true", help="torch.compile the flows (worth it for many images)")
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
 
@@ -431,9 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     speed = command("speed", _cmd_speed, "measure backbone, end-to-end inference and training speed (JSON)")
     speed.add_argument("--run", type=Path, help="a trained run (default: an untrained model of --preset)")
     speed.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    speed.add_argument("--batch-size", type=int, default=8, help="the larger batch size measured besides 1")
+    speed.add_argument("--batch-size", type=_positive_int, default=8, help="the larger batch size measured besides 1")
     speed.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    speed.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
+    speed.add_argument(
+        "--repeats", type=_positive_int, default=10, help="timed repeats per measurement (median reported)"
+    )
     speed.add_argument("--compile", action="store_true", help="torch.compile the flows before measuring")
 
     bench = command("benchmark", _cmd_benchmark, "BGAD and a Gaussian baseline over categories x seeds: results.md/csv")

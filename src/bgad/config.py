@@ -96,6 +96,8 @@ class BGADConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, base: BGADConfig | None = None) -> BGADConfig:
         """Build a config from nested dicts; keys not given keep the value in ``base`` (or the default)."""
+        if not isinstance(data, dict):
+            raise BGADError(f"a config must be a mapping of sections {[f.name for f in dataclasses.fields(cls)]}")
         base = base or cls()
         sections = {}
         for f in dataclasses.fields(cls):

@@ -22,6 +22,7 @@ from .datasets import load_dataset
 from .detector import BGAD
 from .errors import BGADError
 from .evaluation import EVAL_SIZES, Evaluation, evaluate, full_resolution_metrics
+from .locking import run_lock
 from .report import write_report
 from .runs import MODEL_JSON
 from .validation import check_dataset
@@ -131,31 +132,41 @@ def fit_run(
     partial folder stays for :func:`resume_run` (Ctrl-C, or an error in evaluation: the trained model is kept).
     """
     _check_eval_size(eval_size)
-    _check_output(output, overwrite=overwrite)
-    category = load_dataset(dataset)
-    _check_data_outside(output, category)
-    report = check_dataset(
-        category,
-        num_anomalies=config.train.num_anomalies,
-        sampling=config.train.anomaly_sampling,
-        seed=config.train.seed,
-        progress=progress,
-    )
-    report.raise_for_problems()
-    partial = partial_folder(output)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    run = {
-        "bgad_version": __version__,
-        "dataset": dataset,
-        "category": category.name,
-        "config": config.to_dict(),
-        "known_anomalies": [category.relative(s.path) for s in report.known],
-        "known_types": sorted({s.defect_type for s in report.known}),
-        "eval_size": eval_size,
-    }
-    _write_json(partial / RUN_JSON, run)
-    return _train_and_evaluate(partial, output, run, category, progress=progress)
+    _make_parent(output)
+    with run_lock(output):
+        _check_output(output, overwrite=overwrite)
+        category = load_dataset(dataset)
+        _check_data_outside(output, category)
+        report = check_dataset(
+            category,
+            num_anomalies=config.train.num_anomalies,
+            sampling=config.train.anomaly_sampling,
+            seed=config.train.seed,
+            progress=progress,
+        )
+        report.raise_for_problems()
+        partial = partial_folder(output)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        run = {
+            "bgad_version": __version__,
+            "dataset": dataset,
+            "category": category.name,
+            "config": config.to_dict(),
+            "known_anomalies": [category.relative(s.path) for s in report.known],
+            "known_types": sorted({s.defect_type for s in report.known}),
+            "eval_size": eval_size,
+        }
+        _write_json(partial / RUN_JSON, run)
+        return _train_and_evaluate(partial, output, run, category, progress=progress)
+
+
+def _make_parent(output: Path) -> None:
+    """Create the folder the run goes into, before any long work, so that a bad output fails in one line first."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BGADError(f"cannot create {output.parent} for the output: {err.strerror or err}") from None
 
 
 def resume_run(output: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -164,10 +175,30 @@ def resume_run(output: Path, *, progress: bool = True) -> dict[str, Any]:
     partial = partial_folder(output)
     if not (partial / RUN_JSON).is_file():
         raise BGADError(f"no interrupted fit of {output} to resume ({partial / RUN_JSON} is missing)")
-    run = json.loads((partial / RUN_JSON).read_text())
-    category = load_dataset(run["dataset"])
-    _check_data_outside(output, category)
-    return _train_and_evaluate(partial, output, run, category, progress=progress)
+    with run_lock(output):
+        run = read_run_json(partial / RUN_JSON)
+        category = load_dataset(run["dataset"])
+        _check_data_outside(output, category)
+        return _train_and_evaluate(partial, output, run, category, progress=progress)
+
+
+def read_run_json(path: Path) -> dict[str, Any]:
+    """The description of a run (``run.json``), checked for the fields bgad reads; a damaged one is a BGADError."""
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BGADError(f"cannot read {path}: {err}") from None
+    if not isinstance(run, dict):
+        raise BGADError(f"{path} is damaged: not a JSON object")
+    if "dataset" not in run:
+        raise BGADError(f"{path} was written by an older bgad that did not record its dataset; fit it again")
+    expected = {"dataset": dict, "config": dict, "known_anomalies": list, "known_types": list}
+    for key, kind in expected.items():
+        if not isinstance(run.get(key), kind):
+            raise BGADError(f"{path} is damaged: {key!r} is missing or not a {kind.__name__}")
+    if not all(isinstance(name, str) for name in run["known_anomalies"] + run["known_types"]):
+        raise BGADError(f"{path} is damaged: the known anomalies are not a list of names")
+    return run
 
 
 def _train_and_evaluate(
@@ -253,9 +284,7 @@ def evaluate_run(
     run_json = run / RUN_JSON
     if not run_json.is_file():
         raise BGADError(f"not a bgad run: {run_json} is missing")
-    info = json.loads(run_json.read_text())
-    if "dataset" not in info:
-        raise BGADError(f"{run_json} was written by an older bgad that did not record its dataset; fit it again")
+    info = read_run_json(run_json)
     detector = BGAD.load(run)
     category = load_dataset(dataset or info["dataset"])
     used = set(info["known_anomalies"]) if dataset in (None, info["dataset"]) else set()

@@ -42,6 +42,8 @@ def _open(path: Path) -> Image.Image:
             return ImageOps.exif_transpose(image)
     except FileNotFoundError:
         raise BGADError(f"image not found: {path}") from None
+    except Image.DecompressionBombError as err:  # neither OSError nor ValueError
+        raise BGADError(f"image {path} is too large to read safely: {err}") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise BGADError(f"cannot read image {path}: {err}") from None
 

@@ -6,10 +6,11 @@ The backbone's weights are not stored: they come from the backbone's own package
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
@@ -30,6 +31,13 @@ def _trained_state(model: BGADModel) -> dict:
     return {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("extractor.")}
 
 
+def _weights_metadata(config: BGADConfig) -> dict[str, str]:
+    """What the weights were trained with and cannot be checked from their shapes alone (a backbone with the same
+    channels, another input size with whitening off): stored beside the weights, compared with the JSON on load."""
+    model = config.model
+    return {"format": FORMAT, "backbone": model.backbone, "image_size": str(model.image_size), "resize": model.resize}
+
+
 def save_model(
     model: BGADModel,
     config: BGADConfig,
@@ -40,7 +48,7 @@ def save_model(
 ) -> None:
     """Write the flows, the calibration constants, the thresholds and the configuration into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(_trained_state(model), directory / MODEL_WEIGHTS, metadata={"format": FORMAT})
+    save_file(_trained_state(model), directory / MODEL_WEIGHTS, metadata=_weights_metadata(config))
     description = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -91,12 +99,23 @@ def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds, floa
         thresholds = Thresholds(**{k: float(v) for k, v in description["thresholds"].items()})
         train_seconds = description.get("train_seconds")
         train_seconds = None if train_seconds is None else float(train_seconds)
-    except (KeyError, TypeError, ValueError) as err:
-        raise BGADError(f"{json_path} is damaged: {err}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise BGADError(f"{json_path} is damaged: {err!r}") from None
+    if not all(math.isfinite(value) for value in thresholds):
+        raise BGADError(f"{json_path} is damaged: thresholds must be finite numbers, got {thresholds._asdict()}")
     try:
+        with safe_open(weights_path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
         state = load_file(weights_path)
     except (SafetensorError, OSError) as err:
         raise BGADError(f"cannot read model weights {weights_path}: {err}") from None
+    expected_metadata = _weights_metadata(config)
+    changed = [key for key, value in expected_metadata.items() if metadata.get(key) != value]
+    if changed:
+        raise BGADError(
+            f"model weights {weights_path} were trained with {', '.join(f'{k}={metadata.get(k)!r}' for k in changed)}"
+            f" but {json_path} says {', '.join(f'{k}={expected_metadata[k]!r}' for k in changed)}"
+        )
     model = BGADModel(config.model, seed=config.train.seed)
     expected = _trained_state(model)
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):

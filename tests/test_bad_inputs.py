@@ -1,0 +1,229 @@
+"""Bad inputs a factory will produce get one clear line, never a traceback, and concurrent fits never mix files."""
+
+import csv
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from bgad import BGAD
+from bgad.cli import main
+from bgad.config import BGADConfig
+from bgad.errors import BGADError
+from bgad.experiment import RUN_JSON, partial_folder
+from bgad.locking import lock_path, run_lock
+from bgad.runs import MODEL_JSON
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config: BGADConfig) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("runs") / "run"
+    args = ["fit", "--data-root", str(tiny_dataset), "--category", "part", "--output", str(output)]
+    assert main([*args, "--config", str(config_file), "--num-anomalies", "3", "--quiet"]) == 0
+    return output
+
+
+def _fit_args(tiny_dataset: Path, output: Path, config_file: Path) -> list[str]:
+    return [
+        "fit",
+        "--data-root",
+        str(tiny_dataset),
+        "--category",
+        "part",
+        "--output",
+        str(output),
+        "--config",
+        str(config_file),
+        "--quiet",
+    ]
+
+
+def _one_line(capsys: pytest.CaptureFixture[str], needle: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert needle in err, err
+    return err
+
+
+def test_a_second_fit_into_the_same_output_is_refused_while_the_first_runs(
+    tiny_dataset: Path, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "run"
+    with run_lock(output):  # stands for a first process that is still fitting
+        assert main(_fit_args(tiny_dataset, output, config_file)) == 2
+        err = _one_line(capsys, "is being written by process")
+        assert str(os.getpid()) in err
+        assert not output.exists()
+        assert not partial_folder(output).exists()
+    assert not lock_path(output).exists()
+    assert main(_fit_args(tiny_dataset, output, config_file)) == 0  # the lock is gone with its holder
+    assert not lock_path(output).exists()
+
+
+def test_resume_is_refused_while_the_fit_still_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "run"
+    partial = partial_folder(output)
+    partial.mkdir(parents=True)
+    (partial / RUN_JSON).write_text("{}")
+    with run_lock(output):
+        assert main(["fit", "--resume", str(output)]) == 2
+        _one_line(capsys, "is being written by process")
+    assert (partial / RUN_JSON).read_text() == "{}"
+
+
+def test_a_lock_file_left_by_a_killed_process_does_not_block(
+    tiny_dataset: Path, config_file: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "run"
+    lock_path(output).write_text("12345")  # its holder is gone, so nothing holds the lock
+    assert main(_fit_args(tiny_dataset, output, config_file)) == 0
+
+
+def test_an_output_that_cannot_be_created_fails_before_any_work(
+    tiny_dataset: Path, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(_fit_args(tiny_dataset, blocker / "runs" / "run", config_file)) == 2
+    _one_line(capsys, "cannot create")
+
+
+def test_decompression_bombs_are_one_line_each_and_the_rest_is_scored(
+    run: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bomb = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros((200, 200), np.uint8)).save(bomb)
+    # PIL refuses images over twice MAX_IMAGE_PIXELS; a small limit makes a 200x200 image a "bomb".
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    good = tiny_dataset / "part" / "test" / "good" / "001.png"
+    out = tmp_path / "out"
+    assert main(["predict", "--run", str(run), "--output", str(out), str(bomb), str(good), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert sum("too large to read safely" in line for line in err.splitlines()) == 1
+    with open(out / "scores.csv", encoding="utf-8") as handle:
+        assert [row["path"] for row in csv.DictReader(handle)] == [str(good)]
+
+
+def test_check_reports_a_decompression_bomb_in_the_dataset(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset / "part", root / "part")
+    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(root / "part" / "train" / "good" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    assert main(["check", "--data-root", str(root), "--category", "part", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "huge.png is too large to read safely" in err
+
+
+@pytest.mark.parametrize("batch_size", ["0", "-1", "two"])
+def test_predict_batch_size_must_be_positive(
+    run: Path, tmp_path: Path, batch_size: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["predict", "--run", str(run), "--output", str(tmp_path / "o"), str(tmp_path), "--batch-size", batch_size])
+        == 2
+    )
+    assert "expected a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_predict_output_names_never_collide_and_the_output_folder_is_not_an_input(
+    run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "incoming"
+    source = tiny_dataset / "part" / "test" / "good" / "000.png"
+    for relative in ("a/x.png", "b/x.png", "c/x_2.png", "d/X.png"):
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, folder / relative)
+    out = folder / "predictions"  # inside the input folder
+    for _ in range(2):  # the second run must not score the first one's heatmaps and masks
+        assert main(["predict", "--run", str(run), "--output", str(out), str(folder), "--quiet"]) == 0
+        with open(out / "scores.csv", encoding="utf-8") as handle:
+            assert len(list(csv.DictReader(handle))) == 4
+        assert len(list((out / "heatmaps").iterdir())) == 4
+        assert len(list((out / "masks").iterdir())) == 4
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file names that are not UTF-8 exist on POSIX only")
+def test_predict_writes_utf8_scores_for_names_that_are_not_utf8(run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    shutil.copy(tiny_dataset / "part" / "test" / "good" / "000.png", folder / name)
+    shutil.copy(tiny_dataset / "part" / "test" / "good" / "001.png", folder / "plain.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--run", str(run), "--output", str(out), str(folder), "--quiet"]) == 0
+    rows = (out / "scores.csv").read_bytes().splitlines()
+    assert len(rows) == 3
+    assert any(b"caf\xe9.png" in row for row in rows)
+
+
+def _edited_model(run: Path, tmp_path: Path, edit) -> Path:
+    copy = tmp_path / "edited"
+    shutil.copytree(run, copy)
+    description = json.loads((copy / MODEL_JSON).read_text())
+    edit(description)
+    (copy / MODEL_JSON).write_text(json.dumps(description))
+    return copy
+
+
+def _set_model_option(key: str, value):
+    return lambda description: description["config"]["model"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda d: d.__setitem__("config", []), "a config must be a mapping"),
+        (lambda d: d.__setitem__("thresholds", [1, 2]), "is damaged"),
+        (lambda d: d["thresholds"].__setitem__("image", math.nan), "thresholds must be finite"),
+        (_set_model_option("image_size", 96), "image_size"),
+        (_set_model_option("backbone", "efficientnet_lite1"), "backbone"),
+        (_set_model_option("resize", "pad"), "resize"),
+    ],
+    ids=["config-list", "thresholds-list", "nan-threshold", "image-size", "backbone", "resize"],
+)
+def test_a_model_whose_description_does_not_match_its_weights_does_not_load(
+    run: Path, tmp_path: Path, edit, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    edited = _edited_model(run, tmp_path, edit)
+    with pytest.raises(BGADError, match=needle):
+        BGAD.load(edited)
+    assert main(["predict", "--run", str(edited), "--output", str(tmp_path / "out"), str(tmp_path), "--quiet"]) == 2
+    _one_line(capsys, needle)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", "[]", '{"dataset": {"layout": "mvtec"}, "config": {}, "known_anomalies": 3, "known_types": []}'],
+    ids=["not-json", "not-an-object", "wrong-types"],
+)
+def test_a_damaged_run_json_is_one_line_on_test_and_resume(
+    run: Path, tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / RUN_JSON).write_text(content)
+    assert main(["test", "--run", str(copy), "--quiet"]) == 2
+    _one_line(capsys, str(copy / RUN_JSON))
+    interrupted = tmp_path / "interrupted"
+    partial_folder(interrupted).mkdir()
+    (partial_folder(interrupted) / RUN_JSON).write_text(content)
+    assert main(["fit", "--resume", str(interrupted), "--quiet"]) == 2
+    _one_line(capsys, RUN_JSON)
