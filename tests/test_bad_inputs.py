@@ -12,13 +12,18 @@ import pytest
 import yaml
 from PIL import Image
 
+import bgad.experiment
 from bgad import BGAD
 from bgad.cli import main
 from bgad.config import BGADConfig
+from bgad.datasets import load_folders, load_manifest
 from bgad.errors import BGADError
-from bgad.experiment import RUN_JSON, partial_folder
+from bgad.experiment import RUN_JSON, fit_run, partial_folder, resume_run
 from bgad.locking import lock_path, run_lock
 from bgad.runs import MODEL_JSON
+from bgad.validation import DatasetError, check_dataset
+
+from .test_datasets import folder_dataset
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +232,77 @@ def test_a_damaged_run_json_is_one_line_on_test_and_resume(
     (partial_folder(interrupted) / RUN_JSON).write_text(content)
     assert main(["fit", "--resume", str(interrupted), "--quiet"]) == 2
     _one_line(capsys, RUN_JSON)
+
+
+def test_duplicates_name_the_way_forward_and_drop_duplicates_takes_it(tmp_path: Path) -> None:
+    root = folder_dataset(tmp_path / "part")
+    (root / "test_good").mkdir()
+    shutil.copy(root / "good" / "g01.png", root / "test_good" / "renamed_copy.png")
+    shutil.copy(root / "good" / "g02.png", root / "test_good" / "other.png")
+    category = load_folders(root / "good", [root / "defects"], [root / "masks"], test_normal_dirs=[root / "test_good"])
+    refused = check_dataset(category, num_anomalies=3, progress=False)
+    assert len(refused.problems) == 2
+    assert all("--drop-duplicates" in problem for problem in refused.problems)
+    report = check_dataset(category, num_anomalies=3, drop_duplicates=True, progress=False)
+    assert report.ok
+    assert "2 evaluation image(s) identical to a training image were dropped" in report.notes[0]
+    assert not any(s.path.parent.name == "test_good" for s in report.category.test)
+    assert len(report.category.test) == len(category.test) - 2
+
+
+def test_reserved_type_names_and_files_that_are_not_regular_are_rejected(tmp_path: Path) -> None:
+    root = folder_dataset(tmp_path / "part")
+    shutil.copytree(root / "defects" / "crack", root / "defects" / "good")
+    with pytest.raises(BGADError, match="reserved for normal images"):
+        load_folders(root / "good", [root / "defects"], [root / "masks"])
+    manifest = tmp_path / "list.csv"
+    rows = ["path,label,mask,split,defect_type", "part/good/g00.png,normal,,train,"]
+    rows += ["part/good/g01.png,normal,,test,", "part/defects/dent/000.png,anomaly,,test,good"]
+    if Path("/dev/zero").exists():
+        rows.append("/dev/zero,normal,,train,")
+    manifest.write_text("\n".join(rows) + "\n")
+    category = load_manifest(manifest, unmasked="image-only")
+    report = check_dataset(category, num_anomalies=0, progress=False)  # must not hang or fill the memory
+    text = "\n".join(report.problems)
+    assert "reserved for normal images" in text
+    if Path("/dev/zero").exists():
+        assert "/dev/zero: not a regular file" in text
+
+
+def test_test_leaves_out_the_training_anomalies_in_a_copy_of_the_data(
+    run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dataset / "part", copy / "part")
+    capsys.readouterr()
+    assert main(["test", "--run", str(run), "--data-root", str(copy), "--category", "part", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)
+    assert metrics["n_eval_images"] == json.loads((run / "metrics.json").read_text())["n_eval_images"]
+    assert "3 training anomalies found in this data were left out" in captured.err
+
+
+def test_resume_repeats_the_dataset_check_and_refuses_changed_training_images(
+    tiny_dataset: Path, tiny_config: BGADConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset / "part", root / "part")
+    spec = {"layout": "mvtec", "data_root": str(root), "category": "part"}
+    output = tmp_path / "run"
+
+    def failing_evaluate(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(bgad.experiment, "evaluate", failing_evaluate)
+        with pytest.raises(BGADError, match="--resume"):
+            fit_run(spec, output, tiny_config, progress=False)
+    train = root / "part" / "train" / "good"
+    shutil.copy(next(train.iterdir()), train / "added.png")
+    with pytest.raises(BGADError, match="training images changed"):
+        resume_run(output, progress=False)
+    (train / "added.png").unlink()
+    (root / "part" / "test" / "good" / "000.png").write_bytes(b"damaged")
+    with pytest.raises(DatasetError):  # the check runs again on resume
+        resume_run(output, progress=False)
+    assert (partial_folder(output) / MODEL_JSON).is_file()

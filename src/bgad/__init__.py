@@ -1,6 +1,6 @@
 """bgad: supervised industrial anomaly detection with BGAD (Yao et al., CVPR 2023, arXiv 2207.01463)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .backbones import create_backbone, list_backbones
 from .config import BGADConfig, LossConfig, ModelConfig, TrainConfig, load_config

@@ -114,6 +114,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             config,
             overwrite=args.overwrite,
             eval_size=args.eval_size,
+            drop_duplicates=args.drop_duplicates,
             progress=not args.quiet,
         )
     print(json.dumps(results, indent=2))
@@ -129,6 +130,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         num_anomalies=train.num_anomalies,
         sampling=train.anomaly_sampling,
         seed=train.seed,
+        drop_duplicates=args.drop_duplicates,
         progress=not args.quiet,
     )
     print(report.summary())
@@ -421,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = command("check", _cmd_check, "check a dataset before training: list every problem found")
     _add_data_options(check)
     _add_training_options(check)
+    for data_command in (fit, check):
+        data_command.add_argument(
+            "--drop-duplicates",
+            action="store_true",
+            help="an evaluation image identical to a training image is dropped from the evaluation (default: error)",
+        )
 
     ablate = command("ablate", _cmd_ablate, "train the method's variants on one dataset and print the table")
     _add_data_options(ablate)

@@ -4,6 +4,8 @@ known anomalies. The loaders of each layout (MVTec AD, BTAD, VisA, plain folders
 
 from __future__ import annotations
 
+import hashlib
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,21 @@ class Category:
         absolute if it lies elsewhere."""
         path, root = path.absolute(), self.root.absolute()
         return (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
+
+
+def content_hash(path: Path) -> str:
+    """SHA-1 of a file's bytes, read in bounded chunks; only regular files (a device such as ``/dev/zero`` or a
+    FIFO would never end), else a BGADError."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise BGADError(f"cannot read image {path}: not a regular file")
+        digest = hashlib.sha1()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as err:
+        raise BGADError(f"cannot read image {path}: {err.strerror or err}") from None
+    return digest.hexdigest()
 
 
 def _category_rng(category: str, seed: int) -> np.random.Generator:

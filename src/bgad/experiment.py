@@ -17,7 +17,7 @@ from typing import Any
 from . import __version__
 from .checkpoint import STATE_JSON
 from .config import BGADConfig
-from .data import Category, evaluation_samples
+from .data import Category, content_hash, evaluation_samples
 from .datasets import load_dataset
 from .detector import BGAD
 from .errors import BGADError
@@ -25,7 +25,7 @@ from .evaluation import EVAL_SIZES, Evaluation, evaluate, full_resolution_metric
 from .locking import run_lock
 from .report import write_report
 from .runs import MODEL_JSON
-from .validation import check_dataset
+from .validation import DatasetReport, check_dataset, drop_evaluation_duplicates
 
 RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
@@ -123,6 +123,7 @@ def fit_run(
     *,
     overwrite: bool = False,
     eval_size: str = "input",
+    drop_duplicates: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Check the output and the dataset, then train, save and evaluate into ``output``; return the metrics.
@@ -137,14 +138,8 @@ def fit_run(
         _check_output(output, overwrite=overwrite)
         category = load_dataset(dataset)
         _check_data_outside(output, category)
-        report = check_dataset(
-            category,
-            num_anomalies=config.train.num_anomalies,
-            sampling=config.train.anomaly_sampling,
-            seed=config.train.seed,
-            progress=progress,
-        )
-        report.raise_for_problems()
+        report = _checked(category, config, drop_duplicates=drop_duplicates, progress=progress)
+        category = report.category
         partial = partial_folder(output)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
@@ -155,10 +150,30 @@ def fit_run(
             "config": config.to_dict(),
             "known_anomalies": [category.relative(s.path) for s in report.known],
             "known_types": sorted({s.defect_type for s in report.known}),
+            # `bgad test` leaves these out by content, even on a copy of the data or another path to it.
+            "known_anomaly_sha1": [report.hashes[s.path] for s in report.known],
+            "drop_duplicates": drop_duplicates,
+            "training_fingerprint": report.training_fingerprint(),
             "eval_size": eval_size,
         }
         _write_json(partial / RUN_JSON, run)
         return _train_and_evaluate(partial, output, run, category, progress=progress)
+
+
+def _checked(category: Category, config: BGADConfig, *, drop_duplicates: bool, progress: bool) -> DatasetReport:
+    """The dataset check of a fit (or a resume); any problem stops it."""
+    report = check_dataset(
+        category,
+        num_anomalies=config.train.num_anomalies,
+        sampling=config.train.anomaly_sampling,
+        seed=config.train.seed,
+        drop_duplicates=drop_duplicates,
+        progress=progress,
+    )
+    report.raise_for_problems()
+    for note in report.notes:
+        print(f"bgad: note: {note}", file=sys.stderr)
+    return report
 
 
 def _make_parent(output: Path) -> None:
@@ -179,7 +194,14 @@ def resume_run(output: Path, *, progress: bool = True) -> dict[str, Any]:
         run = read_run_json(partial / RUN_JSON)
         category = load_dataset(run["dataset"])
         _check_data_outside(output, category)
-        return _train_and_evaluate(partial, output, run, category, progress=progress)
+        config = BGADConfig.from_dict(run["config"])
+        report = _checked(category, config, drop_duplicates=run.get("drop_duplicates") is True, progress=progress)
+        if run.get("training_fingerprint", report.training_fingerprint()) != report.training_fingerprint():
+            raise BGADError(
+                f"the training images changed since the interrupted fit of {output} (added, removed or edited): "
+                "resuming would mix two datasets; start a new fit"
+            )
+        return _train_and_evaluate(partial, output, run, report.category, progress=progress)
 
 
 def read_run_json(path: Path) -> dict[str, Any]:
@@ -196,7 +218,8 @@ def read_run_json(path: Path) -> dict[str, Any]:
     for key, kind in expected.items():
         if not isinstance(run.get(key), kind):
             raise BGADError(f"{path} is damaged: {key!r} is missing or not a {kind.__name__}")
-    if not all(isinstance(name, str) for name in run["known_anomalies"] + run["known_types"]):
+    names = run["known_anomalies"] + run["known_types"] + run.get("known_anomaly_sha1", [])
+    if not isinstance(run.get("known_anomaly_sha1", []), list) or not all(isinstance(name, str) for name in names):
         raise BGADError(f"{path} is damaged: the known anomalies are not a list of names")
     return run
 
@@ -287,11 +310,27 @@ def evaluate_run(
     info = read_run_json(run_json)
     detector = BGAD.load(run)
     category = load_dataset(dataset or info["dataset"])
-    used = set(info["known_anomalies"]) if dataset in (None, info["dataset"]) else set()
-    samples = [s for s in category.test if category.relative(s.path) not in used]
+    if info.get("drop_duplicates") is True:
+        category, dropped = drop_evaluation_duplicates(category)
+        if dropped:
+            print(
+                f"bgad: note: {dropped} evaluation image(s) identical to a training image were dropped", file=sys.stderr
+            )
+    used_names = set(info["known_anomalies"]) if dataset in (None, info["dataset"]) else set()
+    used_content = set(info.get("known_anomaly_sha1", ()))
+    samples = [
+        s
+        for s in category.test
+        if category.relative(s.path) not in used_names
+        and not (s.is_anomalous and used_content and content_hash(s.path) in used_content)
+    ]
     evaluation = evaluate(detector, samples, progress=progress)
     results = evaluation.metrics()
     results["n_known_anomalies"] = len(info["known_anomalies"])
+    if left_out := len(category.test) - len(samples):
+        print(
+            f"bgad: {left_out} training anomalies found in this data were left out of the evaluation", file=sys.stderr
+        )
     results["per_type"] = evaluation.per_type_metrics(set(info["known_types"]))
     if eval_size == "full":
         results["full_resolution"] = full_resolution_metrics(evaluation)

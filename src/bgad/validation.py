@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import Category, Sample, evaluation_samples, select_known_anomalies
+from .data import Category, Sample, content_hash, evaluation_samples, select_known_anomalies
 from .errors import BGADError
 from .images import read_image, read_mask
 
@@ -40,6 +41,16 @@ class DatasetReport:
     known: tuple[Sample, ...]
     problems: tuple[str, ...]
     notes: tuple[str, ...]
+    # Content hash (SHA-1) of every readable image, by path.
+    hashes: Mapping[Path, str] = field(default_factory=dict)
+
+    def training_fingerprint(self) -> str:
+        """A hash of the names and contents of the training images (normals and known anomalies): what a resumed
+        fit must find unchanged."""
+        lines = sorted(
+            f"{self.category.relative(s.path)}\t{self.hashes.get(s.path)}" for s in self.category.train + self.known
+        )
+        return hashlib.sha1("\n".join(lines).encode(errors="surrogateescape")).hexdigest()
 
     @property
     def ok(self) -> bool:
@@ -61,14 +72,16 @@ class DatasetReport:
 def _file_problems(sample: Sample) -> tuple[list[str], str | None]:
     """Problems of one sample's files, and the image's content hash (None if unreadable)."""
     try:
-        data = sample.path.read_bytes()
+        digest = content_hash(sample.path)
         image = read_image(sample.path)
     except (OSError, BGADError) as err:
         return [str(err) if isinstance(err, BGADError) else f"cannot read image {sample.path}: {err}"], None
     problems = []
     if min(image.size) < MIN_IMAGE_SIDE:
         problems.append(f"image {sample.path} is {image.width}x{image.height}, smaller than the network's stride 16")
-    if sample.mask_path is not None:
+    if sample.mask_path is not None and sample.mask_path.exists() and not sample.mask_path.is_file():
+        problems.append(f"mask {sample.mask_path} is not a regular file")
+    elif sample.mask_path is not None:
         try:
             mask = read_mask(sample.mask_path)
         except BGADError as err:
@@ -81,7 +94,7 @@ def _file_problems(sample: Sample) -> tuple[list[str], str | None]:
                 )
             elif not mask.any():
                 problems.append(f"mask {sample.mask_path} of defect image {sample.path} is empty")
-    return problems, hashlib.sha1(data).hexdigest()
+    return problems, digest
 
 
 def _selection(category: Category, num_anomalies: int, sampling: str, seed: int) -> tuple[tuple[Sample, ...], str]:
@@ -92,26 +105,65 @@ def _selection(category: Category, num_anomalies: int, sampling: str, seed: int)
 
 
 def check_dataset(
-    category: Category, *, num_anomalies: int, sampling: str = "stratified", seed: int = 0, progress: bool = True
+    category: Category,
+    *,
+    num_anomalies: int,
+    sampling: str = "stratified",
+    seed: int = 0,
+    drop_duplicates: bool = False,
+    progress: bool = True,
 ) -> DatasetReport:
-    """Read every image and mask of ``category`` once and report all problems found (see the module docstring)."""
+    """Read every image and mask of ``category`` once and report all problems found (see the module docstring).
+
+    An evaluation image with the same content as a training image is a problem, or, with ``drop_duplicates``, is
+    dropped from the evaluation set (the report's ``category``) and counted in a note; known anomalies are then
+    chosen from what is left.
+    """
     problems = list(category.problems)
-    known, selection_problem = _selection(category, num_anomalies, sampling, seed)
-    if selection_problem:
-        problems.append(selection_problem)
     roles = [(s, "train") for s in category.train + category.known] + [(s, "test") for s in category.test]
+    hashes: dict[Path, str] = {}
     by_hash: dict[str, list[tuple[Sample, str]]] = defaultdict(list)
     for sample, role in tqdm(roles, desc="checking images", unit="img", disable=not progress):
         sample_problems, digest = _file_problems(sample)
         problems += sample_problems
         if digest is not None:
+            hashes[sample.path] = digest
             by_hash[digest].append((sample, role))
-    for copies in by_hash.values():
-        if {"train", "test"} <= {role for _, role in copies}:
+    duplicates = [copies for copies in by_hash.values() if {"train", "test"} <= {role for _, role in copies}]
+    notes = []
+    if drop_duplicates and duplicates:
+        dropped = {s.path for copies in duplicates for s, role in copies if role == "test"}
+        category = replace(category, test=tuple(s for s in category.test if s.path not in dropped))
+        notes.append(
+            f"{len(dropped)} evaluation image(s) identical to a training image were dropped (--drop-duplicates)"
+        )
+    else:
+        for copies in duplicates:
             names = ", ".join(str(s.path) for s, _ in copies)
-            problems.append(f"the same image is in training and evaluation: {names}")
-    notes = _notes(category, known)
-    return DatasetReport(category, known, tuple(problems), notes)
+            problems.append(
+                f"the same image is in training and evaluation: {names} "
+                "(--drop-duplicates keeps the training copy and drops the evaluation one)"
+            )
+    known, selection_problem = _selection(category, num_anomalies, sampling, seed)
+    if selection_problem:
+        problems.insert(len(category.problems), selection_problem)
+    notes += _notes(category, known)
+    return DatasetReport(category, known, tuple(problems), tuple(notes), hashes)
+
+
+def drop_evaluation_duplicates(category: Category) -> tuple[Category, int]:
+    """``category`` without the evaluation images whose content equals a training image's, and how many those were
+    (what ``--drop-duplicates`` did at fit time, repeated by ``bgad test``)."""
+    training = {_hash_or_none(s.path) for s in category.train + category.known} - {None}
+    kept = tuple(s for s in category.test if _hash_or_none(s.path) not in training)
+    return replace(category, test=kept), len(category.test) - len(kept)
+
+
+def _hash_or_none(path: Path) -> str | None:
+    try:
+        return content_hash(path)
+    except BGADError:
+        return None
 
 
 def _notes(category: Category, known: tuple[Sample, ...]) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Category, Sample
+from ..data import GOOD, Category, Sample
 from ..errors import BGADError
 from .files import MaskIndex, check_unmasked, existing_folder, image_files, mask_like
 
@@ -32,6 +32,12 @@ def _defect_images(folder: Path) -> list[tuple[Path, str]]:
     existing_folder(folder, "defect folder")
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and image_files(p))
     groups = [(sub, sub.name) for sub in subfolders] or [(folder, folder.name)]
+    for group, defect_type in groups:
+        if defect_type == GOOD:
+            raise BGADError(
+                f"defect folder {group} is named {GOOD!r}, the name reserved for normal images: rename it or give it "
+                "as --normal-dir / --test-normal-dir"
+            )
     pairs = []
     for group, defect_type in groups:
         files = image_files(group)

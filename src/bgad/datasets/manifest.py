@@ -16,7 +16,7 @@ import csv
 from collections.abc import Callable
 from pathlib import Path
 
-from ..data import Category, Sample
+from ..data import GOOD, Category, Sample
 from ..errors import BGADError
 from .files import check_unmasked
 
@@ -85,7 +85,11 @@ def build_category(
                 problems.append(f"{at}: normal image {path} has a mask; leave the mask empty or label it anomaly")
             (train if split == "train" else test).append(Sample(path))
             continue
-        sample = Sample(path, row.get("defect_type") or DEFAULT_TYPE, mask)
+        defect_type = row.get("defect_type") or DEFAULT_TYPE
+        if defect_type == GOOD:
+            problems.append(f"{at}: anomaly {path} has defect_type {GOOD!r}, the name reserved for normal images")
+            continue
+        sample = Sample(path, defect_type, mask)
         if mask is None and split == "train":
             problems.append(f"{at}: training anomaly {path} has no mask (known anomalies need pixel masks)")
         elif mask is None and unmasked == "error":
