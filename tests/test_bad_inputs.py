@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
+import bgad.checkpoint
 import bgad.experiment
 from bgad import BGAD
 from bgad.cli import main
@@ -306,3 +308,22 @@ def test_resume_repeats_the_dataset_check_and_refuses_changed_training_images(
     with pytest.raises(DatasetError):  # the check runs again on resume
         resume_run(output, progress=False)
     assert (partial_folder(output) / MODEL_JSON).is_file()
+
+
+def test_fit_leaves_the_callers_torch_random_state_alone(tiny_dataset: Path, tiny_config: BGADConfig) -> None:
+    normals = sorted((tiny_dataset / "part" / "train" / "good").iterdir())[:4]
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    BGAD(tiny_config).fit(normals, [], [], progress=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_checkpoint_writes_make_the_rename_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.path.isdir(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    bgad.checkpoint._write_atomic(tmp_path / "state.json", b"{}")
+    assert (tmp_path / "state.json").read_bytes() == b"{}"
+    if os.name == "posix" and Path("/proc/self/fd").is_dir():
+        assert synced == [False, True]  # the file's data, then the folder entry of the rename

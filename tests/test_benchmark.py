@@ -1,5 +1,9 @@
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -8,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+import bgad.benchmark
 from bgad.baselines import GaussianBaseline, PadimBaseline, _fit_gaussians, _mahalanobis, gaussian_blur
 from bgad.cli import main
 from bgad.config import BGADConfig
@@ -171,3 +176,65 @@ def test_gaussian_blur_matches_scipy() -> None:
     maps = torch.rand(2, 23, 31, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     expected = [gaussian_filter(m, sigma=4, mode="mirror", truncate=4.0) for m in maps.numpy()]
     torch.testing.assert_close(gaussian_blur(maps, 4.0), torch.tensor(np.stack(expected)))
+
+
+def _dies_for_seed_1(task: bgad.benchmark._Task) -> dict:
+    """A stand-in task (runs in its own spawned process): the process of seed 1 is killed, as by the OOM killer."""
+    if task.seed == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"task_seconds": 0.0, "methods": {"bgad": {"image_auroc": 1.0, "pixel_auroc": 1.0}}}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="kills a task's process with SIGKILL")
+def test_a_dead_task_process_fails_only_its_own_task(tmp_path: Path, tiny_config: BGADConfig) -> None:
+    tasks = [
+        bgad.benchmark._Task(tmp_path, "part", seed, tiny_config, tmp_path, False, 1, False) for seed in (0, 1, 2, 3)
+    ]
+    results: dict = {}
+    failures = bgad.benchmark._execute(tasks, 2, results, run=_dies_for_seed_1)
+    assert sorted(results) == [("part", 0), ("part", 2), ("part", 3)]
+    assert len(failures) == 1
+    assert failures[0].startswith("part seed 1: its process died (exit code -9")
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from bgad.benchmark import _die_with_parent
+
+def record_pid(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(60)
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
+                               initargs=(os.getpid(),))
+    pool.submit(record_pid, sys.argv[1])
+    while not os.path.exists(sys.argv[1]) or not open(sys.argv[1]).read():
+        time.sleep(0.05)
+    os._exit(0)  # the benchmark process dies without cleaning up, as with kill -9
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_workers_die_with_a_killed_benchmark(tmp_path: Path) -> None:
+    script, pid_file = tmp_path / "orphan.py", tmp_path / "worker.pid"
+    script.write_text(_ORPHAN_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(pid_file)], check=True, timeout=60)
+    worker = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{worker}").exists():
+        if Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z":
+            break  # a zombie: dead, waiting for init to reap it
+        time.sleep(0.1)
+    alive = Path(f"/proc/{worker}").exists() and Path(f"/proc/{worker}/stat").read_text().split()[2] != "Z"
+    assert not alive, "the worker outlived the benchmark process"
+
+
+def test_usable_cpus_follows_the_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+        assert bgad.benchmark.usable_cpus() <= 3
+    assert bgad.benchmark.usable_cpus() >= 1

@@ -13,15 +13,16 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -167,44 +168,109 @@ def find_categories(data_root: Path) -> list[str]:
     return found
 
 
-def _one_task_per_child() -> dict[str, int]:
-    # max_tasks_per_child needs Python 3.11; on 3.10 a worker's peak memory covers all the tasks it ran.
-    return {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-
-
 def _summary(result: dict[str, Any]) -> str:
     return ", ".join(
         f"{m} image/pixel AUROC {v['image_auroc']:.3f}/{v['pixel_auroc']:.3f}" for m, v in result["methods"].items()
     )
 
 
-def _execute(tasks: list[_Task], jobs: int, results: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
-    """Run the tasks in child processes, ``jobs`` at a time; fill ``results``; return one line per failed task."""
-    failures: list[str] = []
+def _execute(
+    tasks: list[_Task],
+    jobs: int,
+    results: dict[tuple[str, int], dict[str, Any]],
+    run: Callable[[_Task], dict[str, Any]] = _run_task,
+) -> list[str]:
+    """Run each task in its own child process, ``jobs`` at a time; fill ``results``; return one line per failed
+    task. A child that dies (killed for memory, say) fails its own task only."""
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context, **_one_task_per_child())
+    queue, failures = list(tasks), []
+    running: dict[Any, tuple[Any, Any, _Task]] = {}  # process sentinel -> (process, result pipe, task)
+    outcomes: dict[Any, tuple[str, Any]] = {}
     try:
-        futures = {pool.submit(_run_task, task): task for task in tasks}
-        for done, future in enumerate(as_completed(futures), start=1):
-            task = futures[future]
-            name = f"[{done}/{len(tasks)}] {task.category} seed {task.seed}"
-            try:
-                result = future.result()
-            except BGADError as err:
-                failures.append(f"{task.category} seed {task.seed}: {err}")
-                _log(f"{name}: failed: {err}")
-                continue
-            except BrokenProcessPool:
-                failures.append(f"{task.category} seed {task.seed}: its worker process died (out of memory?)")
-                _log(f"{name}: failed: its worker process died (out of memory?)")
-                continue
-            results[(task.category, task.seed)] = result
-            _log(f"{name}: done in {result['task_seconds']:.0f} s: {_summary(result)}")
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
+        while queue or running:
+            while queue and len(running) < jobs:
+                task = queue.pop(0)
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(target=_child, args=(run, task, sender, os.getpid()), daemon=True)
+                process.start()
+                sender.close()
+                running[process.sentinel] = (process, receiver, task)
+            pipes = {receiver: sentinel for sentinel, (_, receiver, _) in running.items()}
+            ready = multiprocessing.connection.wait([*running, *pipes])
+            for pipe in (r for r in ready if r in pipes):  # read results as they come: no child blocks on a pipe
+                with suppress(EOFError):
+                    outcomes[pipes[pipe]] = pipe.recv()
+            for sentinel in (r for r in ready if r in running):
+                process, receiver, task = running.pop(sentinel)
+                process.join()
+                outcome = outcomes.pop(sentinel, None)
+                if outcome is None and receiver.poll():
+                    with suppress(EOFError):
+                        outcome = receiver.recv()
+                receiver.close()
+                _record(task, outcome, process.exitcode, len(tasks) - len(queue) - len(running), len(tasks))
+                if outcome is not None and outcome[0] == "ok":
+                    results[(task.category, task.seed)] = outcome[1]
+                else:
+                    failures.append(_failure(task, outcome, process.exitcode))
+    finally:
+        for process, _, _ in running.values():
+            process.kill()
     return failures
+
+
+def _child(run: Callable[[_Task], dict[str, Any]], task: _Task, sender: Any, parent: int) -> None:
+    """A task's process: runs it and sends ``("ok", result)`` or ``("error", message)``."""
+    _die_with_parent(parent)
+    try:
+        outcome = ("ok", run(task))
+    except BGADError as err:
+        outcome = ("error", str(err))
+    except Exception as err:  # a bug: its traceback goes to this process's stderr, the benchmark goes on
+        traceback.print_exc()
+        outcome = ("error", f"{type(err).__name__}: {err}")
+    sender.send(outcome)
+    sender.close()
+
+
+def _failure(task: _Task, outcome: tuple[str, Any] | None, exitcode: int | None) -> str:
+    if outcome is None:
+        return f"{task.category} seed {task.seed}: its process died (exit code {exitcode}; out of memory?)"
+    return f"{task.category} seed {task.seed}: {outcome[1]}"
+
+
+def _record(task: _Task, outcome: tuple[str, Any] | None, exitcode: int | None, done: int, total: int) -> None:
+    name = f"[{done}/{total}] {task.category} seed {task.seed}"
+    if outcome is not None and outcome[0] == "ok":
+        _log(f"{name}: done in {outcome[1]['task_seconds']:.0f} s: {_summary(outcome[1])}")
+    else:
+        _log(f"{name}: failed: {_failure(task, outcome, exitcode).split(': ', 1)[1]}")
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker start-up: on Linux, ask the kernel to kill this worker when the benchmark process dies (a killed
+    benchmark must not leave workers writing into its run folders); elsewhere, at least not start orphaned."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its CPU affinity and, in a container, the cgroup's CPU quota (``os.cpu_count``
+    sees neither)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 CPU limit readable here
+    return max(1, cpus)
 
 
 def run_benchmark(
@@ -235,7 +301,7 @@ def run_benchmark(
     names = find_categories(data_root) if categories is None else list(dict.fromkeys(categories))
     if not names:
         raise BGADError("no categories given")
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    threads = max(1, usable_cpus() // jobs) if jobs > 1 else None
     results: dict[tuple[str, int], dict[str, Any]] = {}
     tasks = []
     for name in names:
@@ -361,8 +427,8 @@ def _threads(results: list[dict[str, Any]]) -> str:
 def _markdown(results: list[dict[str, Any]], names: list[str], methods: list[str], settings: dict[str, Any]) -> str:
     processor = platform.processor() or platform.machine()
     machine = (
-        f"{processor}, {os.cpu_count()} CPUs, torch {torch.__version__} with {_threads(results)} thread(s) per task, "
-        f"Python {platform.python_version()}"
+        f"{processor}, {usable_cpus()} usable CPUs, torch {torch.__version__} with {_threads(results)} thread(s) "
+        f"per task, Python {platform.python_version()}"
     )
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [

@@ -95,21 +95,22 @@ class BGAD:
             raise BGADError(f"got {len(anomaly_images)} anomaly images but {len(anomaly_masks)} masks")
         masks = [_mask_tensor(mask) for mask in anomaly_masks]
         start = time.perf_counter()
-        torch.manual_seed(config.train.seed)
-        model = BGADModel(config.model, seed=config.train.seed)
-        levels = _training_vectors(model, normal_images, anomaly_images, masks, config, progress)
-        self.history_ = train_flows(
-            model.levels,
-            levels,
-            config.train,
-            config.loss,
-            synthetic=_synthetic_source(model, normal_images, anomaly_images, masks, config),
-            log_path=Path(log_path) if log_path is not None else None,
-            checkpoint=Path(checkpoint) if checkpoint is not None else None,
-            config=config.to_dict(),
-            progress=progress,
-        )
-        self.thresholds_ = _calibrate(model, levels, normal_images, masks, config)
+        with torch.random.fork_rng(devices=[]):  # seeded for repeatable fits; the caller's torch RNG is left as it was
+            torch.manual_seed(config.train.seed)
+            model = BGADModel(config.model, seed=config.train.seed)
+            levels = _training_vectors(model, normal_images, anomaly_images, masks, config, progress)
+            self.history_ = train_flows(
+                model.levels,
+                levels,
+                config.train,
+                config.loss,
+                synthetic=_synthetic_source(model, normal_images, anomaly_images, masks, config),
+                log_path=Path(log_path) if log_path is not None else None,
+                checkpoint=Path(checkpoint) if checkpoint is not None else None,
+                config=config.to_dict(),
+                progress=progress,
+            )
+            self.thresholds_ = _calibrate(model, levels, normal_images, masks, config)
         self.model_ = model
         self.train_seconds_ = time.perf_counter() - start
         return self

@@ -130,7 +130,7 @@ def _curves(ev: Evaluation, metrics: dict[str, float | int], out: Path, threshol
         fig, ax = _curve(fpr, tpr, "Image-level ROC", f"AUROC {auc(fpr, tpr):.3f}")
         caption = f"{labels.sum()} anomalous vs {(~labels).sum()} good images, by image score."
         if threshold is not None:
-            at = ev.scores >= threshold
+            at = ev.scores > threshold
             ax.plot(at[~labels].mean(), at[labels].mean(), "o", color="#d1242f", label=f"threshold {_num(threshold)}")
             caption += " The dot is the given image threshold."
         ax.legend(loc="lower right")
@@ -182,7 +182,7 @@ def _by_type(ev: Evaluation, out: Path, threshold: float | None) -> str:
             vs_good = _num(roc_auc_score(np.r_[np.ones(len(s)), np.zeros(len(good))], np.concatenate([s, good])))
         cells = [len(s), _num(s.min()), _num(np.median(s)), _num(s.max()), vs_good]
         if threshold is not None:
-            cells.append(f"{int((s >= threshold).sum())} / {len(s)}")
+            cells.append(f"{int((s > threshold).sum())} / {len(s)}")
         rows.append(f"<tr><td>{_e(t)}</td>" + "".join(f'<td class="n">{c}</td>' for c in cells) + "</tr>")
     fig = Figure(figsize=(7.2, 0.9 + 0.42 * len(types)), layout="constrained")
     ax = fig.add_subplot()
@@ -254,7 +254,7 @@ def _gallery(ev: Evaluation, out: Path, threshold: float | None, size: int) -> s
             _panel(ev, i, vmin, vmax, out / f"{kind}_{rank:02d}.png")
             caption = f"<code>{_e(sample.path.name)}</code> · {_e(sample.defect_type)} · score <b>{_num(score)}</b>"
             if threshold is not None:
-                flagged = bool(score >= threshold)
+                flagged = bool(score > threshold)
                 outcome = {(0, 1): "false alarm", (0, 0): "not flagged (correct)", (1, 1): "detected (correct)"}
                 verdict = f"{'≥' if flagged else '<'} threshold {_num(threshold)}: "
                 verdict += outcome.get((want, flagged), "missed")
