@@ -25,3 +25,20 @@ def test_a_map_below_the_threshold_stays_in_the_cool_half() -> None:
     hot = _colour(0.75)
     nearest_to_hot = np.min(np.linalg.norm(overlay.reshape(-1, 3) - hot, axis=1))
     assert nearest_to_hot > 30
+
+
+def test_overlay_equals_matplotlib_colouring_in_row_chunks() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (700, 90, 3), dtype=np.uint8)  # more rows than one chunk
+    anomaly_map = rng.normal(size=(700, 90)).astype(np.float32)
+    threshold, alpha = 0.8, 0.45
+    low, high = float(np.percentile(anomaly_map, 5)), float(anomaly_map.max())
+    scaled = np.where(
+        anomaly_map < threshold,
+        0.5 * (anomaly_map - low) / (threshold - low),
+        0.5 + 0.5 * (anomaly_map - threshold) / (high - threshold),
+    ).clip(0, 1)
+    reference = image * (1 - alpha) + matplotlib.colormaps["turbo"](scaled)[..., :3] * 255 * alpha
+    overlay = heatmap_overlay(image, anomaly_map, threshold=threshold, alpha=alpha)
+    assert overlay.dtype == np.uint8
+    assert np.abs(overlay.astype(int) - reference.round().astype(int)).max() <= 1
