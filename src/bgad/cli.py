@@ -223,6 +223,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not images:
         print("bgad: error: no images to predict on", file=sys.stderr)
         return 2
+    try:
+        scored, flagged = _predict_into(args, detector, images, problems)
+    except KeyboardInterrupt:
+        print(f"bgad: interrupted; the images scored so far are in {args.output / 'scores.csv'}", file=sys.stderr)
+        return 130
+    print(f"{scored} images scored, {flagged} flagged anomalous; results in {args.output}", file=sys.stderr)
+    if problems:
+        print(f"bgad: {len(problems)} input(s) could not be processed (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _predict_into(
+    args: argparse.Namespace, detector: BGAD | OnnxDetector, images: list[Path], problems: list[str]
+) -> tuple[int, int]:
+    """Score ``images`` into ``args.output``; returns (scored, flagged); unreadable images go to ``problems``."""
     heatmaps, masks = args.output / "heatmaps", args.output / "masks"
     heatmaps.mkdir(parents=True, exist_ok=True)
     masks.mkdir(exist_ok=True)
@@ -256,11 +272,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 scored += 1
                 flagged += int(prediction.is_anomalous)
             bar.update(min(args.batch_size, len(images) - start))
-    print(f"{scored} images scored, {flagged} flagged anomalous; results in {args.output}", file=sys.stderr)
-    if problems:
-        print(f"bgad: {len(problems)} input(s) could not be processed (listed above)", file=sys.stderr)
-        return 1
-    return 0
+    return scored, flagged
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -494,6 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bgad: {len(err.problems)} problems in the dataset; nothing was written", file=sys.stderr)
         return 2
     except BGADError as err:
+        print(f"bgad: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system refused (a full disk, a read-only folder): nothing to fix in bgad
         print(f"bgad: error: {err}", file=sys.stderr)
         return 2
     except TrainingInterrupted as interrupted:

@@ -142,7 +142,6 @@ def fit_run(
         category = report.category
         partial = partial_folder(output)
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
         run = {
             "bgad_version": __version__,
             "dataset": dataset,
@@ -156,7 +155,14 @@ def fit_run(
             "training_fingerprint": report.training_fingerprint(),
             "eval_size": eval_size,
         }
-        _write_json(partial / RUN_JSON, run)
+        try:
+            partial.mkdir()
+            _write_json(partial / RUN_JSON, run)
+            names = "".join(f"{name}\n" for name in run["known_anomalies"])
+            (partial / KNOWN_ANOMALIES).write_text(names, encoding="utf-8", errors="surrogateescape")
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)  # nothing trained yet: leave nothing behind
+            raise
         return _train_and_evaluate(partial, output, run, category, progress=progress)
 
 
@@ -233,8 +239,6 @@ def _train_and_evaluate(
     if missing:
         raise BGADError(f"known anomaly {missing[0]} is no longer in the dataset")
     known = tuple(by_name[name] for name in run["known_anomalies"])
-    names = "".join(f"{name}\n" for name in run["known_anomalies"])
-    (partial / KNOWN_ANOMALIES).write_text(names, encoding="utf-8", errors="surrogateescape")
     detector = _saved_detector(partial) or _train(partial, output, config, category, known, progress=progress)
     try:
         evaluation = evaluate(detector, evaluation_samples(category, known), progress=progress)
@@ -291,9 +295,14 @@ def _train(
         raise TrainingInterrupted(
             f"interrupted; finished meta-epochs are saved: continue with `bgad fit --resume {output}`"
         ) from None
-    except BaseException:
-        if not (partial / CHECKPOINT / STATE_JSON).exists():  # keep finished meta-epochs for --resume
+    except BaseException as err:
+        if not (partial / CHECKPOINT / STATE_JSON).exists():
             shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if isinstance(err, (BGADError, OSError)):  # a full disk, say: finished meta-epochs are kept for --resume
+            raise BGADError(
+                f"{err}; finished meta-epochs are saved: continue with `bgad fit --resume {output}`"
+            ) from None
         raise
     return detector
 

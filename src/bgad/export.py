@@ -12,6 +12,7 @@ the whole canvas; :meth:`OnnxDetector.predict` crops each map to the image's con
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,15 @@ def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -
     }
     metadata["thresholds"] = json.dumps(detector.thresholds_._asdict())
     program.model.metadata_props.update(metadata)
-    program.save(path)  # weights inline (external data only beyond ONNX's 2 GB limit)
+    # Written beside the target and renamed into place: a failed or interrupted export leaves no partial file and
+    # an earlier export intact.
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        program.save(temporary)  # weights inline (external data only beyond ONNX's 2 GB limit)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
 
 

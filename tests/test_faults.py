@@ -1,0 +1,186 @@
+"""Faults injected at every write point of fit, resume, predict and export (a full disk, Ctrl-C, a killed process).
+
+After each fault: the message is one line, no file outside the run folder changed (the data, an earlier run),
+and the partial folder is either absent or resumable. docs/reliability.md lists the outcomes.
+"""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+import bgad.checkpoint
+import bgad.experiment
+import bgad.export
+import bgad.runs
+from bgad.checkpoint import STATE_JSON
+from bgad.cli import main
+from bgad.config import BGADConfig
+from bgad.experiment import CHECKPOINT, is_run_folder, partial_folder
+
+DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config: BGADConfig) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def previous_run(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run, copied into each test's output: a fault must leave it as it was."""
+    output = tmp_path_factory.mktemp("previous") / "run"
+    assert main(_fit(tiny_dataset, output, config_file)) == 0
+    return output
+
+
+def _fit(data: Path, output: Path, config_file: Path, *extra: str) -> list[str]:
+    location = ["--data-root", str(data), "--category", "part", "--output", str(output)]
+    return ["fit", *location, "--config", str(config_file), "--quiet", *extra]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _fails_on_call(target: Callable, call: int, fault: BaseException) -> Callable:
+    """``target`` that raises ``fault`` on its ``call``-th call (1-based), and works otherwise."""
+    calls = {"n": 0}
+
+    def wrapper(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise fault
+        return target(*args, **kwargs)
+
+    return wrapper
+
+
+# (module, attribute, call): every place a fit writes to disk, in the order it writes.
+FIT_WRITE_POINTS = {
+    "run.json": (bgad.experiment, "_write_json", 1),
+    "first checkpoint": (bgad.checkpoint, "_write_atomic", 1),
+    "later checkpoint": (bgad.checkpoint, "_write_atomic", 3),
+    "model weights": (bgad.runs, "save_file", 1),
+    "metrics.json": (bgad.experiment, "_write_json", 2),
+    "install": (bgad.experiment, "_install", 1),
+}
+
+
+@pytest.mark.parametrize("fault", [DISK_FULL, KeyboardInterrupt()], ids=["disk-full", "ctrl-c"])
+@pytest.mark.parametrize("point", list(FIT_WRITE_POINTS))
+def test_a_fault_while_fitting_over_an_earlier_run(
+    point: str,
+    fault: BaseException,
+    tiny_dataset: Path,
+    config_file: Path,
+    previous_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset / "part", data / "part")
+    output = tmp_path / "run"
+    shutil.copytree(previous_run, output)
+    before_data, before_run = _snapshot(data), _snapshot(output)
+    module, name, call = FIT_WRITE_POINTS[point]
+    with monkeypatch.context() as patch:
+        patch.setattr(module, name, _fails_on_call(getattr(module, name), call, fault))
+        code = main(_fit(data, output, config_file, "--overwrite"))
+    err = capsys.readouterr().err.strip()
+    assert code == (130 if isinstance(fault, KeyboardInterrupt) else 2)
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert _snapshot(data) == before_data
+    assert _snapshot(output) == before_run  # the earlier run is untouched until the new one is complete
+    partial = partial_folder(output)
+    assert {p.name for p in tmp_path.iterdir()} <= {"data", "run", partial.name}
+    if partial.exists():
+        assert (partial / CHECKPOINT / STATE_JSON).is_file()
+        assert "--resume" in err
+        assert main(["fit", "--resume", str(output), "--quiet"]) == 0
+        assert is_run_folder(output)
+        assert not partial.exists()
+        assert _snapshot(data) == before_data
+    else:
+        assert point in ("run.json", "first checkpoint")  # nothing trained yet: nothing kept
+
+
+@pytest.mark.parametrize("fault", [DISK_FULL, KeyboardInterrupt()], ids=["disk-full", "ctrl-c"])
+def test_a_fault_while_predicting(
+    fault: BaseException,
+    previous_run: Path,
+    tiny_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(tiny_dataset / "part" / "test" / "good", images)
+    before_images, before_run = _snapshot(images), _snapshot(previous_run)
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(Image.Image, "save", _fails_on_call(Image.Image.save, 3, fault))  # the second image's heatmap
+        code = main(["predict", "--run", str(previous_run), "--output", str(out), str(images), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == (130 if isinstance(fault, KeyboardInterrupt) else 2)
+    assert len(err.splitlines()) == 1, err
+    assert _snapshot(images) == before_images
+    assert _snapshot(previous_run) == before_run
+    rows = (out / "scores.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 2  # the header and the image finished before the fault
+
+
+@pytest.mark.parametrize("fault", [DISK_FULL, KeyboardInterrupt()], ids=["disk-full", "ctrl-c"])
+def test_a_fault_while_exporting_keeps_the_earlier_file(
+    fault: BaseException,
+    previous_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"an earlier export")
+    with monkeypatch.context() as patch:
+        patch.setattr(bgad.export.os, "replace", _fails_on_call(os.replace, 1, fault))
+        code = main(["export", "--run", str(previous_run), "--format", "onnx", "--output", str(target)])
+    err = capsys.readouterr().err.strip()
+    assert code == (130 if isinstance(fault, KeyboardInterrupt) else 2)
+    assert len(err.splitlines()) == 1, err
+    assert target.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no partial file left
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_a_killed_fit_resumes(tiny_dataset: Path, tiny_config: BGADConfig, tmp_path: Path) -> None:
+    longer = BGADConfig.from_dict({"train": {"meta_epochs": 6}}, base=tiny_config)
+    config_file = tmp_path / "long.yaml"
+    config_file.write_text(yaml.safe_dump(longer.to_dict()))
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset / "part", data / "part")
+    before = _snapshot(data)
+    output = tmp_path / "run"
+    state = partial_folder(output) / CHECKPOINT / STATE_JSON
+    process = subprocess.Popen([sys.executable, "-m", "bgad.cli", *_fit(data, output, config_file)])
+    deadline = time.monotonic() + 120
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state.is_file(), "the fit ended before its first checkpoint could be killed"
+    assert not output.exists()
+    assert main(["fit", "--resume", str(output), "--quiet"]) == 0
+    assert is_run_folder(output)
+    assert _snapshot(data) == before
