@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import settings
 from PIL import Image
 
@@ -50,3 +51,41 @@ def write_category(root: Path, layout: dict[str, int], *, size: int = 32, masks:
                 mask[4:8, 4:8] = 255
                 Image.fromarray(mask).save(mask_dir / f"{i:03d}_mask.png")
     return category
+
+
+@pytest.fixture(scope="session")
+def config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config: BGADConfig) -> Path:
+    """:func:`tiny_config` as a YAML file, for the command line's ``--config``."""
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
+    return path
+
+
+def fit_command(data_root: Path, output: Path, config_file: Path, *extra: str) -> list[str]:
+    """``bgad fit`` arguments for category 'part' of ``data_root``, without progress bars."""
+    location = ["--data-root", str(data_root), "--category", "part", "--output", str(output)]
+    return ["fit", *location, "--config", str(config_file), "--quiet", *extra]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes: what a command must leave unchanged."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_line(capsys: pytest.CaptureFixture[str], needle: str = "") -> str:
+    """The captured stderr is one line (no traceback) containing ``needle``; returns it."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder fitted by the command line on :func:`tiny_dataset` (3 known anomalies). Tests that change its
+    files work on a copy."""
+    from bgad.cli import main
+
+    output = tmp_path_factory.mktemp("runs") / "run"
+    assert main(fit_command(tiny_dataset, output, config_file)) == 0
+    return output

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 import bgad.checkpoint
@@ -25,44 +24,8 @@ from bgad.locking import lock_path, run_lock
 from bgad.runs import MODEL_JSON
 from bgad.validation import DatasetError, check_dataset
 
+from .conftest import assert_one_line, fit_command
 from .test_datasets import folder_dataset
-
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config: BGADConfig) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
-    return path
-
-
-@pytest.fixture(scope="module")
-def run(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    output = tmp_path_factory.mktemp("runs") / "run"
-    args = ["fit", "--data-root", str(tiny_dataset), "--category", "part", "--output", str(output)]
-    assert main([*args, "--config", str(config_file), "--num-anomalies", "3", "--quiet"]) == 0
-    return output
-
-
-def _fit_args(tiny_dataset: Path, output: Path, config_file: Path) -> list[str]:
-    return [
-        "fit",
-        "--data-root",
-        str(tiny_dataset),
-        "--category",
-        "part",
-        "--output",
-        str(output),
-        "--config",
-        str(config_file),
-        "--quiet",
-    ]
-
-
-def _one_line(capsys: pytest.CaptureFixture[str], needle: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert needle in err, err
-    return err
 
 
 def test_a_second_fit_into_the_same_output_is_refused_while_the_first_runs(
@@ -70,13 +33,13 @@ def test_a_second_fit_into_the_same_output_is_refused_while_the_first_runs(
 ) -> None:
     output = tmp_path / "run"
     with run_lock(output):  # stands for a first process that is still fitting
-        assert main(_fit_args(tiny_dataset, output, config_file)) == 2
-        err = _one_line(capsys, "is being written by process")
+        assert main(fit_command(tiny_dataset, output, config_file)) == 2
+        err = assert_one_line(capsys, "is being written by process")
         assert str(os.getpid()) in err
         assert not output.exists()
         assert not partial_folder(output).exists()
     assert not lock_path(output).exists()
-    assert main(_fit_args(tiny_dataset, output, config_file)) == 0  # the lock is gone with its holder
+    assert main(fit_command(tiny_dataset, output, config_file)) == 0  # the lock is gone with its holder
     assert not lock_path(output).exists()
 
 
@@ -87,7 +50,7 @@ def test_resume_is_refused_while_the_fit_still_runs(tmp_path: Path, capsys: pyte
     (partial / RUN_JSON).write_text("{}")
     with run_lock(output):
         assert main(["fit", "--resume", str(output)]) == 2
-        _one_line(capsys, "is being written by process")
+        assert_one_line(capsys, "is being written by process")
     assert (partial / RUN_JSON).read_text() == "{}"
 
 
@@ -96,7 +59,7 @@ def test_a_lock_file_left_by_a_killed_process_does_not_block(
 ) -> None:
     output = tmp_path / "run"
     lock_path(output).write_text("12345")  # its holder is gone, so nothing holds the lock
-    assert main(_fit_args(tiny_dataset, output, config_file)) == 0
+    assert main(fit_command(tiny_dataset, output, config_file)) == 0
 
 
 def test_an_output_that_cannot_be_created_fails_before_any_work(
@@ -104,12 +67,16 @@ def test_an_output_that_cannot_be_created_fails_before_any_work(
 ) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    assert main(_fit_args(tiny_dataset, blocker / "runs" / "run", config_file)) == 2
-    _one_line(capsys, "cannot create")
+    assert main(fit_command(tiny_dataset, blocker / "runs" / "run", config_file)) == 2
+    assert_one_line(capsys, "cannot create")
 
 
 def test_decompression_bombs_are_one_line_each_and_the_rest_is_scored(
-    run: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path,
+    tiny_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     bomb = tmp_path / "bomb.png"
     Image.fromarray(np.zeros((200, 200), np.uint8)).save(bomb)
@@ -117,7 +84,7 @@ def test_decompression_bombs_are_one_line_each_and_the_rest_is_scored(
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
     good = tiny_dataset / "part" / "test" / "good" / "001.png"
     out = tmp_path / "out"
-    assert main(["predict", "--run", str(run), "--output", str(out), str(bomb), str(good), "--quiet"]) == 1
+    assert main(["predict", "--run", str(tiny_run), "--output", str(out), str(bomb), str(good), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert sum("too large to read safely" in line for line in err.splitlines()) == 1
@@ -140,10 +107,21 @@ def test_check_reports_a_decompression_bomb_in_the_dataset(
 
 @pytest.mark.parametrize("batch_size", ["0", "-1", "two"])
 def test_predict_batch_size_must_be_positive(
-    run: Path, tmp_path: Path, batch_size: str, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tmp_path: Path, batch_size: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert (
-        main(["predict", "--run", str(run), "--output", str(tmp_path / "o"), str(tmp_path), "--batch-size", batch_size])
+        main(
+            [
+                "predict",
+                "--run",
+                str(tiny_run),
+                "--output",
+                str(tmp_path / "o"),
+                str(tmp_path),
+                "--batch-size",
+                batch_size,
+            ]
+        )
         == 2
     )
     assert "expected a positive integer" in capsys.readouterr().err
@@ -151,7 +129,7 @@ def test_predict_batch_size_must_be_positive(
 
 
 def test_predict_output_names_never_collide_and_the_output_folder_is_not_an_input(
-    run: Path, tiny_dataset: Path, tmp_path: Path
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "incoming"
     source = tiny_dataset / "part" / "test" / "good" / "000.png"
@@ -160,7 +138,7 @@ def test_predict_output_names_never_collide_and_the_output_folder_is_not_an_inpu
         shutil.copy(source, folder / relative)
     out = folder / "predictions"  # inside the input folder
     for _ in range(2):  # the second run must not score the first one's heatmaps and masks
-        assert main(["predict", "--run", str(run), "--output", str(out), str(folder), "--quiet"]) == 0
+        assert main(["predict", "--run", str(tiny_run), "--output", str(out), str(folder), "--quiet"]) == 0
         with open(out / "scores.csv", encoding="utf-8") as handle:
             assert len(list(csv.DictReader(handle))) == 4
         assert len(list((out / "heatmaps").iterdir())) == 4
@@ -168,22 +146,24 @@ def test_predict_output_names_never_collide_and_the_output_folder_is_not_an_inpu
 
 
 @pytest.mark.skipif(os.name != "posix", reason="file names that are not UTF-8 exist on POSIX only")
-def test_predict_writes_utf8_scores_for_names_that_are_not_utf8(run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_predict_writes_utf8_scores_for_names_that_are_not_utf8(
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "incoming"
     folder.mkdir()
     name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
     shutil.copy(tiny_dataset / "part" / "test" / "good" / "000.png", folder / name)
     shutil.copy(tiny_dataset / "part" / "test" / "good" / "001.png", folder / "plain.png")
     out = tmp_path / "out"
-    assert main(["predict", "--run", str(run), "--output", str(out), str(folder), "--quiet"]) == 0
+    assert main(["predict", "--run", str(tiny_run), "--output", str(out), str(folder), "--quiet"]) == 0
     rows = (out / "scores.csv").read_bytes().splitlines()
     assert len(rows) == 3
     assert any(b"caf\xe9.png" in row for row in rows)
 
 
-def _edited_model(run: Path, tmp_path: Path, edit) -> Path:
+def _edited_model(tiny_run: Path, tmp_path: Path, edit) -> Path:
     copy = tmp_path / "edited"
-    shutil.copytree(run, copy)
+    shutil.copytree(tiny_run, copy)
     description = json.loads((copy / MODEL_JSON).read_text())
     edit(description)
     (copy / MODEL_JSON).write_text(json.dumps(description))
@@ -207,13 +187,13 @@ def _set_model_option(key: str, value):
     ids=["config-list", "thresholds-list", "nan-threshold", "image-size", "backbone", "resize"],
 )
 def test_a_model_whose_description_does_not_match_its_weights_does_not_load(
-    run: Path, tmp_path: Path, edit, needle: str, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tmp_path: Path, edit, needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    edited = _edited_model(run, tmp_path, edit)
+    edited = _edited_model(tiny_run, tmp_path, edit)
     with pytest.raises(BGADError, match=needle):
         BGAD.load(edited)
     assert main(["predict", "--run", str(edited), "--output", str(tmp_path / "out"), str(tmp_path), "--quiet"]) == 2
-    _one_line(capsys, needle)
+    assert_one_line(capsys, needle)
 
 
 @pytest.mark.parametrize(
@@ -222,18 +202,18 @@ def test_a_model_whose_description_does_not_match_its_weights_does_not_load(
     ids=["not-json", "not-an-object", "wrong-types"],
 )
 def test_a_damaged_run_json_is_one_line_on_test_and_resume(
-    run: Path, tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    shutil.copytree(tiny_run, copy)
     (copy / RUN_JSON).write_text(content)
     assert main(["test", "--run", str(copy), "--quiet"]) == 2
-    _one_line(capsys, str(copy / RUN_JSON))
+    assert_one_line(capsys, str(copy / RUN_JSON))
     interrupted = tmp_path / "interrupted"
     partial_folder(interrupted).mkdir()
     (partial_folder(interrupted) / RUN_JSON).write_text(content)
     assert main(["fit", "--resume", str(interrupted), "--quiet"]) == 2
-    _one_line(capsys, RUN_JSON)
+    assert_one_line(capsys, RUN_JSON)
 
 
 def test_duplicates_name_the_way_forward_and_drop_duplicates_takes_it(tmp_path: Path) -> None:
@@ -272,15 +252,15 @@ def test_reserved_type_names_and_files_that_are_not_regular_are_rejected(tmp_pat
 
 
 def test_test_leaves_out_the_training_anomalies_in_a_copy_of_the_data(
-    run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(tiny_dataset / "part", copy / "part")
     capsys.readouterr()
-    assert main(["test", "--run", str(run), "--data-root", str(copy), "--category", "part", "--quiet"]) == 0
+    assert main(["test", "--run", str(tiny_run), "--data-root", str(copy), "--category", "part", "--quiet"]) == 0
     captured = capsys.readouterr()
     metrics = json.loads(captured.out)
-    assert metrics["n_eval_images"] == json.loads((run / "metrics.json").read_text())["n_eval_images"]
+    assert metrics["n_eval_images"] == json.loads((tiny_run / "metrics.json").read_text())["n_eval_images"]
     assert "3 training anomalies found in this data were left out" in captured.err
 
 

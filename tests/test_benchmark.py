@@ -23,13 +23,6 @@ from bgad.evaluation import evaluate
 METRICS = ["image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap"]
 
 
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config: BGADConfig) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
-    return path
-
-
 def _benchmark(data_root: Path, output: Path, *extra: str) -> tuple[int, float]:
     args = ["benchmark", "--data-root", str(data_root), "--output", str(output), "--seeds", "0,1", *extra, "--quiet"]
     start = time.perf_counter()

@@ -5,48 +5,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from bgad.cli import main
-from bgad.config import BGADConfig
 
 
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config: BGADConfig) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
-    return path
-
-
-@pytest.fixture(scope="module")
-def run(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    output = tmp_path_factory.mktemp("runs") / "run"
-    args = ["fit", "--data-root", str(tiny_dataset), "--category", "part", "--output", str(output)]
-    assert main([*args, "--config", str(config_file), "--num-anomalies", "3", "--quiet"]) == 0
-    return output
-
-
-def test_fit_writes_a_complete_run(run: Path) -> None:
-    names = {p.name for p in run.iterdir()}
+def test_fit_writes_a_complete_run(tiny_run: Path) -> None:
+    names = {p.name for p in tiny_run.iterdir()}
     expected = {"model.safetensors", "model.json", "run.json", "metrics.json", "train_log.jsonl", "known_anomalies.txt"}
     assert names == expected | {"report.html", "report_files"}
-    assert "Pixel AUROC" in (run / "report.html").read_text()
-    metrics = json.loads((run / "metrics.json").read_text())
+    assert "Pixel AUROC" in (tiny_run / "report.html").read_text()
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
     for key in ["image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap"]:
         assert 0 <= metrics[key] <= 1
     assert metrics["n_known_anomalies"] == 3
     assert metrics["n_eval_images"] == 4 + 9 - 3  # good + defects - known anomalies
-    assert len((run / "known_anomalies.txt").read_text().splitlines()) == 3
-    assert len((run / "train_log.jsonl").read_text().splitlines()) == 3
-    assert not list(run.parent.glob(".run.*")), "the staging folder must be gone"
+    assert len((tiny_run / "known_anomalies.txt").read_text().splitlines()) == 3
+    assert len((tiny_run / "train_log.jsonl").read_text().splitlines()) == 3
+    assert not list(tiny_run.parent.glob(".run.*")), "the staging folder must be gone"
 
 
-def test_test_command_reproduces_the_fit_metrics(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_test_command_reproduces_the_fit_metrics(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
-    assert main(["test", "--run", str(run), "--quiet"]) == 0
+    assert main(["test", "--run", str(tiny_run), "--quiet"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    saved = json.loads((run / "metrics.json").read_text())
+    saved = json.loads((tiny_run / "metrics.json").read_text())
     saved.pop("train_seconds")
     per_type, printed_per_type = saved.pop("per_type"), printed.pop("per_type")
     assert printed == pytest.approx(saved)
@@ -99,8 +82,10 @@ def test_unreadable_training_image_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
-def test_existing_output_needs_overwrite(run: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["fit", "--data-root", str(tiny_dataset), "--category", "part", "--output", str(run), "--quiet"]
+def test_existing_output_needs_overwrite(
+    tiny_run: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["fit", "--data-root", str(tiny_dataset), "--category", "part", "--output", str(tiny_run), "--quiet"]
     assert main(args) == 2
     _one_line_error(capsys, "already holds a run")
 
@@ -111,7 +96,7 @@ def test_test_command_on_a_folder_that_is_no_run(tmp_path: Path, capsys: pytest.
 
 
 def test_predict_writes_scores_heatmaps_and_masks(
-    run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "incoming"
     folder.mkdir()
@@ -120,7 +105,7 @@ def test_predict_writes_scores_heatmaps_and_masks(
     (folder / "nested").mkdir()
     shutil.copy(tiny_dataset / "part" / "test" / "good" / "000.png", folder / "nested" / "a.png")  # same stem
     out = tmp_path / "out"
-    assert main(["predict", "--run", str(run), "--output", str(out), str(folder), "--quiet"]) == 0
+    assert main(["predict", "--run", str(tiny_run), "--output", str(out), str(folder), "--quiet"]) == 0
     with open(out / "scores.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 3
@@ -133,7 +118,7 @@ def test_predict_writes_scores_heatmaps_and_masks(
 
 
 def test_predict_reports_bad_inputs_and_finishes_the_rest(
-    run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = tiny_dataset / "part" / "test" / "good" / "001.png"
     broken = tmp_path / "broken.png"
@@ -143,7 +128,7 @@ def test_predict_reports_bad_inputs_and_finishes_the_rest(
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "out"
-    args = ["predict", "--run", str(run), "--output", str(out), str(good), str(broken), str(tiny), str(empty)]
+    args = ["predict", "--run", str(tiny_run), "--output", str(out), str(good), str(broken), str(tiny), str(empty)]
     assert main([*args, str(tmp_path / "missing.png"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "cannot read image" in err
@@ -155,12 +140,12 @@ def test_predict_reports_bad_inputs_and_finishes_the_rest(
         assert [r["path"] for r in csv.DictReader(handle)] == [str(good)]
 
 
-def test_export_then_predict_with_onnx_matches_torch(run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_export_then_predict_with_onnx_matches_torch(tiny_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     images = [tiny_dataset / "part" / "test" / "crack" / "001.png", tiny_dataset / "part" / "test" / "good" / "002.png"]
     onnx_file = tmp_path / "model.onnx"
-    assert main(["export", "--run", str(run), "--output", str(onnx_file)]) == 0
+    assert main(["export", "--run", str(tiny_run), "--output", str(onnx_file)]) == 0
     outputs = {}
-    for engine, model in [("torch", run), ("onnx", onnx_file)]:
+    for engine, model in [("torch", tiny_run), ("onnx", onnx_file)]:
         out = tmp_path / engine
         assert main(["predict", "--run", str(model), "--engine", engine, "--output", str(out), *map(str, images)]) == 0
         with open(out / "scores.csv") as handle:

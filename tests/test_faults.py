@@ -27,31 +27,17 @@ from bgad.cli import main
 from bgad.config import BGADConfig
 from bgad.experiment import CHECKPOINT, is_run_folder, partial_folder
 
+from .conftest import fit_command, snapshot
+
 DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
-
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config: BGADConfig) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
-    return path
 
 
 @pytest.fixture(scope="module")
 def previous_run(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run, copied into each test's output: a fault must leave it as it was."""
     output = tmp_path_factory.mktemp("previous") / "run"
-    assert main(_fit(tiny_dataset, output, config_file)) == 0
+    assert main(fit_command(tiny_dataset, output, config_file)) == 0
     return output
-
-
-def _fit(data: Path, output: Path, config_file: Path, *extra: str) -> list[str]:
-    location = ["--data-root", str(data), "--category", "part", "--output", str(output)]
-    return ["fit", *location, "--config", str(config_file), "--quiet", *extra]
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _fails_on_call(target: Callable, call: int, fault: BaseException) -> Callable:
@@ -94,17 +80,17 @@ def test_a_fault_while_fitting_over_an_earlier_run(
     shutil.copytree(tiny_dataset / "part", data / "part")
     output = tmp_path / "run"
     shutil.copytree(previous_run, output)
-    before_data, before_run = _snapshot(data), _snapshot(output)
+    before_data, before_run = snapshot(data), snapshot(output)
     module, name, call = FIT_WRITE_POINTS[point]
     with monkeypatch.context() as patch:
         patch.setattr(module, name, _fails_on_call(getattr(module, name), call, fault))
-        code = main(_fit(data, output, config_file, "--overwrite"))
+        code = main(fit_command(data, output, config_file, "--overwrite"))
     err = capsys.readouterr().err.strip()
     assert code == (130 if isinstance(fault, KeyboardInterrupt) else 2)
     assert len(err.splitlines()) == 1, err
     assert "Traceback" not in err
-    assert _snapshot(data) == before_data
-    assert _snapshot(output) == before_run  # the earlier run is untouched until the new one is complete
+    assert snapshot(data) == before_data
+    assert snapshot(output) == before_run  # the earlier run is untouched until the new one is complete
     partial = partial_folder(output)
     assert {p.name for p in tmp_path.iterdir()} <= {"data", "run", partial.name}
     if partial.exists():
@@ -113,7 +99,7 @@ def test_a_fault_while_fitting_over_an_earlier_run(
         assert main(["fit", "--resume", str(output), "--quiet"]) == 0
         assert is_run_folder(output)
         assert not partial.exists()
-        assert _snapshot(data) == before_data
+        assert snapshot(data) == before_data
     else:
         assert point in ("run.json", "first checkpoint")  # nothing trained yet: nothing kept
 
@@ -129,7 +115,7 @@ def test_a_fault_while_predicting(
 ) -> None:
     images = tmp_path / "images"
     shutil.copytree(tiny_dataset / "part" / "test" / "good", images)
-    before_images, before_run = _snapshot(images), _snapshot(previous_run)
+    before_images, before_run = snapshot(images), snapshot(previous_run)
     out = tmp_path / "out"
     with monkeypatch.context() as patch:
         patch.setattr(Image.Image, "save", _fails_on_call(Image.Image.save, 3, fault))  # the second image's heatmap
@@ -137,8 +123,8 @@ def test_a_fault_while_predicting(
     err = capsys.readouterr().err.strip()
     assert code == (130 if isinstance(fault, KeyboardInterrupt) else 2)
     assert len(err.splitlines()) == 1, err
-    assert _snapshot(images) == before_images
-    assert _snapshot(previous_run) == before_run
+    assert snapshot(images) == before_images
+    assert snapshot(previous_run) == before_run
     rows = (out / "scores.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 2  # the header and the image finished before the fault
 
@@ -170,10 +156,10 @@ def test_a_killed_fit_resumes(tiny_dataset: Path, tiny_config: BGADConfig, tmp_p
     config_file.write_text(yaml.safe_dump(longer.to_dict()))
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset / "part", data / "part")
-    before = _snapshot(data)
+    before = snapshot(data)
     output = tmp_path / "run"
     state = partial_folder(output) / CHECKPOINT / STATE_JSON
-    process = subprocess.Popen([sys.executable, "-m", "bgad.cli", *_fit(data, output, config_file)])
+    process = subprocess.Popen([sys.executable, "-m", "bgad.cli", *fit_command(data, output, config_file)])
     deadline = time.monotonic() + 120
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -183,4 +169,4 @@ def test_a_killed_fit_resumes(tiny_dataset: Path, tiny_config: BGADConfig, tmp_p
     assert not output.exists()
     assert main(["fit", "--resume", str(output), "--quiet"]) == 0
     assert is_run_folder(output)
-    assert _snapshot(data) == before
+    assert snapshot(data) == before

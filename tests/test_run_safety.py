@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 import bgad.experiment
 from bgad import BGAD
@@ -17,12 +16,7 @@ from bgad.config import BGADConfig
 from bgad.experiment import CHECKPOINT, METRICS_JSON, fit_run, is_run_folder, partial_folder, resume_run
 from bgad.runs import MODEL_JSON
 
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config: BGADConfig) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
-    return path
+from .conftest import assert_one_line, fit_command, snapshot
 
 
 @pytest.fixture
@@ -37,41 +31,16 @@ def _spec(data: Path) -> dict:
     return {"layout": "mvtec", "data_root": str(data), "category": "part"}
 
 
-def _fit_args(data: Path, output: Path, config_file: Path) -> list[str]:
-    return [
-        "fit",
-        "--data-root",
-        str(data),
-        "--category",
-        "part",
-        "--output",
-        str(output),
-        "--config",
-        str(config_file),
-    ]
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _one_line(capsys: pytest.CaptureFixture[str], needle: str) -> None:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert needle in err
-    assert "Traceback" not in err
-
-
 def test_overwrite_refuses_a_folder_that_is_not_a_run(
     data: Path, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     documents = tmp_path / "Documents"
     (documents / "letters").mkdir(parents=True)
     (documents / "letters" / "thesis.tex").write_text("years of work")
-    before = _snapshot(documents)
-    assert main([*_fit_args(data, documents, config_file), "--overwrite", "--quiet"]) == 2
-    _one_line(capsys, "is not a bgad run")
-    assert _snapshot(documents) == before
+    before = snapshot(documents)
+    assert main([*fit_command(data, documents, config_file), "--overwrite"]) == 2
+    assert_one_line(capsys, "is not a bgad run")
+    assert snapshot(documents) == before
     assert not partial_folder(documents).exists()
 
 
@@ -90,32 +59,32 @@ def test_overwrite_refuses_the_working_folder_its_parents_and_home(
     monkeypatch.chdir(work)
     monkeypatch.setenv("HOME", str(tmp_path / "work"))
     output = {"cwd": ".", "parent of cwd": "..", "home": str(tmp_path / "work")}[where]
-    before = _snapshot(tmp_path / "work")
-    assert main([*_fit_args(data, Path(output), config_file), "--overwrite", "--quiet"]) == 2
-    _one_line(capsys, "current folder, a parent of it or the home folder")
-    assert _snapshot(tmp_path / "work") == before
+    before = snapshot(tmp_path / "work")
+    assert main([*fit_command(data, Path(output), config_file), "--overwrite"]) == 2
+    assert_one_line(capsys, "current folder, a parent of it or the home folder")
+    assert snapshot(tmp_path / "work") == before
 
 
 def test_overwrite_refuses_a_run_folder_that_holds_the_data(
     data: Path, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    assert main([*_fit_args(data, run, config_file), "--quiet"]) == 0
+    assert main(fit_command(data, run, config_file)) == 0
     shutil.move(str(data), str(run / "data"))  # the user keeps the images inside the run folder
-    before = _snapshot(run)
+    before = snapshot(run)
     capsys.readouterr()
-    assert main([*_fit_args(run / "data", run, config_file), "--overwrite", "--quiet"]) == 2
-    _one_line(capsys, "contains the dataset's file")
-    assert _snapshot(run) == before
+    assert main([*fit_command(run / "data", run, config_file), "--overwrite"]) == 2
+    assert_one_line(capsys, "contains the dataset's file")
+    assert snapshot(run) == before
 
 
 def test_overwrite_replaces_a_run_and_leaves_nothing_aside(
     data: Path, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    assert main([*_fit_args(data, run, config_file), "--quiet"]) == 0
+    assert main(fit_command(data, run, config_file)) == 0
     (run / "metrics.json").write_text("{}")  # mark the old run
-    assert main([*_fit_args(data, run, config_file), "--overwrite", "--quiet"]) == 0
+    assert main([*fit_command(data, run, config_file), "--overwrite"]) == 0
     assert json.loads((run / "metrics.json").read_text())  # the new run's metrics
     assert is_run_folder(run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]
