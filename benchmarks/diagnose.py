@@ -37,8 +37,8 @@ VARIANTS: dict[str, dict] = {
     "no focal weights": {"loss": {"focal": False}},
     "no synthesis": {"train": {"synthesis": "none"}},
     "normalization channel": {"model": {"normalization": "channel"}},
-    "strides 4, 8, 16": {"model": {"strides": [4, 8, 16]}},
-    "bgad 0.1 (channel, 4/8/16, T = 1)": {
+    "strides 4+8+16": {"model": {"strides": [4, 8, 16]}},
+    "bgad 0.1 (channel normalization; strides 4+8+16; T 1)": {
         "model": {"normalization": "channel", "strides": [4, 8, 16], "score_temperature": 1.0}
     },
     "backbone lite1": {"model": {"backbone": "efficientnet_lite1"}},
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--category", required=True)
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of variant names")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="variant names separated by commas")
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.output.mkdir(parents=True, exist_ok=True)

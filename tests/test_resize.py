@@ -17,7 +17,6 @@ from bgad.detector import predict_images
 from bgad.evaluation import Evaluation, evaluate
 from bgad.features import image_batches
 from bgad.images import (
-    PAD_COLOR,
     content_box,
     content_masks,
     image_to_tensor,
@@ -32,6 +31,7 @@ from bgad.scoring import calibrate, normality_map
 from bgad.thresholds import Thresholds, fit_thresholds
 from bgad.training import vector_labels
 
+PAD_COLOR = (124, 116, 104)  # EfficientNet-Lite's: the ImageNet mean
 PAD = torch.tensor(PAD_COLOR) / 255
 
 
@@ -58,12 +58,12 @@ def test_content_box_is_centred_and_keeps_the_aspect_ratio(height: int, width: i
 
 def test_canvas_is_padded_with_the_pad_colour() -> None:
     image = Image.fromarray(np.full((20, 40, 3), 255, np.uint8))
-    canvas = np.asarray(to_canvas(image, 32, "pad"))
+    canvas = np.asarray(to_canvas(image, 32, "pad", PAD_COLOR))
     assert canvas.shape == (32, 32, 3)
     assert (canvas[8:24] == 255).all()
     assert (canvas[:8] == PAD_COLOR).all()
     assert (canvas[24:] == PAD_COLOR).all()
-    tensor = image_to_tensor(image, 32, "pad")
+    tensor = image_to_tensor(image, 32, "pad", PAD_COLOR)
     torch.testing.assert_close(tensor[:, 0, 0], PAD)
     assert image_to_tensor(image, 32).shape == (3, 32, 32)
 
@@ -114,7 +114,9 @@ def test_predictions_crop_the_content_and_return_the_original_size() -> None:
     dark = np.zeros((40, 100, 3), np.uint8)
     spot = dark.copy()
     spot[10:30, 70:90] = 255
-    predictions = predict_images(brightness_with_hot_pad, [dark, spot], 32, Thresholds(0.5, 0.5), 2, resize="pad")
+    predictions = predict_images(
+        brightness_with_hot_pad, [dark, spot], 32, Thresholds(0.5, 0.5), 2, resize="pad", fill=PAD_COLOR
+    )
     assert [p.anomaly_map.shape for p in predictions] == [(40, 100), (40, 100)]
     assert predictions[0].score < 0.01  # the hot pad is not scored
     assert not predictions[0].is_anomalous
@@ -182,7 +184,7 @@ class HotPadMapper:
     resize = "pad"
 
     def anomaly_maps(self, images, *, batch_size: int = 4) -> torch.Tensor:
-        batches = image_batches(images, image_size=32, batch_size=batch_size, resize="pad")
+        batches = image_batches(images, image_size=32, batch_size=batch_size, resize="pad", fill=PAD_COLOR)
         return torch.cat([brightness_with_hot_pad(batch) for batch in batches])
 
 
@@ -260,13 +262,14 @@ def test_fit_and_predict_with_pad_on_non_square_images(padded: BGAD, wide: dict[
     assert all(np.isfinite(metrics[k]) for k in ("image_auroc", "pixel_auroc", "pixel_aupro"))
 
 
-def test_resize_is_saved_and_older_model_files_mean_stretch(padded: BGAD, tmp_path: Path) -> None:
+def test_resize_is_saved_and_checked_against_the_weights(padded: BGAD, tmp_path: Path) -> None:
     padded.save(tmp_path)
     assert BGAD.load(tmp_path).resize == "pad"
     description = json.loads((tmp_path / MODEL_JSON).read_text())
-    del description["config"]["model"]["resize"]
+    del description["config"]["model"]["resize"]  # a model.json that now says "stretch" (the default)
     (tmp_path / MODEL_JSON).write_text(json.dumps(description))
-    assert BGAD.load(tmp_path).resize == "stretch"
+    with pytest.raises(BGADError, match="resize='pad'"):
+        BGAD.load(tmp_path)
 
 
 def test_onnx_agrees_with_torch_under_pad(padded: BGAD, wide: dict[str, list], tmp_path: Path) -> None:

@@ -1,11 +1,10 @@
 """bgad: supervised industrial anomaly detection with BGAD (Yao et al., CVPR 2023, arXiv 2207.01463)."""
 
-__version__ = "0.2.0"
-
+from ._version import __version__
 from .backbones import create_backbone, list_backbones
 from .config import BGADConfig, LossConfig, ModelConfig, TrainConfig, load_config
-from .detector import BGAD, NotFittedError, Prediction
-from .errors import BGADError
+from .detector import BGAD, Prediction
+from .errors import BGADError, NotFittedError
 from .model import BGADModel
 
 __all__ = [

@@ -30,6 +30,12 @@ class FeatureExtractor(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    @property
+    def pad_color(self) -> tuple[int, int, int]:
+        """The 8-bit RGB colour that the normalization maps to (about) zero, the value of the backbone's own zero
+        padding: letterboxed images are padded with it, so the edge of the content looks like an image border."""
+        return tuple(round(255 * float(m)) for m in self.mean.flatten())
+
     def train(self, mode: bool = True) -> FeatureExtractor:
         """Stay in eval mode: batch-norm statistics of the pretrained network must never change."""
         return super().train(False)

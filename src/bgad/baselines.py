@@ -130,7 +130,11 @@ class GaussianBaseline:
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
         """Anomaly maps (N, S, S) at the model's input size, on the CPU (same contract as ``BGAD.anomaly_maps``)."""
         batches = image_batches(
-            images, image_size=self._config.model.image_size, batch_size=batch_size, resize=self.resize
+            images,
+            image_size=self._config.model.image_size,
+            batch_size=batch_size,
+            resize=self.resize,
+            fill=self.extractor_.pad_color,
         )
         return torch.cat([self.maps_from_tensor(batch) for batch in batches])
 

@@ -30,17 +30,16 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .baselines import GaussianBaseline, PadimBaseline
 from .config import BGADConfig, load_config
 from .data import GOOD, Category, Sample, evaluation_samples, select_known_anomalies
 from .datasets import load_mvtec
 from .detector import BGAD
-from .errors import BGADError
+from .errors import BGADError, DatasetError
 from .evaluation import evaluate
 from .experiment import RUN_JSON, fit_run
 from .speed import inference_speed, median_seconds
-from .validation import DatasetError
 
 RESULT_JSON = "benchmark.json"
 BASELINES = {"gaussian": GaussianBaseline, "padim": PadimBaseline}  # one-class floors, see bgad.baselines

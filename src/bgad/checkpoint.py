@@ -18,9 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
-from . import __version__
+from ._version import __version__
 from .errors import BGADError
-from .runs import read_description
+from .serialization import read_description
 
 STATE_JSON = "training.json"
 FORMAT = "bgad-training-checkpoint"

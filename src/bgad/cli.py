@@ -15,21 +15,21 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .ablation import run_ablation
 from .benchmark import run_benchmark
 from .config import PRESETS, RESIZE_MODES, BGADConfig, load_config
 from .datasets import load_dataset
 from .demo_data import make_demo_dataset
 from .detector import BGAD
-from .errors import BGADError
+from .errors import BGADError, DatasetError, TrainingInterrupted
 from .evaluation import EVAL_SIZES
-from .experiment import TrainingInterrupted, evaluate_run, fit_run, resume_run
+from .experiment import evaluate_run, fit_run, resume_run
 from .export import OnnxDetector, export_onnx
 from .images import IMAGE_SUFFIXES, read_image
 from .model import BGADModel
 from .speed import inference_speed, training_speed
-from .validation import MIN_IMAGE_SIDE, DatasetError, check_dataset
+from .validation import MIN_IMAGE_SIDE, check_dataset
 from .visualize import heatmap_overlay
 
 ONNX_FILE = "model.onnx"

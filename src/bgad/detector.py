@@ -16,9 +16,11 @@ import torch
 from torch import Tensor
 
 from .config import BGADConfig
-from .errors import BGADError
+from .errors import BGADError, NotFittedError
 from .features import extract_features, image_batches
 from .images import (
+    BLACK,
+    Color,
     ImageSource,
     binarize_mask,
     content_box,
@@ -38,10 +40,6 @@ from .thresholds import Thresholds, fit_thresholds
 from .training import LevelData, cached_log_prob_maps, level_data, train_flows, vector_labels
 
 MaskSource = str | Path | np.ndarray
-
-
-class NotFittedError(BGADError, AttributeError):
-    """The detector was used before ``fit`` or ``load``."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,13 @@ class BGAD:
         ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.images.content_box` is meaningful."""
         model = self._check_is_fitted()
         device = model.normal_max.device
-        batches = image_batches(images, image_size=model.config.image_size, batch_size=batch_size, resize=self.resize)
+        batches = image_batches(
+            images,
+            image_size=model.config.image_size,
+            batch_size=batch_size,
+            resize=self.resize,
+            fill=model.extractor.pad_color,
+        )
         return torch.cat([model(batch.to(device)).cpu() for batch in batches])
 
     def predict(self, image: ImageSource) -> Prediction:
@@ -157,6 +161,7 @@ class BGAD:
             self.thresholds_,
             batch_size,
             resize=self.resize,
+            fill=model.extractor.pad_color,
         )
 
     def save(self, directory: str | Path) -> None:
@@ -184,6 +189,7 @@ def predict_images(
     batch_size: int,
     *,
     resize: str = "stretch",
+    fill: Color = BLACK,
 ) -> list[Prediction]:
     """Predictions for ``images`` given a function from input batches (B, 3, S, S) to anomaly maps (B, S, S).
 
@@ -193,7 +199,7 @@ def predict_images(
     predictions = []
     for start in range(0, len(images), batch_size):
         pictures = [read_image(image) for image in images[start : start + batch_size]]
-        maps = anomaly_maps(torch.stack([image_to_tensor(picture, image_size, resize) for picture in pictures]))
+        maps = anomaly_maps(torch.stack([image_to_tensor(picture, image_size, resize, fill) for picture in pictures]))
         for picture, scaled in zip(pictures, maps, strict=True):
             top, left, box_h, box_w = content_box(picture.height, picture.width, image_size, resize)
             content = scaled[None, top : top + box_h, left : left + box_w]

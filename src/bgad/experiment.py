@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import STATE_JSON
 from .config import BGADConfig
 from .data import Category, content_hash, evaluation_samples
 from .datasets import load_dataset
 from .detector import BGAD
-from .errors import BGADError
+from .errors import BGADError, TrainingInterrupted
 from .evaluation import EVAL_SIZES, Evaluation, evaluate, full_resolution_metrics
 from .locking import run_lock
 from .report import write_report
@@ -32,10 +32,6 @@ METRICS_JSON = "metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 KNOWN_ANOMALIES = "known_anomalies.txt"
 CHECKPOINT = "checkpoint"
-
-
-class TrainingInterrupted(Exception):
-    """Ctrl-C stopped a fit during training: its partial folder can be resumed from the last checkpoint."""
 
 
 def partial_folder(output: Path) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from ._version import __version__
 from .detector import BGAD, Prediction, predict_images
 from .errors import BGADError
 from .features import image_batches
@@ -84,6 +84,7 @@ def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -
         "bgad_version": __version__,
         "image_size": str(size),
         "resize": config.model.resize,
+        "pad_color": json.dumps(model.extractor.pad_color),
         "config": json.dumps(config.to_dict()),
         "input": f"RGB float32 (B, 3, {size}, {size}) in [0, 1], resized on the host with PIL Lanczos "
         f"(resize={config.model.resize}, see bgad.images.to_canvas)",
@@ -130,6 +131,8 @@ class OnnxDetector:
         outputs = [o.name for o in session.get_outputs()]
         if inputs != [INPUT_NAME] or outputs[:1] != [OUTPUT_NAMES[0]] or not metadata.get("image_size", "").isdigit():
             raise BGADError(f"{path} is not an ONNX model exported by bgad (inputs {inputs}, outputs {outputs})")
+        if "pad_color" not in metadata:
+            raise BGADError(f"{path} was exported by an older bgad: export the model again")
         if "thresholds" not in metadata:
             raise BGADError(f"{path} carries no decision thresholds (exported from an unfitted detector?)")
         thresholds = Thresholds(**json.loads(metadata["thresholds"]))
@@ -145,13 +148,20 @@ class OnnxDetector:
         """How images are fitted to the square input (``"stretch"`` for files exported before it was stored)."""
         return self.metadata.get("resize", "stretch")
 
+    @property
+    def pad_color(self) -> tuple[int, int, int]:
+        """The letterbox colour of the exported backbone (its normalization's zero)."""
+        return tuple(json.loads(self.metadata["pad_color"]))
+
     def _run(self, batch: Tensor) -> Tensor:
         (maps,) = self._session.run([OUTPUT_NAMES[0]], {INPUT_NAME: batch.numpy()})
         return torch.from_numpy(maps)
 
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
         """Anomaly maps (N, S, S) at the model's input size; higher = more anomalous (as ``BGAD.anomaly_maps``)."""
-        batches = image_batches(images, image_size=self.image_size, batch_size=batch_size, resize=self.resize)
+        batches = image_batches(
+            images, image_size=self.image_size, batch_size=batch_size, resize=self.resize, fill=self.pad_color
+        )
         return torch.cat([self._run(batch) for batch in batches])
 
     def predict(self, image: ImageSource) -> Prediction:
@@ -160,4 +170,6 @@ class OnnxDetector:
 
     def predict_batch(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> list[Prediction]:
         """As :meth:`bgad.BGAD.predict_batch`."""
-        return predict_images(self._run, images, self.image_size, self.thresholds_, batch_size, resize=self.resize)
+        return predict_images(
+            self._run, images, self.image_size, self.thresholds_, batch_size, resize=self.resize, fill=self.pad_color
+        )

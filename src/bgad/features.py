@@ -9,16 +9,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .backbones import FeatureExtractor
-from .images import ImageSource, image_to_tensor, read_image
+from .images import BLACK, Color, ImageSource, image_to_tensor, read_image
 
 
 def image_batches(
-    images: Sequence[ImageSource], *, image_size: int, batch_size: int, resize: str = "stretch"
+    images: Sequence[ImageSource], *, image_size: int, batch_size: int, resize: str = "stretch", fill: Color = BLACK
 ) -> Iterator[Tensor]:
-    """Yield (B, 3, S, S) input tensors in [0, 1], reading and resizing ``batch_size`` images at a time."""
+    """Yield (B, 3, S, S) input tensors in [0, 1], reading and resizing ``batch_size`` images at a time (letterbox
+    padding ``fill``: pass the backbone's ``pad_color``)."""
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        yield torch.stack([image_to_tensor(read_image(image), image_size, resize) for image in chunk])
+        yield torch.stack([image_to_tensor(read_image(image), image_size, resize, fill) for image in chunk])
 
 
 @torch.inference_mode()
@@ -35,7 +36,10 @@ def extract_features(
     """Backbone features of all ``images``: one (N, C, h, w) tensor per level."""
     levels: list[list[Tensor]] = []
     with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
-        for batch in image_batches(images, image_size=image_size, batch_size=batch_size, resize=resize):
+        batches = image_batches(
+            images, image_size=image_size, batch_size=batch_size, resize=resize, fill=extractor.pad_color
+        )
+        for batch in batches:
             for level, feature in enumerate(extractor(batch)):
                 if level == len(levels):
                     levels.append([])

@@ -28,7 +28,6 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from .backbones import IMAGENET_MEAN
 from .config import RESIZE_MODES
 from .errors import BGADError
 
@@ -50,9 +49,8 @@ def _open(path: Path) -> Image.Image:
 
 ImageSource = str | Path | Image.Image | np.ndarray
 
-# Letterbox padding: the ImageNet mean colour, which the backbone's normalization maps to (about) zero -- the value
-# of the backbone's own zero padding, so the edge of the content looks like an ordinary image border to it.
-PAD_COLOR = tuple(round(255 * m) for m in IMAGENET_MEAN)
+Color = tuple[int, int, int]
+BLACK: Color = (0, 0, 0)
 
 
 def read_image(source: ImageSource) -> Image.Image:
@@ -138,20 +136,21 @@ def content_box(height: int, width: int, size: int, resize: str = "stretch") -> 
     return (size - box_h) // 2, (size - box_w) // 2, box_h, box_w
 
 
-def to_canvas(image: Image.Image, size: int, resize: str = "stretch") -> Image.Image:
-    """The RGB image as the model sees it: resized (Lanczos) into its content box, padded with ``PAD_COLOR``."""
+def to_canvas(image: Image.Image, size: int, resize: str = "stretch", fill: Color = BLACK) -> Image.Image:
+    """The RGB image as the model sees it: resized (Lanczos) into its content box, padded with ``fill`` (models pad
+    with their backbone's :attr:`~bgad.backbones.FeatureExtractor.pad_color`)."""
     top, left, box_h, box_w = content_box(image.height, image.width, size, resize)
     resized = image.resize((box_w, box_h), Image.Resampling.LANCZOS)
     if (box_h, box_w) == (size, size):
         return resized
-    canvas = Image.new("RGB", (size, size), PAD_COLOR)
+    canvas = Image.new("RGB", (size, size), fill)
     canvas.paste(resized, (left, top))
     return canvas
 
 
-def image_to_tensor(image: Image.Image, size: int, resize: str = "stretch") -> Tensor:
+def image_to_tensor(image: Image.Image, size: int, resize: str = "stretch", fill: Color = BLACK) -> Tensor:
     """:func:`to_canvas` as a (3, size, size) tensor in [0, 1]."""
-    canvas = np.asarray(to_canvas(image, size, resize)).copy()
+    canvas = np.asarray(to_canvas(image, size, resize, fill)).copy()
     return torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255)
 
 

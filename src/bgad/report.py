@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
-from . import __version__
+from ._version import __version__
 from .data import GOOD
 from .errors import BGADError
 from .evaluation import Evaluation

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from ._version import __version__
 from .config import BGADConfig
 from .errors import BGADError
+from .serialization import read_description
 from .thresholds import Thresholds
 
 if TYPE_CHECKING:
@@ -65,23 +66,6 @@ def save_model(
         "train_seconds": train_seconds,
     }
     (directory / MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")
-
-
-def read_description(json_path: Path, format_name: str, format_version: int, kind: str) -> dict:
-    """The JSON description of a bgad file of ``kind`` (model, training checkpoint), checked to be one and to have
-    the format version this bgad reads; anything else is a one-line BGADError."""
-    try:
-        description = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BGADError(f"{json_path} is damaged, not valid JSON: {err}") from None
-    if not isinstance(description, dict) or description.get("format") != format_name:
-        raise BGADError(f"{json_path} is not a bgad {kind} description")
-    if description.get("format_version") != format_version:
-        raise BGADError(
-            f"{json_path} has {kind} format version {description.get('format_version')!r}; "
-            f"this bgad {__version__} reads version {format_version}"
-        )
-    return description
 
 
 def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds, float | None]:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 
 from .config import LossConfig, TrainConfig
-from .losses import bgad_loss
 from .model import BGADModel
+from .training import train_step
 
 
 def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int) -> float:
@@ -71,10 +71,7 @@ def training_speed(model: BGADModel, train: TrainConfig, loss: LossConfig, *, st
         anomalous = (torch.rand(train.fiber_batch, generator=generator) < 0.05).to(device)
 
         def step(level=level, vectors=vectors, positions=positions, anomalous=anomalous) -> None:
-            log_prob = level.log_prob(vectors, positions)
-            optimizer.zero_grad(set_to_none=True)
-            bgad_loss(log_prob, anomalous, loss, semi_push_pull=True).total.backward()
-            optimizer.step()
+            train_step(level, optimizer, vectors, positions, anomalous, loss, semi_push_pull=True)
             if device.type == "cuda":
                 torch.cuda.synchronize()
 

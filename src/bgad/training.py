@@ -27,7 +27,7 @@ from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .config import LossConfig, TrainConfig
 from .errors import BGADError
 from .level import FeatureLevel
-from .losses import bgad_loss
+from .losses import LossTerms, bgad_loss
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,27 @@ def train_flows(
     return history
 
 
+def train_step(
+    level: FeatureLevel,
+    optimizer: torch.optim.Optimizer,
+    vectors: Tensor,
+    positions: Tensor,
+    anomalous: Tensor,
+    loss_config: LossConfig,
+    *,
+    semi_push_pull: bool,
+) -> LossTerms:
+    """One optimizer step on one fiber batch of one level: the inner loop of :func:`train_flows` and of
+    ``bgad speed``. A batch with no term to learn from (only anomalous vectors, no boundary) changes nothing."""
+    log_prob = level.log_prob(vectors, positions)
+    terms = bgad_loss(log_prob, anomalous, loss_config, semi_push_pull=semi_push_pull)
+    if terms.total.requires_grad:
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        optimizer.step()
+    return terms
+
+
 def _meta_epoch(
     meta_epoch: int,
     model_levels: Sequence[FeatureLevel],
@@ -195,12 +216,15 @@ def _meta_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         data = current[index]
-        log_prob = model_levels[index].log_prob(data.vectors[rows], data.positions[rows])
-        terms = bgad_loss(log_prob, data.anomalous[rows], loss_config, semi_push_pull=semi_push_pull)
-        if terms.total.requires_grad:
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            optimizer.step()
+        terms = train_step(
+            model_levels[index],
+            optimizer,
+            data.vectors[rows],
+            data.positions[rows],
+            data.anomalous[rows],
+            loss_config,
+            semi_push_pull=semi_push_pull,
+        )
         for key, value in zip(sums, terms[:4], strict=True):
             sums[key] += float(value.detach())
         if not math.isnan(float(terms.b_n)):

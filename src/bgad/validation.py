@@ -11,26 +11,18 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .data import Category, Sample, content_hash, evaluation_samples, select_known_anomalies
-from .errors import BGADError
+from .errors import BGADError, DatasetError
 from .images import read_image, read_mask
 
 # The coarsest feature level has stride 16: a smaller image has no cell of its own there.
 MIN_IMAGE_SIDE = 16
-
-
-class DatasetError(BGADError):
-    """A dataset failed its checks; ``problems`` holds one line per problem."""
-
-    def __init__(self, problems: Sequence[str]):
-        self.problems = tuple(problems)
-        super().__init__(f"the dataset has {len(self.problems)} problem(s); `bgad check` lists them")
 
 
 @dataclass(frozen=True)
