@@ -93,18 +93,21 @@ def test_bgad_loss_phase_one_is_plain_maximum_likelihood() -> None:
     assert math.isnan(float(terms.b_n))
 
 
-def test_bgad_loss_phase_two_combines_terms() -> None:
-    torch.manual_seed(0)
-    log_prob = torch.randn(200) * 20
-    anomalous = torch.zeros(200, dtype=torch.bool)
-    anomalous[:20] = True
-    config = LossConfig(beta=0.05, tau=0.1, normalizer=10.0, bgspp_lambda=0.5, focal=False)
+def test_bgad_loss_phase_two_hand_computed() -> None:
+    # ν = 10, β = 0.25, τ = 0.1, λ = 0.5, no focal weights. Normals ℓ = -30, -10, 5, 20 (s = -3, -1, 0.5, 2):
+    # b_n = the order statistic at floor(0.25 * 4) = 1, i.e. ℓ = -10 -> b_n = -1, b_a = -1.1.
+    log_prob = torch.tensor([-30.0, -10.0, 5.0, 20.0, -40.0, 0.0, 10.0])
+    anomalous = torch.tensor([False, False, False, False, True, True, True])
+    config = LossConfig(beta=0.25, tau=0.1, normalizer=10.0, bgspp_lambda=0.5, focal=False)
     terms = bgad_loss(log_prob, anomalous, config, semi_push_pull=True)
-    normal = log_prob[~anomalous]
-    b_n, b_a = explicit_boundaries(normal, beta=0.05, normalizer=10.0, tau=0.1)
-    pull, push = bgspp_loss(normal, log_prob[anomalous], b_n, b_a, normalizer=10.0)
-    assert float(terms.total) == pytest.approx(float(ml_loss(normal) + 0.5 * (pull + push)))
-    assert float(terms.b_n) == pytest.approx(float(b_n))
+    ml = sum(math.log1p(math.exp(-v)) for v in (-30.0, -10.0, 5.0, 20.0)) / 4  # softplus(-ℓ) over the normals
+    pull = ((-1.0 - -3.0) + (-1.0 - -1.0)) / 2  # normals with s <= b_n: s = -3, -1
+    push = ((0.0 - -1.1) + (1.0 - -1.1)) / 2  # anomalies with s >= b_a: s = 0, 1 (s = -4 is past it)
+    assert float(terms.b_n) == pytest.approx(-1.0)
+    assert float(terms.b_a) == pytest.approx(-1.1)
+    assert float(terms.pull) == pytest.approx(pull)
+    assert float(terms.push) == pytest.approx(push)
+    assert float(terms.total) == pytest.approx(ml + 0.5 * (pull + push))
 
 
 def test_bgad_loss_without_anomalies_in_the_batch_has_no_bgspp_term() -> None:

@@ -119,7 +119,9 @@ def test_pixel_curve_is_subsampled_and_missing_images_are_tolerated(tmp_path: Pa
     assert "fixed random sample of 1,000 of the 2,304 pixels" in text
     assert "Hardest images" not in text
     check_links(page)
-    write_report(ev, {}, tmp_path / "out", title="t", gallery_size=2)  # the missing image is drawn grey
+    page = write_report(ev, {}, tmp_path / "out", title="t", gallery_size=2)  # the missing image is drawn grey
+    assert "Hardest images" in page.read_text()
+    check_links(page)
 
 
 def test_leaves_pyplot_and_the_backend_alone(tmp_path: Path) -> None:

