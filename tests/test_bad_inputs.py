@@ -27,6 +27,8 @@ from bgad.validation import DatasetError, check_dataset
 from .conftest import assert_one_line, fit_command
 from .test_datasets import folder_dataset
 
+pytestmark = pytest.mark.slow  # trains models end to end
+
 
 def test_a_second_fit_into_the_same_output_is_refused_while_the_first_runs(
     tiny_dataset: Path, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -20,6 +20,8 @@ from bgad.data import evaluation_samples, select_known_anomalies
 from bgad.datasets import load_mvtec
 from bgad.evaluation import evaluate
 
+pytestmark = pytest.mark.slow  # trains models end to end
+
 METRICS = ["image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap"]
 
 

@@ -11,7 +11,10 @@ from bgad.metrics import image_auroc
 
 from .conftest import SHARED_DATA
 
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "bottle").is_dir(), reason="MVTec AD bottle not in ../shared")
+pytestmark = [
+    pytest.mark.skipif(not (SHARED_DATA / "bottle").is_dir(), reason="MVTec AD bottle not in ../shared"),
+    pytest.mark.slow,
+]
 
 
 def test_a_short_training_on_real_images_separates_defects() -> None:

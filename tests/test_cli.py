@@ -9,6 +9,8 @@ from PIL import Image
 
 from bgad.cli import main
 
+pytestmark = pytest.mark.slow  # trains models end to end
+
 
 def test_fit_writes_a_complete_run(tiny_run: Path) -> None:
     names = {p.name for p in tiny_run.iterdir()}

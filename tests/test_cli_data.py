@@ -13,6 +13,8 @@ from bgad.config import BGADConfig
 
 from .test_datasets import folder_options
 
+pytestmark = pytest.mark.slow  # trains models end to end
+
 
 @pytest.fixture(scope="module")
 def folders(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:

@@ -11,6 +11,8 @@ from bgad.data import select_known_anomalies
 from bgad.datasets import load_mvtec
 from bgad.runs import MODEL_JSON, MODEL_WEIGHTS
 
+pytestmark = pytest.mark.slow  # trains models end to end
+
 
 @pytest.fixture(scope="module")
 def fitted(tiny_dataset: Path, tiny_config: BGADConfig) -> tuple[BGAD, list[Path]]:

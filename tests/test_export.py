@@ -15,6 +15,8 @@ from bgad.features import image_batches
 
 from .conftest import SHARED_DATA
 
+pytestmark = pytest.mark.slow  # trains models end to end
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 

@@ -29,6 +29,8 @@ from bgad.experiment import CHECKPOINT, is_run_folder, partial_folder
 
 from .conftest import fit_command, snapshot
 
+pytestmark = pytest.mark.slow  # trains models end to end
+
 DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
 
 

@@ -31,6 +31,8 @@ from bgad.scoring import calibrate, normality_map
 from bgad.thresholds import Thresholds, fit_thresholds
 from bgad.training import vector_labels
 
+pytestmark = pytest.mark.slow  # trains models end to end
+
 PAD_COLOR = (124, 116, 104)  # EfficientNet-Lite's: the ImageNet mean
 PAD = torch.tensor(PAD_COLOR) / 255
 

@@ -10,6 +10,8 @@ from bgad import BGAD, BGADError
 from bgad.checkpoint import STATE_JSON, TrainingState, load_checkpoint, save_checkpoint
 from bgad.config import BGADConfig
 
+pytestmark = pytest.mark.slow  # trains models end to end
+
 Sources = tuple[list[Path], list[Path], list[Path]]
 
 

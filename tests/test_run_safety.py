@@ -18,6 +18,8 @@ from bgad.runs import MODEL_JSON
 
 from .conftest import assert_one_line, fit_command, snapshot
 
+pytestmark = pytest.mark.slow  # trains models end to end
+
 
 @pytest.fixture
 def data(tiny_dataset: Path, tmp_path: Path) -> Path:

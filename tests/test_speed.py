@@ -6,6 +6,7 @@ from bgad.cli import main
 from bgad.config import load_config
 
 
+@pytest.mark.slow
 def test_speed_prints_well_formed_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["speed", "--preset", "fast", "--batch-size", "2", "--repeats", "2"]) == 0
     report = json.loads(capsys.readouterr().out)
