@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ._version import __version__
 from .ablation import run_ablation
 from .benchmark import run_benchmark
-from .config import PRESETS, RESIZE_MODES, BGADConfig, load_config
+from .config import PRESETS, RESIZE_MODES, SYNTHESES, BGADConfig, load_config
 from .datasets import load_dataset
 from .demo_data import make_demo_dataset
 from .detector import BGAD
@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--output", type=Path, help="run folder to create")
     fit.add_argument("--resume", type=Path, metavar="RUN", help="continue the interrupted fit of RUN (alone)")
     _add_training_options(fit)
-    fit.add_argument("--synthesis", choices=["cutpaste", "nsa", "none"], help="synthetic anomalies (default cutpaste)")
+    fit.add_argument("--synthesis", choices=SYNTHESES, help="synthetic anomalies (default cutpaste)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing bgad run folder (never another)")
     _add_eval_size_option(fit)
 

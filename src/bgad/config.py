@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
 from .errors import BGADError
 
-RESIZE_MODES = ("stretch", "pad")  # how images are fitted to the square input, see ModelConfig.resize
-NORMALIZATIONS = ("position", "channel", "none")  # how features are normalized for the flows, see ModelConfig
+# The choices of the string options: one Literal type each, its values derived from it for checks and the CLI.
+Resize = Literal["stretch", "pad"]  # how images are fitted to the square input, see ModelConfig.resize
+Normalization = Literal["position", "channel", "none"]  # how features are normalized for the flows, see ModelConfig
+Synthesis = Literal["cutpaste", "nsa", "none"]  # synthetic anomalies in phase 2, see TrainConfig.synthesis
+RESIZE_MODES: tuple[str, ...] = get_args(Resize)
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+SYNTHESES: tuple[str, ...] = get_args(Synthesis)
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,7 @@ class ModelConfig:
     image_size: int = 256  # images are resized to image_size x image_size
     # "stretch": resize to image_size x image_size (aspect ratio not kept); "pad": scale the long side to image_size
     # and pad the short side symmetrically (letterbox). Pad pixels never affect scores, thresholds or metrics.
-    resize: str = "stretch"
+    resize: Resize = "stretch"
     condition_dim: int = 128  # positional-encoding channels fed to every coupling subnet
     n_coupling_blocks: int = 8
     clamp_alpha: float = 1.9  # soft clamp of the coupling log-scale: alpha * tanh(.)
@@ -34,7 +39,7 @@ class ModelConfig:
     # What the flow sees (not in the reference, see docs/method.md): "position" standardizes each channel with the
     # training normals' statistics, then whitens every position with its own Gaussian (the flow starts as the
     # per-position Gaussian and learns on top of it); "channel" only standardizes channels; "none": raw features.
-    normalization: str = "position"
+    normalization: Normalization = "position"
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class TrainConfig:
     # Synthetic anomalies in phase 2: "cutpaste" (augmented known defects pasted into normal images, the
     # reference's default), "nsa" (patches of normal images Poisson-blended into others: needs no real anomaly)
     # or "none". The pool holds synthetic_repeats x known anomalies (x 10 for nsa without known anomalies).
-    synthesis: str = "cutpaste"
+    synthesis: Synthesis = "cutpaste"
     synthetic_repeats: int = 5
     synthesis_refresh: int = 1  # draw a new synthetic pool every this many meta-epochs
     foreground: str = "auto"  # where pastes may land: "auto" (estimated per image), "full", or a folder of masks
@@ -154,7 +159,7 @@ class BGADConfig:
                 self.train.anomaly_sampling in ("stratified", "random")
                 or self.train.anomaly_sampling.startswith("type:"),
             ),
-            ("train.synthesis", self.train.synthesis, self.train.synthesis in ("none", "cutpaste", "nsa")),
+            ("train.synthesis", self.train.synthesis, self.train.synthesis in SYNTHESES),
             ("train.synthetic_repeats", self.train.synthetic_repeats, self.train.synthetic_repeats >= 1),
             ("train.synthesis_refresh", self.train.synthesis_refresh, self.train.synthesis_refresh >= 1),
             ("threshold.image_quantile", self.threshold.image_quantile, 0 <= self.threshold.image_quantile <= 1),

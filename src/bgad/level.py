@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .config import NORMALIZATIONS
 from .encoding import GridEncoding
 from .flow import ConditionalFlow
 from .whitening import fit_whitening, whiten
 
-NORMALIZATIONS = ("position", "channel", "none")
 _CHUNK = 65536  # vectors per flow call when scoring many (bounds the activations' memory)
 
 
