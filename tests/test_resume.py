@@ -161,8 +161,24 @@ def test_failed_write_leaves_the_previous_checkpoint(
         (lambda d: _edit_json(d, tensors="../state-0001.safetensors"), "bad tensor file name"),
         (lambda d: _edit_json(d, next_meta_epoch=5), "is damaged"),
         (lambda d: _edit_json(d, format_version=99), "format version 99"),
+        (lambda d: _edit_json(d, param_groups="lr"), "wrong types in \\['param_groups'\\]"),
+        (lambda d: _edit_json(d, history="x"), "wrong types in \\['history'\\]"),
+        (lambda d: _edit_json(d, history=[1]), "wrong types"),
+        (lambda d: _edit_json(d, config=[]), "wrong types in \\['config'\\]"),
     ],
-    ids=["truncated-tensors", "missing-tensors", "bad-json", "foreign-json", "escaping-name", "epoch", "version"],
+    ids=[
+        "truncated-tensors",
+        "missing-tensors",
+        "bad-json",
+        "foreign-json",
+        "escaping-name",
+        "epoch",
+        "version",
+        "param-groups-type",
+        "history-type",
+        "history-items",
+        "config-type",
+    ],
 )
 def test_damaged_checkpoint_is_a_one_line_error(tmp_path: Path, damage, message: str) -> None:
     save_checkpoint(_state(1), tmp_path)

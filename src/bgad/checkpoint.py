@@ -92,13 +92,17 @@ def _state(description: dict, tensors: dict[str, Tensor]) -> TrainingState:
         if key.startswith(_OPTIMIZER):
             index, tensor_name = key.removeprefix(_OPTIMIZER).split(".", 1)
             optimizer_state.setdefault(int(index), {})[tensor_name] = value
-    history = list(description["history"])
+    history, groups = description["history"], description["param_groups"]
+    expected = {"history": list, "param_groups": list, "config": dict, "next_meta_epoch": int}
+    wrong = [key for key, kind in expected.items() if not isinstance(description[key], kind)]
+    if wrong or not all(isinstance(item, dict) for item in history + groups):
+        raise ValueError(f"wrong types in {wrong or ['history', 'param_groups']}")
     if len(history) != description["next_meta_epoch"] or tensors[_GENERATOR].dtype != torch.uint8:
         raise ValueError("history, epoch and generator state disagree")
     return TrainingState(
         next_meta_epoch=description["next_meta_epoch"],
         flows={k.removeprefix(_FLOWS): v for k, v in tensors.items() if k.startswith(_FLOWS)},
-        optimizer={"state": optimizer_state, "param_groups": description["param_groups"]},
+        optimizer={"state": optimizer_state, "param_groups": groups},
         generator=tensors[_GENERATOR],
         history=history,
         config=description["config"],
