@@ -1,9 +1,9 @@
-"""``bgad benchmark``: BGAD and a per-position Gaussian baseline over categories x seeds, with cost figures.
+"""``bgad benchmark``: BGAD and two one-class Gaussian floors over categories x seeds, with cost figures.
 
 Each (category, seed) task runs in its own child process, so the peak memory it reports is its own. A task
 trains, saves and evaluates BGAD into ``OUTPUT/runs/<category>/seed<seed>/`` (:func:`bgad.experiment.fit_run`),
-times its inference and, optionally, fits and evaluates :class:`bgad.baselines.GaussianBaseline` on the same
-category with the same known anomalies left out of the evaluation. Its result is written last, as
+times its inference and, optionally, fits and evaluates the floors of :mod:`bgad.baselines` (``gaussian``,
+``padim``) on the same category with the same known anomalies left out of the evaluation. Its result is written last, as
 ``benchmark.json`` in the run folder; a task whose result exists is skipped on the next call (resume).
 ``OUTPUT/results.csv`` and ``OUTPUT/results.md`` are rewritten from all results at the end.
 """

@@ -476,14 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed.add_argument("--compile", action="store_true", help="torch.compile the flows before measuring")
 
-    bench = command("benchmark", _cmd_benchmark, "BGAD and a Gaussian baseline over categories x seeds: results.md/csv")
+    bench = command("benchmark", _cmd_benchmark, "BGAD and two one-class floors over categories x seeds: results.md/csv")
     bench.add_argument("--data-root", type=Path, required=True, help="folder holding the category folders")
     bench.add_argument("--output", type=Path, required=True, help="results folder (resumes the tasks done there)")
     bench.add_argument("--categories", type=_comma_list, help="comma list (default: every folder with train/good)")
     bench.add_argument("--preset", default="default", choices=sorted(PRESETS))
     bench.add_argument("--seeds", type=_seed_list, default=[0], help="comma list of seeds (default 0)")
     bench.add_argument("--jobs", type=_positive_int, default=1, help="tasks run at once, each in its own process")
-    bench.add_argument("--no-baseline", action="store_true", help="skip the Gaussian baseline")
+    bench.add_argument("--no-baseline", action="store_true", help="skip the one-class floors (gaussian, padim)")
     bench.add_argument("--config", type=Path, help="YAML file with model/loss/train options over the preset")
 
     demo = command("demo", _cmd_demo, "generate a small synthetic dataset, then fit and test on it")
