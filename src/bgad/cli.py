@@ -476,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed.add_argument("--compile", action="store_true", help="torch.compile the flows before measuring")
 
-    bench = command("benchmark", _cmd_benchmark, "BGAD and two one-class floors over categories x seeds: results.md/csv")
+    bench = command("benchmark", _cmd_benchmark, "BGAD and two one-class floors, categories x seeds: results.md/csv")
     bench.add_argument("--data-root", type=Path, required=True, help="folder holding the category folders")
     bench.add_argument("--output", type=Path, required=True, help="results folder (resumes the tasks done there)")
     bench.add_argument("--categories", type=_comma_list, help="comma list (default: every folder with train/good)")
