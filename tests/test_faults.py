@@ -34,14 +34,6 @@ pytestmark = pytest.mark.slow  # trains models end to end
 DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.fixture(scope="module")
-def previous_run(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run, copied into each test's output: a fault must leave it as it was."""
-    output = tmp_path_factory.mktemp("previous") / "run"
-    assert main(fit_command(tiny_dataset, output, config_file)) == 0
-    return output
-
-
 def _fails_on_call(target: Callable, call: int, fault: BaseException) -> Callable:
     """``target`` that raises ``fault`` on its ``call``-th call (1-based), and works otherwise."""
     calls = {"n": 0}
@@ -73,7 +65,7 @@ def test_a_fault_while_fitting_over_an_earlier_run(
     fault: BaseException,
     tiny_dataset: Path,
     config_file: Path,
-    previous_run: Path,
+    tiny_run: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -81,7 +73,7 @@ def test_a_fault_while_fitting_over_an_earlier_run(
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset / "part", data / "part")
     output = tmp_path / "run"
-    shutil.copytree(previous_run, output)
+    shutil.copytree(tiny_run, output)
     before_data, before_run = snapshot(data), snapshot(output)
     module, name, call = FIT_WRITE_POINTS[point]
     with monkeypatch.context() as patch:
@@ -109,7 +101,7 @@ def test_a_fault_while_fitting_over_an_earlier_run(
 @pytest.mark.parametrize("fault", [DISK_FULL, KeyboardInterrupt()], ids=["disk-full", "ctrl-c"])
 def test_a_fault_while_predicting(
     fault: BaseException,
-    previous_run: Path,
+    tiny_run: Path,
     tiny_dataset: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -117,16 +109,16 @@ def test_a_fault_while_predicting(
 ) -> None:
     images = tmp_path / "images"
     shutil.copytree(tiny_dataset / "part" / "test" / "good", images)
-    before_images, before_run = snapshot(images), snapshot(previous_run)
+    before_images, before_run = snapshot(images), snapshot(tiny_run)
     out = tmp_path / "out"
     with monkeypatch.context() as patch:
         patch.setattr(Image.Image, "save", _fails_on_call(Image.Image.save, 3, fault))  # the second image's heatmap
-        code = main(["predict", "--run", str(previous_run), "--output", str(out), str(images), "--quiet"])
+        code = main(["predict", "--run", str(tiny_run), "--output", str(out), str(images), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == (130 if isinstance(fault, KeyboardInterrupt) else 2)
     assert len(err.splitlines()) == 1, err
     assert snapshot(images) == before_images
-    assert snapshot(previous_run) == before_run
+    assert snapshot(tiny_run) == before_run
     rows = (out / "scores.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 2  # the header and the image finished before the fault
 
@@ -134,7 +126,7 @@ def test_a_fault_while_predicting(
 @pytest.mark.parametrize("fault", [DISK_FULL, KeyboardInterrupt()], ids=["disk-full", "ctrl-c"])
 def test_a_fault_while_exporting_keeps_the_earlier_file(
     fault: BaseException,
-    previous_run: Path,
+    tiny_run: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -143,7 +135,7 @@ def test_a_fault_while_exporting_keeps_the_earlier_file(
     target.write_bytes(b"an earlier export")
     with monkeypatch.context() as patch:
         patch.setattr(bgad.export.os, "replace", _fails_on_call(os.replace, 1, fault))
-        code = main(["export", "--run", str(previous_run), "--format", "onnx", "--output", str(target)])
+        code = main(["export", "--run", str(tiny_run), "--format", "onnx", "--output", str(target)])
     err = capsys.readouterr().err.strip()
     assert code == (130 if isinstance(fault, KeyboardInterrupt) else 2)
     assert len(err.splitlines()) == 1, err
