@@ -134,8 +134,7 @@ def main() -> None:
                 torch.cat([level.log_prob_map(chunk) for chunk in feature.split(16)])
                 for level, feature in zip(model.levels, eval_features, strict=True)
             ]
-            level_max = torch.stack([level.log_prob_max for level in model.levels])
-            maps = anomaly_map(level_maps, level_max, model.normal_max, size, model_config.score_temperature)
+            maps = anomaly_map(level_maps, model.level_max, model.normal_max, size, model_config.score_temperature)
         masks = torch.stack(
             [
                 mask_to_tensor(read_mask(s.mask_path), size[0], model_config.resize)
@@ -173,10 +172,9 @@ def _rescored(model, level_maps, samples, masks, valid, size, seen, model_config
     for stride, level_map in zip(model_config.strides, level_maps, strict=True):
         maps = torch.nn.functional.interpolate(-level_map[:, None], size=size, mode="bilinear", align_corners=True)
         out[f"stride {stride} alone"] = _metrics(maps[:, 0], samples, masks, valid, model_config.resize, seen)
-    level_max = torch.stack([level.log_prob_max for level in model.levels])
     for temperature in TEMPERATURES:
         # The training normals' maximum (normal_max) only shifts the map: it changes no metric.
-        maps = anomaly_map(level_maps, level_max, torch.zeros(()), size, temperature)
+        maps = anomaly_map(level_maps, model.level_max, torch.zeros(()), size, temperature)
         out[f"temperature {temperature:g}"] = _metrics(maps, samples, masks, valid, model_config.resize, seen)
         if temperature == model_config.score_temperature:
             smoothed = gaussian_blur(maps, 4.0)

@@ -40,9 +40,9 @@ class BGADModel(nn.Module):
         self.register_buffer("normal_max", torch.zeros(()))
 
     @property
-    def flows(self) -> nn.ModuleList:
-        """The levels' flows (the trainable part), in level order."""
-        return nn.ModuleList(level.flow for level in self.levels)
+    def level_max(self) -> Tensor:
+        """The calibration constants ``max_l`` of the levels (:mod:`bgad.scoring`), stacked in level order."""
+        return torch.stack([level.log_prob_max for level in self.levels])
 
     def fit_normalization(self, features: list[Tensor]) -> None:
         """Fit every level's normalization on backbone features (N, C, h, w) of normal images."""
@@ -61,6 +61,5 @@ class BGADModel(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         size = (self.config.image_size, self.config.image_size)
         scorer = getattr(self, "_level_log_probs", self.level_log_probs)
-        level_max = torch.stack([level.log_prob_max for level in self.levels])
         level_log_probs = scorer(self.extractor(images))
-        return anomaly_map(level_log_probs, level_max, self.normal_max, size, self.config.score_temperature)
+        return anomaly_map(level_log_probs, self.level_max, self.normal_max, size, self.config.score_temperature)

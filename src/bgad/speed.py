@@ -63,7 +63,7 @@ def training_speed(model: BGADModel, train: TrainConfig, loss: LossConfig, *, st
     """
     device = model.normal_max.device
     generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.Adam(model.flows.parameters(), lr=train.lr)
+    optimizer = torch.optim.Adam(model.levels.parameters(), lr=train.lr)  # the flows' weights
     per_level, seconds_per_image = [], 0.0
     for level in model.levels:
         vectors = torch.randn(train.fiber_batch, level.channels, generator=generator).to(device)
