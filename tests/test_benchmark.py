@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-import bgad.benchmark
-from bgad.baselines import GaussianBaseline, PadimBaseline, _fit_gaussians, _mahalanobis, gaussian_blur
-from bgad.cli import main
-from bgad.config import BGADConfig
-from bgad.data import evaluation_samples, select_known_anomalies
-from bgad.datasets import load_mvtec
+import bgad.app.benchmark
+from bgad.app.baselines import GaussianBaseline, PadimBaseline, _fit_gaussians, _mahalanobis, gaussian_blur
+from bgad.app.cli import main
+from bgad.config import BGADConfig, TrainConfig
+from bgad.data.layouts import load_mvtec
+from bgad.data.samples import Split, make_split
 from bgad.evaluation import evaluate
 
 pytestmark = pytest.mark.slow  # trains models end to end
@@ -153,8 +153,8 @@ def test_baseline_maps_and_evaluation(tiny_dataset: Path, tiny_config: BGADConfi
     assert maps.shape == (3, 64, 64)
     assert torch.isfinite(maps).all()
     assert (maps >= 0).all()
-    known = select_known_anomalies(category, 3, seed=0)
-    metrics = evaluate(baseline, evaluation_samples(category, known), progress=False).metrics()
+    known = make_split(category, TrainConfig(num_anomalies=3, seed=0)).known
+    metrics = evaluate(baseline, Split(category, known).evaluation, progress=False).metrics().as_dict()
     assert all(0 <= metrics[key] <= 1 for key in METRICS)
 
 
@@ -173,7 +173,7 @@ def test_gaussian_blur_matches_scipy() -> None:
     torch.testing.assert_close(gaussian_blur(maps, 4.0), torch.tensor(np.stack(expected)))
 
 
-def _dies_for_seed_1(task: bgad.benchmark._Task) -> dict:
+def _dies_for_seed_1(task: bgad.app.benchmark._Task) -> dict:
     """A stand-in task (runs in its own spawned process): the process of seed 1 is killed, as by the OOM killer."""
     if task.seed == 1:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -183,10 +183,11 @@ def _dies_for_seed_1(task: bgad.benchmark._Task) -> dict:
 @pytest.mark.skipif(os.name != "posix", reason="kills a task's process with SIGKILL")
 def test_a_dead_task_process_fails_only_its_own_task(tmp_path: Path, tiny_config: BGADConfig) -> None:
     tasks = [
-        bgad.benchmark._Task(tmp_path, "part", seed, tiny_config, tmp_path, False, 1, False) for seed in (0, 1, 2, 3)
+        bgad.app.benchmark._Task(tmp_path, "part", seed, tiny_config, tmp_path, False, 1, False)
+        for seed in (0, 1, 2, 3)
     ]
     results: dict = {}
-    failures = bgad.benchmark._execute(tasks, 2, results, run=_dies_for_seed_1)
+    failures = bgad.app.benchmark._execute(tasks, 2, results, run=_dies_for_seed_1)
     assert sorted(results) == [("part", 0), ("part", 2), ("part", 3)]
     assert len(failures) == 1
     assert failures[0].startswith("part seed 1: its process died (exit code -9")
@@ -196,7 +197,7 @@ _ORPHAN_SCRIPT = """
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing
-from bgad.benchmark import _die_with_parent
+from bgad.app.benchmark import _die_with_parent
 
 def record_pid(path):
     open(path, "w").write(str(os.getpid()))
@@ -231,5 +232,5 @@ def test_usable_cpus_follows_the_affinity(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     if hasattr(os, "sched_getaffinity"):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
-        assert bgad.benchmark.usable_cpus() <= 3
-    assert bgad.benchmark.usable_cpus() >= 1
+        assert bgad.app.benchmark.usable_cpus() <= 3
+    assert bgad.app.benchmark.usable_cpus() >= 1

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from bgad import BGAD
-from bgad.config import BGADConfig
-from bgad.data import select_known_anomalies
-from bgad.datasets import load_mvtec
+from bgad.config import BGADConfig, TrainConfig
+from bgad.data.layouts import load_mvtec
+from bgad.data.samples import make_split
 from bgad.metrics import image_auroc
 
 from .conftest import SHARED_DATA
@@ -19,7 +19,7 @@ pytestmark = [
 
 def test_a_short_training_on_real_images_separates_defects() -> None:
     category = load_mvtec(SHARED_DATA, "bottle")
-    known = select_known_anomalies(category, 3, seed=0)
+    known = make_split(category, TrainConfig(num_anomalies=3, seed=0)).known
     config = BGADConfig.from_dict({"model": {"image_size": 128}, "train": {"meta_epochs": 4, "fiber_batch": 1024}})
     detector = BGAD(config).fit(
         [s.path for s in category.train[:24]], [s.path for s in known], [s.mask_path for s in known], progress=False

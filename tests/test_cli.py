@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgad.cli import main
+from bgad.app.cli import main
 
 pytestmark = pytest.mark.slow  # trains models end to end
 
@@ -186,3 +186,14 @@ def test_ablate_trains_four_variants_and_writes_the_table(
     assert len([p for p in tmp_path.iterdir() if (p / "metrics.json").is_file()]) == 4
     one_class_log = (tmp_path / "one-class-flow-ml-only" / "train_log.jsonl").read_text()
     assert "bg-spp" not in one_class_log
+
+
+def test_python_dash_m_bgad_is_the_command_line() -> None:
+    import subprocess
+    import sys
+
+    import bgad
+
+    done = subprocess.run([sys.executable, "-m", "bgad", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert bgad.__version__ in done.stdout + done.stderr

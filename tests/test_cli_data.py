@@ -5,12 +5,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 import bgad.training
-from bgad.cli import main
-from bgad.config import BGADConfig
+from bgad.app.cli import main
 
+from .conftest import interrupt_at
 from .test_datasets import folder_options
 
 pytestmark = pytest.mark.slow  # trains models end to end
@@ -35,10 +34,8 @@ def folders(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> lis
 
 
 @pytest.fixture(scope="module")
-def options(tmp_path_factory: pytest.TempPathFactory, tiny_config: BGADConfig) -> list[str]:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
-    return ["--config", str(path), "--num-anomalies", "3", "--quiet"]
+def options(config_file: Path) -> list[str]:
+    return ["--config", str(config_file), "--num-anomalies", "3", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +71,6 @@ def test_test_command_reloads_the_folder_dataset(folder_run: Path, capsys: pytes
     assert printed == pytest.approx(saved)
 
 
-def _interrupt_at(meta_epoch: int):
-    original = bgad.training.learning_rate
-
-    def learning_rate(config, epoch: int, step: int, steps: int) -> float:
-        if epoch == meta_epoch and step == 1:
-            raise KeyboardInterrupt
-        return original(config, epoch, step, steps)
-
-    return learning_rate
-
-
 def test_interrupted_fit_resumes_to_the_same_metrics(
     folder_run: Path,
     folders: list[str],
@@ -95,7 +81,7 @@ def test_interrupted_fit_resumes_to_the_same_metrics(
 ) -> None:
     output = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(bgad.training, "learning_rate", _interrupt_at(meta_epoch=2))
+        patch.setattr(bgad.training, "learning_rate", interrupt_at(meta_epoch=2))
         assert main(["fit", *folders, "--output", str(output), *options]) == 130
     err = capsys.readouterr().err.strip()
     assert err == f"bgad: interrupted; finished meta-epochs are saved: continue with `bgad fit --resume {output}`"

@@ -2,13 +2,27 @@ from pathlib import Path
 
 import pytest
 
-from bgad.config import PRESETS, BGADConfig, load_config
+from bgad.config import PRESETS, BGADConfig, LossConfig, ModelConfig, ThresholdConfig, TrainConfig, load_config
 from bgad.errors import BGADError
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_are_valid(preset: str) -> None:
-    load_config(preset).validate()
+    assert isinstance(load_config(preset), BGADConfig)  # every section checks itself when it is made
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: TrainConfig(anomaly_sampling="sometimes"), "train.anomaly_sampling"),
+        (lambda: ModelConfig(strides=(16, 8)), "model.strides"),
+        (lambda: LossConfig(beta=1.0), "loss.beta"),
+        (lambda: ThresholdConfig(pixel_quantile=2.0), "threshold.pixel_quantile"),
+    ],
+)
+def test_sections_built_in_python_are_checked_too(make, message: str) -> None:
+    with pytest.raises(BGADError, match=message):
+        make()
 
 
 def test_paper_preset_has_the_reference_schedule() -> None:

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgad.data import evaluation_samples, select_known_anomalies
-from bgad.datasets import load_mvtec
+from bgad.config import TrainConfig
+from bgad.data.images import read_image, read_mask
+from bgad.data.layouts import load_mvtec
+from bgad.data.samples import Category, Sample, Split, make_split
 from bgad.errors import BGADError
-from bgad.images import read_image, read_mask
 
 from .conftest import SHARED_DATA, write_category
 
@@ -23,14 +24,18 @@ def test_category_index(tmp_path: Path) -> None:
     assert all(s.mask_path.is_file() for s in category.defects)
 
 
+def _known(category: Category, n: int, *, seed: int, sampling: str = "stratified") -> tuple[Sample, ...]:
+    return make_split(category, TrainConfig(num_anomalies=n, seed=seed, anomaly_sampling=sampling)).known
+
+
 def test_stratified_selection_and_removal_from_evaluation(tmp_path: Path) -> None:
     write_category(tmp_path, LAYOUT)
     category = load_mvtec(tmp_path, "cat")
-    known = select_known_anomalies(category, 7, seed=0)
+    known = _known(category, 7, seed=0)
     counts = Counter(s.defect_type for s in known)
     assert sum(counts.values()) == 7
     assert all(counts[t] >= 2 for t in ("crack", "hole", "scratch"))  # 7 // 3 = 2 per type, 1 extra
-    remaining = evaluation_samples(category, known)
+    remaining = Split(category, known).evaluation
     assert len(remaining) == len(category.test) - 7
     assert not {s.path for s in known} & {s.path for s in remaining}
 
@@ -38,15 +43,15 @@ def test_stratified_selection_and_removal_from_evaluation(tmp_path: Path) -> Non
 def test_selection_depends_only_on_category_and_seed(tmp_path: Path) -> None:
     write_category(tmp_path, LAYOUT)
     category = load_mvtec(tmp_path, "cat")
-    first = select_known_anomalies(category, 5, seed=3)
+    first = _known(category, 5, seed=3)
     np.random.seed(123)  # the global RNG must not matter
-    assert select_known_anomalies(category, 5, seed=3) == first
-    assert any(select_known_anomalies(category, 5, seed=s) != first for s in range(4, 8))
+    assert _known(category, 5, seed=3) == first
+    assert any(_known(category, 5, seed=s) != first for s in range(4, 8))
 
 
 def test_type_with_fewer_images_than_its_share(tmp_path: Path) -> None:
     write_category(tmp_path, {"train": 1, "good": 1, "rare": 1, "common": 9})
-    known = select_known_anomalies(load_mvtec(tmp_path, "cat"), 8, seed=0)
+    known = _known(load_mvtec(tmp_path, "cat"), 8, seed=0)
     assert Counter(s.defect_type for s in known) == {"rare": 1, "common": 7}
 
 
@@ -85,7 +90,7 @@ def test_missing_data_root() -> None:
 def test_more_anomalies_than_available(tmp_path: Path) -> None:
     write_category(tmp_path, {"train": 1, "good": 1, "crack": 2})
     with pytest.raises(BGADError, match="3 known anomalies requested but category cat has only 2"):
-        select_known_anomalies(load_mvtec(tmp_path, "cat"), 3, seed=0)
+        _known(load_mvtec(tmp_path, "cat"), 3, seed=0)
 
 
 def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
@@ -112,21 +117,21 @@ def test_real_bottle_category() -> None:
     category = load_mvtec(SHARED_DATA, "bottle")
     assert len(category.train) == 209
     assert len(category.test) == 83
-    known = select_known_anomalies(category, 10, seed=0)
+    known = _known(category, 10, seed=0)
     # 3 defect types: 3 per type plus 1 extra
     assert sorted(Counter(s.defect_type for s in known).values()) in ([3, 3, 4], [3, 4, 3])
-    assert len(evaluation_samples(category, known)) == 73
+    assert len(Split(category, known).evaluation) == 73
 
 
 def test_random_and_single_type_sampling(tmp_path: Path) -> None:
     write_category(tmp_path, LAYOUT)
     category = load_mvtec(tmp_path, "cat")
-    hard = select_known_anomalies(category, 4, seed=0, sampling="type:scratch")
+    hard = _known(category, 4, seed=0, sampling="type:scratch")
     assert {s.defect_type for s in hard} == {"scratch"}
     assert len(hard) == 4
-    uniform = select_known_anomalies(category, 6, seed=0, sampling="random")
+    uniform = _known(category, 6, seed=0, sampling="random")
     assert len(set(uniform)) == 6
-    assert uniform == select_known_anomalies(category, 6, seed=0, sampling="random")
+    assert uniform == _known(category, 6, seed=0, sampling="random")
 
 
 @pytest.mark.parametrize(
@@ -134,10 +139,10 @@ def test_random_and_single_type_sampling(tmp_path: Path) -> None:
     [
         (2, "type:dent", "defect type 'dent' not in category cat"),
         (4, "type:hole", "4 known anomalies requested but defect type hole of category cat has only 3"),
-        (2, "sorted", "unknown anomaly sampling 'sorted'"),
+        (2, "sorted", "train.anomaly_sampling has an invalid value 'sorted'"),
     ],
 )
 def test_sampling_errors(tmp_path: Path, n: int, sampling: str, message: str) -> None:
     write_category(tmp_path, LAYOUT)
     with pytest.raises(BGADError, match=message):
-        select_known_anomalies(load_mvtec(tmp_path, "cat"), n, seed=0, sampling=sampling)
+        _known(load_mvtec(tmp_path, "cat"), n, seed=0, sampling=sampling)

@@ -12,9 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bgad.data import GOOD, select_known_anomalies
-from bgad.datasets import LAYOUTS, load_dataset, load_folders, load_manifest
-from bgad.datasets.files import MASK_SUFFIXES, MaskIndex
+from bgad.config import TrainConfig
+from bgad.data.layouts import LAYOUTS, DatasetSpec, load_folders, load_manifest
+from bgad.data.layouts.files import MASK_SUFFIXES, MaskIndex
+from bgad.data.samples import GOOD, make_split
 from bgad.errors import BGADError
 
 
@@ -151,7 +152,9 @@ def test_manifest_assigns_known_anomalies_itself(tmp_path: Path) -> None:
     assert not category.problems
     assert (len(category.train), len(category.test)) == (7, 3 + 3)
     assert [s.path.name for s in category.known] == ["000.png"]
-    assert select_known_anomalies(category, 10, seed=0) == category.known, "the manifest's choice wins"
+    assert make_split(category, TrainConfig(num_anomalies=10, seed=0)).known == category.known, (
+        "the manifest's choice wins"
+    )
     dent = next(s for s in category.test if s.path.parent.name == "dent")
     assert dent.defect_type == "defect"
     assert not dent.has_pixel_labels
@@ -197,7 +200,7 @@ def test_btad_layout(tmp_path: Path) -> None:
     for i in range(2):
         _png(cat / "test" / "ko" / f"{i:04d}.bmp", 10 + i)
         _mask(cat / "ground_truth" / "ko" / f"{i:04d}.png")
-    category = load_dataset({"layout": "btad", "data_root": str(tmp_path), "category": "01"})
+    category = DatasetSpec.from_dict({"layout": "btad", "data_root": str(tmp_path), "category": "01"}).load()
     assert not category.problems
     assert len(category.train) == 3
     assert [s.defect_type for s in category.test] == ["ko", "ko", GOOD]  # sorted by path: test/ko < test/ok
@@ -213,20 +216,27 @@ def test_visa_layout(tmp_path: Path) -> None:
         lines.append(f"{obj},test,normal,{obj}/Data/Images/Normal/0100.JPG,")
         lines.append(f"{obj},test,anomaly,{obj}/Data/Images/Anomaly/000.JPG,{obj}/Data/Masks/Anomaly/000.png")
     (tmp_path / "split_csv" / "1cls.csv").write_text("\n".join(lines) + "\n")
-    category = load_dataset({"layout": "visa", "data_root": str(tmp_path), "category": "candle"})
+    category = DatasetSpec.from_dict({"layout": "visa", "data_root": str(tmp_path), "category": "candle"}).load()
     assert category.name == "candle"
     assert not category.problems
     assert len(category.train) == 3
     assert all("candle" in str(s.path) for s in category.train + category.test)
     assert [s.defect_type for s in category.test] == ["anomaly", GOOD]
     with pytest.raises(BGADError, match="object 'cable' not in"):
-        load_dataset({"layout": "visa", "data_root": str(tmp_path), "category": "cable"})
+        DatasetSpec.from_dict({"layout": "visa", "data_root": str(tmp_path), "category": "cable"}).load()
 
 
 def test_unknown_layout() -> None:
     with pytest.raises(BGADError, match="unknown dataset layout 'coco'"):
-        load_dataset({"layout": "coco"})
+        DatasetSpec.from_dict({"layout": "coco"}).load()
     assert set(LAYOUTS) == {"mvtec", "btad", "visa", "folders", "manifest"}
+
+
+def test_a_spec_names_only_its_loaders_options_and_round_trips() -> None:
+    with pytest.raises(BGADError, match=r"unknown option\(s\) root for dataset layout 'mvtec'"):
+        DatasetSpec("mvtec", {"root": "/data", "category": "bottle"})
+    spec = DatasetSpec("folders", {"normal_dir": "/data/good", "defect_dirs": ["/data/bad"]})
+    assert DatasetSpec.from_dict(spec.to_dict()) == spec
 
 
 _stems = st.text(string.ascii_letters + string.digits + "-", min_size=1, max_size=12)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from bgad.cli import main
+from bgad.app.cli import main
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgad.demo_data import DEFECT_TYPES, _render_sample, make_demo_dataset
+from bgad.data.demo import DEFECT_TYPES, _render_sample, make_demo_dataset
 
 SMALL = {"n_train": 3, "n_test_good": 2, "n_test_per_defect": 3, "image_size": 64}
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from bgad import BGAD, BGADError, NotFittedError
-from bgad.config import BGADConfig
-from bgad.data import select_known_anomalies
-from bgad.datasets import load_mvtec
-from bgad.runs import MODEL_JSON, MODEL_WEIGHTS
+from bgad.config import BGADConfig, TrainConfig
+from bgad.data.layouts import load_mvtec
+from bgad.data.samples import make_split
+from bgad.model_files import MODEL_JSON, MODEL_WEIGHTS
 
 pytestmark = pytest.mark.slow  # trains models end to end
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # trains models end to end
 @pytest.fixture(scope="module")
 def fitted(tiny_dataset: Path, tiny_config: BGADConfig) -> tuple[BGAD, list[Path]]:
     category = load_mvtec(tiny_dataset, "part")
-    known = select_known_anomalies(category, 3, seed=0)
+    known = make_split(category, TrainConfig(num_anomalies=3, seed=0)).known
     detector = BGAD(tiny_config).fit(
         [s.path for s in category.train], [s.path for s in known], [s.mask_path for s in known], progress=False
     )
@@ -67,7 +67,7 @@ def test_save_load_round_trip(fitted: tuple[BGAD, list[Path]], tmp_path: Path) -
 
 def test_same_seed_same_model(tiny_dataset: Path, tiny_config: BGADConfig) -> None:
     category = load_mvtec(tiny_dataset, "part")
-    known = select_known_anomalies(category, 3, seed=0)
+    known = make_split(category, TrainConfig(num_anomalies=3, seed=0)).known
     states = []
     for _ in range(2):
         detector = BGAD(tiny_config).fit(

@@ -9,10 +9,10 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bgad import metrics
-from bgad.data import Sample
+from bgad.data.images import content_box
+from bgad.data.samples import Sample
 from bgad.evaluation import Evaluation, evaluate, full_resolution_metrics
 from bgad.features import image_batches
-from bgad.images import content_box
 from bgad.scoring import resize_maps
 
 
@@ -42,14 +42,14 @@ def test_image_only_defects_count_for_image_metrics_only(tmp_path: Path) -> None
     unmasked = Sample(_image(tmp_path / "u.png", True, 20), "spot")
     with_unmasked = evaluate(BrightnessMapper(), [*good, *masked, unmasked], progress=False)
     without = evaluate(BrightnessMapper(), [*good, *masked], progress=False)
-    assert with_unmasked.metrics()["n_eval_images"] == 6
+    assert with_unmasked.metrics().n_eval_images == 6
     for key in ("pixel_auroc", "pixel_aupro", "pixel_ap"):
-        assert with_unmasked.metrics()[key] == pytest.approx(without.metrics()[key])
+        assert getattr(with_unmasked.metrics(), key) == pytest.approx(getattr(without.metrics(), key))
     scores, labels = with_unmasked.scores, with_unmasked.labels
-    assert with_unmasked.metrics()["image_auroc"] == metrics.image_auroc(scores, labels)
+    assert with_unmasked.metrics().image_auroc == metrics.image_auroc(scores, labels)
     assert labels.tolist() == [0, 0, 0, 1, 1, 1]
     counted_as_normal = metrics.pixel_auroc(with_unmasked.anomaly_maps, with_unmasked.masks)
-    assert counted_as_normal < with_unmasked.metrics()["pixel_auroc"], "the unmasked spot would count as normal"
+    assert counted_as_normal < with_unmasked.metrics().pixel_auroc, "the unmasked spot would count as normal"
 
 
 @pytest.mark.parametrize("resize", ["stretch", "pad"])

@@ -17,5 +17,5 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "score " in done.stdout
-    assert "'image_auroc'" in done.stdout
+    assert "Metrics(image_auroc=" in done.stdout
     assert (tmp_path / "model" / "model.json").is_file()

@@ -9,7 +9,7 @@ import torch
 
 from bgad import BGAD, BGADError, NotFittedError, __version__
 from bgad.config import BGADConfig
-from bgad.datasets import load_mvtec
+from bgad.data.layouts import load_mvtec
 from bgad.export import OnnxDetector, export_onnx
 from bgad.features import image_batches
 

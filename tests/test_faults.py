@@ -18,14 +18,14 @@ import pytest
 import yaml
 from PIL import Image
 
+import bgad.app.runs
 import bgad.checkpoint
-import bgad.experiment
 import bgad.export
-import bgad.runs
+import bgad.model_files
+from bgad.app.cli import main
+from bgad.app.runs import CHECKPOINT, is_run_folder, partial_folder
 from bgad.checkpoint import STATE_JSON
-from bgad.cli import main
 from bgad.config import BGADConfig
-from bgad.experiment import CHECKPOINT, is_run_folder, partial_folder
 
 from .conftest import fit_command, snapshot
 
@@ -49,12 +49,12 @@ def _fails_on_call(target: Callable, call: int, fault: BaseException) -> Callabl
 
 # (module, attribute, call): every place a fit writes to disk, in the order it writes.
 FIT_WRITE_POINTS = {
-    "run.json": (bgad.experiment, "_write_json", 1),
+    "run.json": (bgad.app.runs, "_write_json", 1),
     "first checkpoint": (bgad.checkpoint, "_write_atomic", 1),
     "later checkpoint": (bgad.checkpoint, "_write_atomic", 3),
-    "model weights": (bgad.runs, "save_file", 1),
-    "metrics.json": (bgad.experiment, "_write_json", 2),
-    "install": (bgad.experiment, "_install", 1),
+    "model weights": (bgad.model_files, "save_file", 1),
+    "metrics.json": (bgad.app.runs, "_write_json", 2),
+    "install": (bgad.app.runs, "_install", 1),
 }
 
 
@@ -153,7 +153,7 @@ def test_a_killed_fit_resumes(tiny_dataset: Path, tiny_config: BGADConfig, tmp_p
     before = snapshot(data)
     output = tmp_path / "run"
     state = partial_folder(output) / CHECKPOINT / STATE_JSON
-    process = subprocess.Popen([sys.executable, "-m", "bgad.cli", *fit_command(data, output, config_file)])
+    process = subprocess.Popen([sys.executable, "-m", "bgad.app.cli", *fit_command(data, output, config_file)])
     deadline = time.monotonic() + 120
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -101,42 +101,64 @@ def test_encoding_rejects_channels_not_multiple_of_4(channels):
 # ----------------------------------------------------------------------------------------------------------
 
 
+# Every way the flow can be given its condition: a (P, D) table with a row index per vector (training on cached
+# vectors), the table's rows already gathered, the separable grid with an index (what training uses), and the grid
+# for every position of whole images (inference).
+PATHS = ("table+index", "table rows", "grid+index", "grid, all positions")
+GRID_SHAPE = (4, 5)
+
+
+def _path(path: str, n: int, seed: int) -> tuple[object, torch.Tensor | None, torch.Tensor]:
+    """(condition, index) for one path and the table rows ``rows`` (N,) they stand for. "grid, all positions"
+    takes every position in order, so N = h * w there."""
+    grid = GridEncoding(*(t.double() for t in GridEncoding.create(COND_DIM, *GRID_SHAPE)))
+    table = grid.table()
+    positions = len(table)
+    rows = (
+        torch.arange(positions)
+        if path == "grid, all positions"
+        else torch.randint(0, positions, (n,), generator=torch.Generator().manual_seed(seed))
+    )
+    condition, index = {
+        "table+index": (table, rows),
+        "table rows": (table[rows], None),
+        "grid+index": (grid, rows),
+        "grid, all positions": (grid, None),
+    }[path]
+    return condition, index, rows
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("channels", [5, 24])
 @pytest.mark.parametrize("perturbed", [False, True])
-def test_inverse_is_exact(channels, perturbed):
+def test_inverse_is_exact(path, channels, perturbed):
     flow = _exact_flow(channels, 1, perturbed=perturbed)
-    gen = torch.Generator().manual_seed(3)
-    table = _condition_table(20)
-    index = torch.randint(0, 20, (64,), generator=gen)
-    x = 2.0 * torch.randn(64, channels, generator=gen, dtype=torch.float64)
+    condition, index, rows = _path(path, 64, seed=3)
+    x = 2.0 * torch.randn(len(rows), channels, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     with torch.no_grad():
-        z, _ = flow(x, table, index)
-        x_rec = flow.inverse(z, table, index)
+        z, _ = flow(x, condition, index)
+        x_rec = flow.inverse(z, condition, index)
         assert not torch.allclose(z, x)
         torch.testing.assert_close(x_rec, x, rtol=0, atol=1e-10)
         # and the other way round
-        z_rec, _ = flow(flow.inverse(x, table, index), table, index)
+        z_rec, _ = flow(flow.inverse(x, condition, index), condition, index)
         torch.testing.assert_close(z_rec, x, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("channels", [3, 6])
 @pytest.mark.parametrize("perturbed", [False, True])
-def test_log_det_matches_autograd_jacobian(channels, perturbed):
+def test_log_det_matches_autograd_jacobian(path, channels, perturbed):
     flow = _exact_flow(channels, 4, perturbed=perturbed)
-    gen = torch.Generator().manual_seed(6)
-    table = _condition_table(8)
-    x = 1.5 * torch.randn(5, channels, generator=gen, dtype=torch.float64)
-    index = torch.tensor([0, 3, 7, 3, 5])
+    condition, index, rows = _path(path, 5, seed=5)
+    x = 1.5 * torch.randn(len(rows), channels, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     with torch.no_grad():
-        _, log_det = flow(x, table, index)
-    log_dets = []
-    for i in range(x.shape[0]):
-        row = table[index[i : i + 1]]
-        jac = torch.autograd.functional.jacobian(lambda v, row=row: flow(v[None], row)[0][0], x[i])
-        sign, logabs = torch.linalg.slogdet(jac)
-        assert sign == 1.0  # the flow is orientation preserving (positive scales, rotations in SO(C))
-        log_dets.append(logabs)
-    expected = torch.stack(log_dets)
+        _, log_det = flow(x, condition, index)
+    # Vectors do not interact: the Jacobian of the batch is block diagonal, one (C, C) block per vector.
+    jacobian = torch.autograd.functional.jacobian(lambda v: flow(v, condition, index)[0], x)
+    blocks = torch.stack([jacobian[i, :, i, :] for i in range(len(rows))])
+    sign, expected = torch.linalg.slogdet(blocks)
+    assert (sign == 1.0).all()  # the flow is orientation preserving (positive scales, rotations in SO(C))
     torch.testing.assert_close(log_det, expected, rtol=0, atol=1e-10)
     if perturbed:  # the check is non-trivial: log-dets differ between vectors and are far from 0
         assert expected.std() > 1e-2
@@ -229,9 +251,10 @@ def test_init_matches_freia(channels):
         assert theirs.clamp == ours.clamp_alpha
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("channels", [24, 7])
 @pytest.mark.parametrize("perturbed", [False, True])
-def test_parity_with_freia_all_in_one_block(channels, perturbed):
+def test_parity_with_freia_all_in_one_block(path, channels, perturbed):
     """z and log|det J| equal FrEIA's, forward and reverse, after copying our parameters into FrEIA's blocks.
 
     FrEIA's in-place ``a *= 0.1`` acts on a fresh subnet output, so it is the same as our ``0.1 * subnet(.)``.
@@ -241,20 +264,19 @@ def test_parity_with_freia_all_in_one_block(channels, perturbed):
     flow = _exact_flow(channels, 14, perturbed=perturbed)
     inn = _freia_flow(channels).double()
     _copy_into_freia(flow, inn)
-    gen = torch.Generator().manual_seed(16)
-    table = _condition_table(20)
-    index = torch.randint(0, 20, (40,), generator=gen)
-    x = 1.5 * torch.randn(40, channels, generator=gen, dtype=torch.float64)
+    condition, index, rows = _path(path, 40, seed=15)
+    per_vector = GridEncoding(*(t.double() for t in GridEncoding.create(COND_DIM, *GRID_SHAPE))).table()[rows]
+    x = 1.5 * torch.randn(len(rows), channels, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
     with torch.no_grad():
-        z, log_det = flow(x, table, index)
-        z_ref, log_det_ref = inn(x, c=[table[index]])
+        z, log_det = flow(x, condition, index)
+        z_ref, log_det_ref = inn(x, c=[per_vector])
         torch.testing.assert_close(z, z_ref, rtol=0, atol=1e-12)
         torch.testing.assert_close(log_det, log_det_ref, rtol=0, atol=1e-12)
 
-        x_back = flow.inverse(z, table, index)
-        x_back_ref, log_det_rev_ref = inn(z, c=[table[index]], rev=True)
+        x_back = flow.inverse(z, condition, index)
+        x_back_ref, log_det_rev_ref = inn(z, c=[per_vector], rev=True)
         torch.testing.assert_close(x_back, x_back_ref, rtol=0, atol=1e-12)
-        _, log_det_at_back = flow(x_back, table, index)
+        _, log_det_at_back = flow(x_back, condition, index)
         torch.testing.assert_close(-log_det_at_back, log_det_rev_ref, rtol=0, atol=1e-12)
 
 

@@ -10,8 +10,8 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from bgad import BGADError
+from bgad.data.images import binarize_mask, image_shape, read_image, read_mask
 from bgad.detector import _mask_tensor
-from bgad.images import binarize_mask, image_shape, read_image, read_mask
 
 GRADIENT = np.arange(0, 256, 16, dtype=np.uint8).reshape(4, 4)  # 0, 16, ..., 240
 

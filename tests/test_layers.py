@@ -1,4 +1,8 @@
-"""The package reads as the method, bottom to top: no module imports from a layer above its own."""
+"""The package reads as the method, bottom to top: no module imports from a layer above its own.
+
+``bgad/data`` (datasets, images, checks, synthesis) sits under the method; ``bgad/app`` (command line, run folders,
+reports, benchmark) sits on top of it and nothing else imports it.
+"""
 
 import ast
 from pathlib import Path
@@ -7,62 +11,47 @@ import bgad
 
 PACKAGE = Path(bgad.__file__).parent
 
-# Lowest first. A module may import from its own layer and the layers below it.
+# Lowest first. A module may import from its own layer and the layers below it. A subpackage is listed whole
+# (its modules share its layer) or module by module.
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("_version", "errors", "config", "serialization"),
-    "data": (
-        "data",
-        "datasets",
-        "images",
-        "demo_data",
-        "foreground",
-        "synthesis",
-        "synthetic_pool",
-        "validation",
-    ),
+    "data": ("data",),
     "features": ("backbones", "features", "whitening"),
     "flow": ("encoding", "flow", "level"),
     "losses": ("losses",),
     "training": ("training", "checkpoint"),
     "scoring": ("scoring", "model", "thresholds"),
-    "estimator": ("detector", "runs", "export"),
+    "estimator": ("model_files", "detector", "export"),
     "metrics": ("metrics", "evaluation"),
-    "application": (
-        "report",
-        "visualize",
-        "locking",
-        "experiment",
-        "ablation",
-        "baselines",
-        "benchmark",
-        "speed",
-        "cli",
-    ),
+    "application": ("app", "__main__"),
 }
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 
 
 def _module_of(path: Path) -> str:
-    """The top-level module a file belongs to (``datasets/mvtec.py`` belongs to ``datasets``)."""
+    """The top-level module or subpackage a file belongs to (``data/layouts/mvtec.py`` belongs to ``data``)."""
     return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
 
 
-def _imported(path: Path) -> set[str]:
-    """Top-level bgad modules imported by a file (relative imports and ``bgad.x`` alike)."""
-    tree = ast.parse(path.read_text())
-    depth = len(path.relative_to(PACKAGE).parts)  # 1 for bgad/x.py, 2 for bgad/datasets/x.py
+def _imported(path: Path, source: str | None = None) -> set[str]:
+    """Top-level bgad modules and subpackages the file at ``path`` imports (relative imports and ``bgad.x`` alike);
+    ``source`` stands for the file's text if given."""
+    tree = ast.parse(path.read_text() if source is None else source)
+    package = path.relative_to(PACKAGE).parts[:-1]  # () for bgad/x.py, ("data", "layouts") for its loaders
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 0 and (node.module or "").split(".")[0] == "bgad":
-                parts = node.module.split(".")[1:]
-            elif node.level >= depth:  # reaches the package root
-                parts = (node.module or "").split(".") if node.module else []
+            if node.level == 0:
+                parts = (node.module or "").split(".")
+                if parts[0] != "bgad":
+                    continue
+                target = parts[1:]
             else:
-                continue  # inside the same subpackage
-            if parts:
-                found.add(parts[0])
-            else:  # from . import x: a module, or a name of the package itself (``__init__``, above every layer)
+                base = package[: len(package) - (node.level - 1)]
+                target = [*base, *(node.module.split(".") if node.module else [])]
+            if target:
+                found.add(target[0])
+            else:  # from . import x at the top: a module, or a name of the package itself (above every layer)
                 found.update(alias.name if alias.name in RANK else "__init__" for alias in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("bgad."))
@@ -84,3 +73,10 @@ def test_no_module_imports_from_a_higher_layer() -> None:
             if RANK.get(imported, len(LAYERS)) > RANK[module]:
                 upward.append(f"{path.relative_to(PACKAGE)} imports {imported}")
     assert not upward, "imports that run back up the layers:\n" + "\n".join(upward)
+
+
+def test_the_check_sees_an_upward_import() -> None:
+    """The checker itself: a loader importing the application or the flow is seen, relative or absolute."""
+    loader = PACKAGE / "data" / "layouts" / "mvtec.py"
+    source = "from ...app.runs import fit_run\nfrom bgad.flow import ConditionalFlow\nfrom ..samples import GOOD\n"
+    assert _imported(loader, source) == {"app", "flow", "data"}

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgad import report
-from bgad.data import Sample
+from bgad.app import report
+from bgad.app.report import write_report
+from bgad.data.samples import Sample
 from bgad.evaluation import Evaluation
-from bgad.report import write_report
 
 SIZE = 24
 
@@ -56,7 +56,7 @@ def check_links(page: Path) -> list[Path]:
 
 def test_report_shows_metrics_curves_types_and_gallery(tmp_path: Path) -> None:
     ev = make_evaluation(tmp_path / "data", {"good": 5, "crack": 3, "scratch": 4})
-    metrics = {**ev.metrics(), "train_seconds": 12.5, "my_extra": 0.12345}
+    metrics = {**ev.metrics().as_dict(), "train_seconds": 12.5, "my_extra": 0.12345}
     page = write_report(ev, metrics, tmp_path / "out", title="Part <A&B>", image_threshold=1.0, gallery_size=3)
     assert page == tmp_path / "out" / "report.html"
     text = page.read_text()
@@ -81,12 +81,12 @@ def test_report_shows_metrics_curves_types_and_gallery(tmp_path: Path) -> None:
 
 def test_report_is_deterministic_and_replaces_old_figures(tmp_path: Path) -> None:
     ev = make_evaluation(tmp_path / "data", {"good": 3, "hole": 3})
-    first = write_report(ev, ev.metrics(), tmp_path / "a", title="t", gallery_size=2)
-    second = write_report(ev, ev.metrics(), tmp_path / "b", title="t", gallery_size=2)
+    first = write_report(ev, ev.metrics().as_dict(), tmp_path / "a", title="t", gallery_size=2)
+    second = write_report(ev, ev.metrics().as_dict(), tmp_path / "b", title="t", gallery_size=2)
     assert first.read_text() == second.read_text()
     for png in (first.parent / report.FILES).glob("*.png"):
         assert png.read_bytes() == (second.parent / report.FILES / png.name).read_bytes(), png.name
-    write_report(ev, ev.metrics(), tmp_path / "a", title="t", gallery_size=1)  # fewer panels: old ones go
+    write_report(ev, ev.metrics().as_dict(), tmp_path / "a", title="t", gallery_size=1)  # fewer panels: old ones go
     check_links(first)
 
 

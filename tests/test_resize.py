@@ -12,11 +12,7 @@ from PIL import Image
 
 from bgad import BGAD, BGADError
 from bgad.config import BGADConfig
-from bgad.data import Sample
-from bgad.detector import predict_images
-from bgad.evaluation import Evaluation, evaluate
-from bgad.features import image_batches
-from bgad.images import (
+from bgad.data.images import (
     content_box,
     content_masks,
     image_to_tensor,
@@ -25,8 +21,12 @@ from bgad.images import (
     square_mask,
     to_canvas,
 )
+from bgad.data.samples import Sample
+from bgad.detector import predict_images
+from bgad.evaluation import Evaluation, evaluate
+from bgad.features import image_batches
 from bgad.metrics import aupro, pixel_ap, pixel_auroc
-from bgad.runs import MODEL_JSON
+from bgad.model_files import MODEL_JSON
 from bgad.scoring import calibrate, normality_map
 from bgad.thresholds import Thresholds, fit_thresholds
 from bgad.training import vector_labels
@@ -205,9 +205,9 @@ def test_evaluation_scores_and_metrics_ignore_the_pad(tmp_path: Path) -> None:
     assert (ev.scores[2:] > 0.9).all()
     assert not ev.masks[:, :8].any()
     assert ev.masks[2, 8:16].any()
-    metrics = ev.metrics()
+    metrics = ev.metrics().as_dict()
     assert metrics["image_auroc"] == 1.0
-    cropped = Evaluation(ev.samples, ev.scores, ev.anomaly_maps[:, 8:24], ev.masks[:, 8:24]).metrics()
+    cropped = Evaluation(ev.samples, ev.scores, ev.anomaly_maps[:, 8:24], ev.masks[:, 8:24]).metrics().as_dict()
     assert metrics == cropped
     assert metrics["pixel_auroc"] > 0.99
 
@@ -260,7 +260,7 @@ def test_fit_and_predict_with_pad_on_non_square_images(padded: BGAD, wide: dict[
     samples = [Sample(p) for p in wide["good"]] + [
         Sample(p, p.parent.name, m) for p, m in zip(wide["anomalies"], wide["masks"], strict=True)
     ]
-    metrics = evaluate(padded, samples, progress=False).metrics()
+    metrics = evaluate(padded, samples, progress=False).metrics().as_dict()
     assert all(np.isfinite(metrics[k]) for k in ("image_auroc", "pixel_auroc", "pixel_aupro"))
 
 

@@ -10,6 +10,8 @@ from bgad import BGAD, BGADError
 from bgad.checkpoint import STATE_JSON, TrainingState, load_checkpoint, save_checkpoint
 from bgad.config import BGADConfig
 
+from .conftest import interrupt_at
+
 pytestmark = pytest.mark.slow  # trains models end to end
 
 Sources = tuple[list[Path], list[Path], list[Path]]
@@ -29,18 +31,6 @@ def _config(base: BGADConfig, **train: object) -> BGADConfig:
     return BGADConfig.from_dict({"train": {"synthetic_repeats": 2, **train}}, base=base)
 
 
-def _interrupt_at(meta_epoch: int, step: int):
-    """A stand-in for ``learning_rate`` that raises KeyboardInterrupt (Ctrl-C) at one step of one meta-epoch."""
-    original = bgad.training.learning_rate
-
-    def learning_rate(config, epoch: int, at: int, steps: int) -> float:
-        if (epoch, at) == (meta_epoch, step):
-            raise KeyboardInterrupt
-        return original(config, epoch, at, steps)
-
-    return learning_rate
-
-
 @pytest.mark.parametrize(
     "train",
     [
@@ -56,7 +46,7 @@ def test_resumed_fit_equals_uninterrupted_fit(
 
     checkpoint, log = tmp_path / "resumed", tmp_path / "log.jsonl"
     with monkeypatch.context() as patch:
-        patch.setattr(bgad.training, "learning_rate", _interrupt_at(meta_epoch=2, step=1))
+        patch.setattr(bgad.training, "learning_rate", interrupt_at(meta_epoch=2, step=1))
         with pytest.raises(KeyboardInterrupt):
             BGAD(config).fit(*sources, checkpoint=checkpoint, log_path=log, progress=False)
     assert load_checkpoint(checkpoint).next_meta_epoch == 2
@@ -76,7 +66,7 @@ def test_fit_with_a_finished_checkpoint_trains_nothing(
 ) -> None:
     config = _config(tiny_config, meta_epochs=2, warmup_meta_epochs=0, synthesis="none")
     first = BGAD(config).fit(*sources, checkpoint=tmp_path, progress=False)
-    monkeypatch.setattr(bgad.training, "learning_rate", _interrupt_at(meta_epoch=0, step=0))
+    monkeypatch.setattr(bgad.training, "learning_rate", interrupt_at(meta_epoch=0, step=0))
     again = BGAD(config).fit(*sources, checkpoint=tmp_path, progress=False)
     assert again.thresholds_ == first.thresholds_
     assert again.history_ == first.history_

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-import bgad.experiment
+import bgad.app.runs
 from bgad import BGAD
-from bgad.cli import main
+from bgad.app.cli import main
+from bgad.app.runs import CHECKPOINT, METRICS_JSON, fit_run, is_run_folder, partial_folder, resume_run
 from bgad.config import BGADConfig
-from bgad.experiment import CHECKPOINT, METRICS_JSON, fit_run, is_run_folder, partial_folder, resume_run
-from bgad.runs import MODEL_JSON
+from bgad.data.layouts import DatasetSpec
+from bgad.model_files import MODEL_JSON
 
 from .conftest import assert_one_line, fit_command, snapshot
 
@@ -29,8 +30,8 @@ def data(tiny_dataset: Path, tmp_path: Path) -> Path:
     return root
 
 
-def _spec(data: Path) -> dict:
-    return {"layout": "mvtec", "data_root": str(data), "category": "part"}
+def _spec(data: Path) -> DatasetSpec:
+    return DatasetSpec("mvtec", {"data_root": str(data), "category": "part"})
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run(
@@ -107,7 +108,7 @@ def test_a_failed_swap_puts_the_old_run_back(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(Path, "rename", failing_rename)
     with pytest.raises(OSError, match="No space"):
-        bgad.experiment._install(partial, output)
+        bgad.app.runs._install(partial, output)
     assert (output / "run.json").read_text() == "old"
     assert (partial / "run.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.partial", "run"]
@@ -118,14 +119,14 @@ def test_a_failure_after_training_keeps_the_model_and_resume_finishes_without_tr
     data: Path, tiny_config: BGADConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: BaseException
 ) -> None:
     output = tmp_path / "run"
-    evaluate = bgad.experiment.evaluate
+    evaluate = bgad.app.runs.evaluate
 
     def failing_evaluate(*args: object, **kwargs: object) -> None:
         raise fault
 
     with monkeypatch.context() as patch:
-        patch.setattr(bgad.experiment, "evaluate", failing_evaluate)
-        expected = bgad.experiment.TrainingInterrupted if isinstance(fault, KeyboardInterrupt) else bgad.BGADError
+        patch.setattr(bgad.app.runs, "evaluate", failing_evaluate)
+        expected = bgad.app.runs.TrainingInterrupted if isinstance(fault, KeyboardInterrupt) else bgad.BGADError
         with pytest.raises(expected, match=r"--resume"):
             fit_run(_spec(data), output, tiny_config, progress=False)
     partial = partial_folder(output)
@@ -138,10 +139,10 @@ def test_a_failure_after_training_keeps_the_model_and_resume_finishes_without_tr
         raise AssertionError("resume must not train again")
 
     monkeypatch.setattr(BGAD, "fit", no_training)
-    assert bgad.experiment.evaluate is evaluate
+    assert bgad.app.runs.evaluate is evaluate
     results = resume_run(output, progress=False)
-    assert results["train_seconds"] == pytest.approx(saved.train_seconds_, abs=0.05)
-    assert json.loads((output / METRICS_JSON).read_text())["image_auroc"] == results["image_auroc"]
+    assert results.train_seconds == pytest.approx(saved.train_seconds_, abs=0.05)
+    assert json.loads((output / METRICS_JSON).read_text())["image_auroc"] == results.metrics.image_auroc
     assert not partial.exists()
     assert not (output / CHECKPOINT).exists()
 
@@ -156,11 +157,11 @@ def test_a_report_that_cannot_be_drawn_does_not_fail_the_fit(
     def broken_report(*args: object, **kwargs: object) -> None:
         raise ValueError("matplotlib could not parse a label")
 
-    monkeypatch.setattr(bgad.experiment, "write_report", broken_report)
+    monkeypatch.setattr(bgad.app.runs, "write_report", broken_report)
     results = fit_run(_spec(data), tmp_path / "run", tiny_config, progress=False)
     assert "report could not be written" in capsys.readouterr().err
     assert (tmp_path / "run" / METRICS_JSON).is_file()
-    assert 0 <= results["pixel_auroc"] <= 1
+    assert 0 <= results.metrics.pixel_auroc <= 1
 
 
 def test_defect_types_with_dollars_and_names_that_are_not_utf8(
@@ -172,6 +173,6 @@ def test_defect_types_with_dollars_and_names_that_are_not_utf8(
         (part / "test" / old).rename(part / "test" / new)
         (part / "ground_truth" / old).rename(part / "ground_truth" / new)
     results = fit_run(_spec(data), tmp_path / "run", tiny_config, progress=False)
-    assert {"cost_$x_$", os.fsdecode(b"sp\xf6t")} <= set(results["per_type"])
+    assert {"cost_$x_$", os.fsdecode(b"sp\xf6t")} <= set(results.per_type)
     assert "cost_$x_$" in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     assert b"sp\xf6t" in (tmp_path / "run" / "known_anomalies.txt").read_bytes()

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bgad.cli import main
+from bgad.app.cli import main
 from bgad.config import load_config
 
 

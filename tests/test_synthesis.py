@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from bgad.foreground import estimate_foreground
-from bgad.synthesis import AUGMENTATIONS, _paste, augment_defect, cut_paste, nsa
+from bgad.data.foreground import estimate_foreground
+from bgad.data.synthesis import AUGMENTATIONS, _paste, augment_defect, cut_paste, nsa
 
 from .conftest import SHARED_DATA
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgad.datasets import load_mvtec
+from bgad.data.images import read_mask
+from bgad.data.layouts import load_mvtec
+from bgad.data.synthetic_pool import SyntheticAnomalies
 from bgad.errors import BGADError
-from bgad.images import read_mask
-from bgad.synthetic_pool import SyntheticAnomalies
 
 
 @pytest.fixture

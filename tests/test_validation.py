@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgad.cli import main
-from bgad.datasets import load_folders
-from bgad.validation import check_dataset
+from bgad.app.cli import main
+from bgad.config import TrainConfig
+from bgad.data.checks import check_dataset
+from bgad.data.layouts import load_folders
 
 from .test_datasets import folder_dataset, folder_options
 
@@ -40,7 +41,7 @@ def test_check_reports_a_broken_dataset_completely(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "part")
     needles = _break(root)
     category = load_folders(root / "good", [root / "defects"], [root / "masks"], test_normal_ratio=0.5)
-    report = check_dataset(category, num_anomalies=20, progress=False)
+    report = check_dataset(category, TrainConfig(num_anomalies=20), progress=False)
     text = "\n".join(report.problems)
     for needle in needles:
         assert needle in text, f"{needle!r} missing from:\n{text}"
@@ -51,7 +52,7 @@ def test_check_reports_a_broken_dataset_completely(tmp_path: Path) -> None:
 def test_check_of_a_clean_dataset(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "part")
     category = load_folders(root / "good", [root / "defects"], [root / "masks"])
-    report = check_dataset(category, num_anomalies=7, progress=False)
+    report = check_dataset(category, TrainConfig(num_anomalies=7), progress=False)
     assert report.ok
     assert not report.problems
     assert report.notes == ("no defect images are left for evaluation: metrics will be undefined",)

@@ -1,7 +1,7 @@
 import matplotlib
 import numpy as np
 
-from bgad.visualize import heatmap_overlay
+from bgad.app.visualize import heatmap_overlay
 
 
 def _colour(value: float) -> np.ndarray:

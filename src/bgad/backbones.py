@@ -7,6 +7,7 @@ A backbone maps images in [0, 1] (normalization happens inside) to feature maps 
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -100,10 +101,12 @@ class _TimmFeatures(nn.Module):
 
 
 def _timm(model_name: str, image_size: int, strides: Sequence[int]) -> FeatureExtractor:
-    """Any timm model with features at the requested strides; weights come from timm's local cache (offline)."""
+    """Any timm model with features at the requested strides; weights come from the local Hugging Face cache only
+    (bgad never downloads: the hub is put offline before timm is first imported)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import timm
-    except ImportError as err:
+    except Exception as err:  # not installed, or built against another torch (fails at import)
         raise BGADError(f"timm backbones need timm (pip install 'bgad[timm]'): {err}") from None
     probe = timm.create_model(model_name, features_only=True, pretrained=False)
     reductions = probe.feature_info.reduction()
@@ -111,7 +114,10 @@ def _timm(model_name: str, image_size: int, strides: Sequence[int]) -> FeatureEx
         out_indices = [reductions.index(s) for s in strides]
     except ValueError:
         raise BGADError(f"timm model {model_name} has no feature maps at strides {list(strides)}") from None
-    net = timm.create_model(model_name, features_only=True, out_indices=out_indices, pretrained=True)
+    try:
+        net = timm.create_model(model_name, features_only=True, out_indices=out_indices, pretrained=True)
+    except Exception as err:
+        raise BGADError(f"timm model {model_name}: its pretrained weights are not in the local cache ({err})") from None
     cfg = net.pretrained_cfg
     return FeatureExtractor(_TimmFeatures(net), mean=cfg["mean"], std=cfg["std"])
 

@@ -41,6 +41,22 @@ class ModelConfig:
     # per-position Gaussian and learns on top of it); "channel" only standardizes channels; "none": raw features.
     normalization: Normalization = "position"
 
+    def __post_init__(self) -> None:
+        _check(
+            "model",
+            self,
+            image_size=self.image_size >= 32,
+            resize=self.resize in RESIZE_MODES,
+            normalization=self.normalization in NORMALIZATIONS,
+            strides=len(self.strides) > 0
+            and list(self.strides) == sorted(set(self.strides))
+            and set(self.strides) <= {4, 8, 16},
+            condition_dim=self.condition_dim % 4 == 0,
+            n_coupling_blocks=self.n_coupling_blocks >= 1,
+            clamp_alpha=self.clamp_alpha > 0,
+            score_temperature=self.score_temperature > 0,
+        )
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -51,6 +67,16 @@ class LossConfig:
     normalizer: float = 10.0  # ν: rescales per-dimension log-likelihoods to about -1
     bgspp_lambda: float = 1.0  # weight of the BG-SPP term next to the maximum-likelihood term
     focal: bool = True  # asymmetric focal weights on hard normals and hard anomalies
+
+    def __post_init__(self) -> None:
+        _check(
+            "loss",
+            self,
+            beta=0 <= self.beta < 1,
+            tau=self.tau >= 0,
+            normalizer=self.normalizer > 0,
+            bgspp_lambda=self.bgspp_lambda >= 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -77,6 +103,27 @@ class TrainConfig:
     extract_batch_size: int = 4  # images per backbone forward; larger is slower per image on CPU
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _check(
+            "train",
+            self,
+            meta_epochs=self.meta_epochs >= 1,
+            sub_epochs=self.sub_epochs >= 1,
+            normal_only_meta_epochs=0 <= self.normal_only_meta_epochs <= self.meta_epochs,
+            warmup_meta_epochs=0 <= self.warmup_meta_epochs < self.meta_epochs,
+            lr=self.lr > 0,
+            lr_min_ratio=0 <= self.lr_min_ratio <= 1,
+            fiber_batch=self.fiber_batch >= 16,
+            num_anomalies=self.num_anomalies >= 0,
+            anomaly_repeats=self.anomaly_repeats >= 1,
+            extract_batch_size=self.extract_batch_size >= 1,
+            anomaly_sampling=self.anomaly_sampling in ("stratified", "random")
+            or self.anomaly_sampling.startswith("type:"),
+            synthesis=self.synthesis in SYNTHESES,
+            synthetic_repeats=self.synthetic_repeats >= 1,
+            synthesis_refresh=self.synthesis_refresh >= 1,
+        )
+
 
 @dataclass(frozen=True)
 class ThresholdConfig:
@@ -85,6 +132,14 @@ class ThresholdConfig:
     image_quantile: float = 0.99  # quantile of the training normals' image scores
     pixel_quantile: float = 0.999  # quantile of the training normals' pixel scores
     refine_with_anomalies: bool = True  # move the thresholds towards the known anomalies' scores
+
+    def __post_init__(self) -> None:
+        _check(
+            "threshold",
+            self,
+            image_quantile=0 <= self.image_quantile <= 1,
+            pixel_quantile=0 <= self.pixel_quantile <= 1,
+        )
 
 
 @dataclass(frozen=True)
@@ -110,64 +165,15 @@ class BGADConfig:
         unknown = set(data) - set(sections)
         if unknown:
             raise BGADError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(sections)}")
-        config = cls(**sections)
-        config.validate()
-        return config
+        return cls(**sections)
 
-    def validate(self) -> None:
-        """Raise :class:`BGADError` naming the first out-of-range option."""
-        checks = [
-            ("model.image_size", self.model.image_size, self.model.image_size >= 32),
-            ("model.resize", self.model.resize, self.model.resize in RESIZE_MODES),
-            ("model.normalization", self.model.normalization, self.model.normalization in NORMALIZATIONS),
-            (
-                "model.strides",
-                self.model.strides,
-                len(self.model.strides) > 0
-                and list(self.model.strides) == sorted(set(self.model.strides))
-                and set(self.model.strides) <= {4, 8, 16},
-            ),
-            ("model.condition_dim", self.model.condition_dim, self.model.condition_dim % 4 == 0),
-            ("model.n_coupling_blocks", self.model.n_coupling_blocks, self.model.n_coupling_blocks >= 1),
-            ("model.clamp_alpha", self.model.clamp_alpha, self.model.clamp_alpha > 0),
-            ("model.score_temperature", self.model.score_temperature, self.model.score_temperature > 0),
-            ("loss.beta", self.loss.beta, 0 <= self.loss.beta < 1),
-            ("loss.tau", self.loss.tau, self.loss.tau >= 0),
-            ("loss.normalizer", self.loss.normalizer, self.loss.normalizer > 0),
-            ("loss.bgspp_lambda", self.loss.bgspp_lambda, self.loss.bgspp_lambda >= 0),
-            ("train.meta_epochs", self.train.meta_epochs, self.train.meta_epochs >= 1),
-            ("train.sub_epochs", self.train.sub_epochs, self.train.sub_epochs >= 1),
-            (
-                "train.normal_only_meta_epochs",
-                self.train.normal_only_meta_epochs,
-                0 <= self.train.normal_only_meta_epochs <= self.train.meta_epochs,
-            ),
-            (
-                "train.warmup_meta_epochs",
-                self.train.warmup_meta_epochs,
-                0 <= self.train.warmup_meta_epochs < self.train.meta_epochs,
-            ),
-            ("train.lr", self.train.lr, self.train.lr > 0),
-            ("train.lr_min_ratio", self.train.lr_min_ratio, 0 <= self.train.lr_min_ratio <= 1),
-            ("train.fiber_batch", self.train.fiber_batch, self.train.fiber_batch >= 16),
-            ("train.num_anomalies", self.train.num_anomalies, self.train.num_anomalies >= 0),
-            ("train.anomaly_repeats", self.train.anomaly_repeats, self.train.anomaly_repeats >= 1),
-            ("train.extract_batch_size", self.train.extract_batch_size, self.train.extract_batch_size >= 1),
-            (
-                "train.anomaly_sampling",
-                self.train.anomaly_sampling,
-                self.train.anomaly_sampling in ("stratified", "random")
-                or self.train.anomaly_sampling.startswith("type:"),
-            ),
-            ("train.synthesis", self.train.synthesis, self.train.synthesis in SYNTHESES),
-            ("train.synthetic_repeats", self.train.synthetic_repeats, self.train.synthetic_repeats >= 1),
-            ("train.synthesis_refresh", self.train.synthesis_refresh, self.train.synthesis_refresh >= 1),
-            ("threshold.image_quantile", self.threshold.image_quantile, 0 <= self.threshold.image_quantile <= 1),
-            ("threshold.pixel_quantile", self.threshold.pixel_quantile, 0 <= self.threshold.pixel_quantile <= 1),
-        ]
-        for name, value, ok in checks:
-            if not ok:
-                raise BGADError(f"option {name} has an invalid value {value!r}")
+
+def _check(section: str, values: Any, **valid: bool) -> None:
+    """Raise :class:`BGADError` naming the first option of ``section`` whose check is False. Every section checks
+    itself when it is made, so a config is valid however it was built (YAML, JSON, a preset or Python)."""
+    for name, ok in valid.items():
+        if not ok:
+            raise BGADError(f"option {section}.{name} has an invalid value {getattr(values, name)!r}")
 
 
 def _plain(value: Any) -> Any:

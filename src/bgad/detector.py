@@ -16,9 +16,7 @@ import torch
 from torch import Tensor
 
 from .config import BGADConfig
-from .errors import BGADError, NotFittedError
-from .features import extract_features, image_batches
-from .images import (
+from .data.images import (
     BLACK,
     Color,
     ImageSource,
@@ -32,10 +30,12 @@ from .images import (
     read_mask,
     square_mask,
 )
+from .data.synthetic_pool import SyntheticAnomalies
+from .errors import BGADError, NotFittedError
+from .features import extract_features, image_batches
 from .model import BGADModel
-from .runs import load_model, save_model
+from .model_files import load_model, save_model
 from .scoring import anomaly_map, calibrate, image_scores, resize_maps
-from .synthetic_pool import SyntheticAnomalies
 from .thresholds import Thresholds, fit_thresholds
 from .training import LevelData, cached_log_prob_maps, level_data, train_flows, vector_labels
 
@@ -55,10 +55,24 @@ class Prediction:
 class BGAD:
     """Supervised anomaly detector: BGAD flows on frozen backbone features.
 
-    Example:
-        >>> from bgad import BGAD, load_config
-        >>> detector = BGAD(load_config("fast"))  # doctest: +SKIP
-        >>> detector.fit(normal_paths, defect_paths, mask_paths)  # doctest: +SKIP
+    Images are paths, PIL images or uint8 arrays; masks are paths or 2-D arrays. A tiny example (random "normal"
+    images and one defect with its mask; real use: ``load_config("default")`` and hundreds of images):
+
+        >>> import numpy as np
+        >>> from bgad import BGAD, BGADConfig
+        >>> config = BGADConfig.from_dict(
+        ...     {"model": {"image_size": 64, "n_coupling_blocks": 2}, "train": {"meta_epochs": 3, "fiber_batch": 256}}
+        ... )
+        >>> rng = np.random.default_rng(0)
+        >>> normals = [rng.integers(100, 140, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
+        >>> defect, mask = normals[0].copy(), np.zeros((64, 64), dtype=bool)
+        >>> defect[20:30, 20:30], mask[20:30, 20:30] = 255, True
+        >>> detector = BGAD(config).fit(normals[1:], [defect], [mask], progress=False)
+        >>> result = detector.predict(defect)
+        >>> result.anomaly_map.shape, result.mask.dtype
+        ((64, 64), dtype('bool'))
+        >>> bool(result.score > detector.predict(normals[1]).score)
+        True
     """
 
     def __init__(self, config: BGADConfig | None = None):
@@ -86,7 +100,6 @@ class BGAD:
         resumes from it and ends with the same model as an uninterrupted fit (same configuration and device).
         """
         config = self._config
-        config.validate()
         if len(normal_images) == 0:
             raise BGADError("fit needs at least one normal image")
         if len(anomaly_images) != len(anomaly_masks):
@@ -134,7 +147,7 @@ class BGAD:
     @torch.inference_mode()
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
         """Anomaly maps (N, S, S) at the model's input size, on the CPU; higher = more anomalous. With
-        ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.images.content_box` is meaningful."""
+        ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.data.images.content_box` is meaningful."""
         model = self._check_is_fitted()
         device = model.normal_max.device
         batches = image_batches(
@@ -318,7 +331,7 @@ def _calibrate(
 
 
 def _mask_tensor(mask: MaskSource) -> Tensor:
-    """A boolean (H, W) mask from a path or a 2-D array, by the rule of :mod:`bgad.images` (:func:`binarize_mask`)."""
+    """A boolean (H, W) mask from a path or a 2-D array, by :func:`bgad.data.images.binarize_mask`'s rule."""
     if not isinstance(mask, np.ndarray):
         return torch.from_numpy(read_mask(mask))
     if mask.ndim != 2:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import numpy as np
@@ -12,8 +12,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import metrics
-from .data import Sample
-from .images import ImageSource, content_box, content_masks, image_shape, mask_to_tensor, read_mask
+from .data.images import ImageSource, content_box, content_masks, image_shape, mask_to_tensor, read_mask
+from .data.samples import Sample
 from .scoring import image_scores, resize_maps
 
 EVAL_SIZES = ("input", "full")  # pixel metrics on the model's input grid, or at each image's own resolution
@@ -21,12 +21,27 @@ EVAL_SIZES = ("input", "full")  # pixel metrics on the model's input grid, or at
 
 class AnomalyMapper(Protocol):
     """Anything with BGAD's ``anomaly_maps`` and ``resize``: a fitted :class:`bgad.BGAD` or a baseline of
-    :mod:`bgad.baselines`."""
+    :mod:`bgad.app.baselines`."""
 
     @property
     def resize(self) -> str: ...
 
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = ...) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The threshold-free metrics of one evaluation; NaN where a metric is undefined (e.g. no good images)."""
+
+    image_auroc: float
+    pixel_auroc: float
+    pixel_aupro: float
+    image_ap: float
+    pixel_ap: float
+    n_eval_images: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,7 @@ class Evaluation:
     anomaly_maps: np.ndarray  # (N, S, S) float32
     masks: np.ndarray  # (N, S, S) bool
     valid: np.ndarray | None = None  # (N, S, S) bool: the content pixels; None = all
-    resize: str = "stretch"  # how the images were fitted to the input (bgad.images.to_canvas shows them so)
+    resize: str = "stretch"  # how the images were fitted to the input (bgad.data.images.to_canvas shows them so)
 
     @property
     def labels(self) -> np.ndarray:
@@ -66,17 +81,17 @@ class Evaluation:
             return self.anomaly_maps.reshape(-1), self.masks.reshape(-1)
         return self.anomaly_maps[labelled], self.masks[labelled]
 
-    def metrics(self) -> dict[str, float | int]:
+    def metrics(self) -> Metrics:
         """Image- and pixel-level metrics; pixel metrics in the evaluation space (see the class docstring)."""
         labelled = self.labelled
-        return {
-            "image_auroc": metrics.image_auroc(self.scores, self.labels),
-            "pixel_auroc": metrics.pixel_auroc(self.anomaly_maps, self.masks, valid=labelled),
-            "pixel_aupro": metrics.aupro(self.anomaly_maps, self.masks, valid=labelled),
-            "image_ap": metrics.image_ap(self.scores, self.labels),
-            "pixel_ap": metrics.pixel_ap(self.anomaly_maps, self.masks, valid=labelled),
-            "n_eval_images": len(self.samples),
-        }
+        return Metrics(
+            image_auroc=metrics.image_auroc(self.scores, self.labels),
+            pixel_auroc=metrics.pixel_auroc(self.anomaly_maps, self.masks, valid=labelled),
+            pixel_aupro=metrics.aupro(self.anomaly_maps, self.masks, valid=labelled),
+            image_ap=metrics.image_ap(self.scores, self.labels),
+            pixel_ap=metrics.pixel_ap(self.anomaly_maps, self.masks, valid=labelled),
+            n_eval_images=len(self.samples),
+        )
 
     def per_type_metrics(self, seen_types: set[str]) -> dict[str, dict[str, float | bool]]:
         """Metrics of each defect type against the good images, marked ``seen`` if trained on; plus the mean

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from ._version import __version__
+from .data.images import ImageSource
 from .detector import BGAD, Prediction, predict_images
 from .errors import BGADError
 from .features import image_batches
-from .images import ImageSource
 from .model import BGADModel
 from .scoring import image_scores
 from .thresholds import Thresholds
@@ -87,7 +87,7 @@ def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -
         "pad_color": json.dumps(model.extractor.pad_color),
         "config": json.dumps(config.to_dict()),
         "input": f"RGB float32 (B, 3, {size}, {size}) in [0, 1], resized on the host with PIL Lanczos "
-        f"(resize={config.model.resize}, see bgad.images.to_canvas)",
+        f"(resize={config.model.resize}, see bgad.data.images.to_canvas)",
     }
     metadata["thresholds"] = json.dumps(detector.thresholds_._asdict())
     program.model.metadata_props.update(metadata)

@@ -9,7 +9,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .backbones import FeatureExtractor
-from .images import BLACK, Color, ImageSource, image_to_tensor, read_image
+from .data.images import BLACK, Color, ImageSource, image_to_tensor, read_image
 
 
 def image_batches(

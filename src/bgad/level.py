@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .config import NORMALIZATIONS
+from .config import Normalization
 from .encoding import GridEncoding
 from .flow import ConditionalFlow
 from .whitening import fit_whitening, whiten
@@ -31,15 +31,13 @@ class FeatureLevel(nn.Module):
         channels: int,
         grid: tuple[int, int],
         *,
-        normalization: str,
+        normalization: Normalization,
         condition_dim: int,
         n_blocks: int,
         clamp_alpha: float,
         seed: int,
     ):
         super().__init__()
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
         self.channels, self.grid, self.normalization = channels, grid, normalization
         self.flow = ConditionalFlow(
             channels, condition_dim=condition_dim, n_blocks=n_blocks, clamp_alpha=clamp_alpha, seed=seed

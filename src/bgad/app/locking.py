@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .errors import BGADError
+from ..errors import BGADError
 
 try:
     import fcntl

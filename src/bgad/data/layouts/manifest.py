@@ -7,7 +7,7 @@
   of known anomalies option is then unused); with none, known anomalies are drawn from the test anomalies.
 - ``defect_type``: optional, default ``defect``; used for stratified sampling and per-type metrics.
 
-VisA's split files (``split_csv/1cls.csv``) are read with the same code (:func:`bgad.datasets.visa.load_visa`).
+VisA's split files (``split_csv/1cls.csv``) are read with the same code (:func:`bgad.data.layouts.visa.load_visa`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import csv
 from collections.abc import Callable
 from pathlib import Path
 
-from ..data import GOOD, Category, Sample
-from ..errors import BGADError
+from ...errors import BGADError
+from ..samples import GOOD, Category, Sample
 from .files import check_unmasked
 
 NORMAL_LABELS = {"normal", "good", "ok", "0"}

@@ -2,15 +2,15 @@
 with columns ``object,split,label,image,mask`` (paths relative to ROOT; labels ``normal`` / ``anomaly``).
 
 VisA's split file gives no defect types, so every defect has the type ``anomaly``. Its masks hold small class
-indices, which :func:`bgad.images.read_mask` treats as defect wherever they are nonzero.
+indices, which :func:`bgad.data.images.read_mask` treats as defect wherever they are nonzero.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import Category
-from ..errors import BGADError
+from ...errors import BGADError
+from ..samples import Category
 from .files import existing_folder
 from .manifest import build_category, read_rows
 

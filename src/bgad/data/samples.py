@@ -1,6 +1,6 @@
 """What a dataset is once loaded (:class:`Category`) and the few-shot protocol: which defective images become
-known anomalies. The loaders of each layout (MVTec AD, BTAD, VisA, plain folders, a CSV manifest) live in
-:mod:`bgad.datasets`."""
+known anomalies (:class:`Split`). The loaders of each layout (MVTec AD, BTAD, VisA, plain folders, a CSV manifest)
+live in :mod:`bgad.data.layouts`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BGADError
+from ..config import TrainConfig
+from ..errors import BGADError
 
 GOOD = "good"
 
@@ -44,9 +45,9 @@ class Category:
     """A dataset of one part: its training normals and its test images, in sorted order.
 
     ``known`` holds defective images that the dataset itself assigns to training (a manifest's ``train``
-    anomalies); when empty, known anomalies are drawn from the test defects (:func:`select_known_anomalies`).
+    anomalies); when empty, known anomalies are drawn from the test defects (:func:`make_split`).
     ``problems`` lists what the loader found wrong without stopping (e.g. a defect image without a mask), for
-    :func:`bgad.validation.check_dataset` to report with everything else.
+    :func:`bgad.data.checks.check_dataset` to report with everything else.
     """
 
     name: str
@@ -88,19 +89,53 @@ def _category_rng(category: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(category.encode())])
 
 
-def select_known_anomalies(
-    category: Category, n: int, *, seed: int, sampling: str = "stratified"
-) -> tuple[Sample, ...]:
-    """Pick ``n`` defective test images to train with; the result depends only on (category name, seed).
+@dataclass(frozen=True)
+class Split:
+    """A dataset divided for one fit: training normals, the known anomalies trained with, and the evaluation images
+    (the test images other than the known anomalies).
 
-    A dataset that assigns its own training anomalies (``category.known``) gets exactly those, whatever ``n``.
+    Made once (:func:`make_split`, through :func:`bgad.data.checks.check_dataset`) and passed on to training,
+    evaluation, the run folder, the report and the benchmark's floors, which therefore all see the same images.
+    """
+
+    category: Category
+    known: tuple[Sample, ...]
+
+    @property
+    def train(self) -> tuple[Sample, ...]:
+        return self.category.train
+
+    @property
+    def evaluation(self) -> tuple[Sample, ...]:
+        used = {s.path for s in self.known}
+        return tuple(s for s in self.category.test if s.path not in used)
+
+    @property
+    def known_names(self) -> list[str]:
+        """The known anomalies as a run folder records them (see :meth:`Category.relative`)."""
+        return [self.category.relative(s.path) for s in self.known]
+
+    @property
+    def known_types(self) -> list[str]:
+        return sorted({s.defect_type for s in self.known})
+
+
+def make_split(category: Category, train: TrainConfig) -> Split:
+    """Pick ``train.num_anomalies`` defective test images to train with, by ``train.anomaly_sampling``; the result
+    depends only on (category name, ``train.seed``).
+
+    A dataset that assigns its own training anomalies (``category.known``) gets exactly those, whatever the number.
 
     ``"stratified"`` (the reference's choice): each of the T defect types gives ``n // T`` images (all it has,
     if fewer), the rest come from the leftovers of all types. ``"random"``: uniformly from all defects (the DRA
     protocol). ``"type:NAME"``: all from defect type NAME — the hard setting, where the other types stay unseen.
     """
     if category.known:
-        return category.known
+        return Split(category, category.known)
+    return Split(category, _select(category, train.num_anomalies, train.anomaly_sampling, train.seed))
+
+
+def _select(category: Category, n: int, sampling: str, seed: int) -> tuple[Sample, ...]:
     defects = category.defects
     rng = _category_rng(category.name, seed)
     if sampling.startswith("type:"):
@@ -109,8 +144,6 @@ def select_known_anomalies(
         if seen not in types:
             raise BGADError(f"defect type {seen!r} not in category {category.name} (types: {', '.join(types)})")
         defects = tuple(s for s in defects if s.defect_type == seen)
-    elif sampling not in ("stratified", "random"):
-        raise BGADError(f"unknown anomaly sampling {sampling!r}; use stratified, random or type:NAME")
     if n > len(defects):
         where = f"category {category.name}"
         if sampling.startswith("type:"):
@@ -130,9 +163,3 @@ def select_known_anomalies(
     extra = rng.choice(len(leftovers), size=n - len(chosen), replace=False)
     chosen += [leftovers[i] for i in sorted(extra)]
     return tuple(sorted(chosen, key=lambda s: s.path))
-
-
-def evaluation_samples(category: Category, known: tuple[Sample, ...]) -> tuple[Sample, ...]:
-    """The test images left for evaluation once the known anomalies are removed."""
-    used = {s.path for s in known}
-    return tuple(s for s in category.test if s.path not in used)

@@ -1,6 +1,6 @@
 """Run folders: check, train, save and evaluate one dataset, resume an interrupted fit, re-evaluate a saved run.
 
-A run folder holds the model files (:mod:`bgad.runs`), ``run.json`` (the dataset, the configuration and the
+A run folder holds the model files (:mod:`bgad.model_files`), ``run.json`` (the dataset, the configuration and the
 known anomalies used for training), the training log, the metrics and the HTML report. While training, all of it
 is written into ``.<name>.partial`` beside the run folder, which becomes the run folder only at the end; a fit
 stopped by Ctrl-C keeps it, with a checkpoint of every finished meta-epoch, for ``bgad fit --resume``.
@@ -11,21 +11,23 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
-from .checkpoint import STATE_JSON
-from .config import BGADConfig
-from .data import Category, content_hash, evaluation_samples
-from .datasets import load_dataset
-from .detector import BGAD
-from .errors import BGADError, TrainingInterrupted
-from .evaluation import EVAL_SIZES, Evaluation, evaluate, full_resolution_metrics
+from .._version import __version__
+from ..checkpoint import STATE_JSON
+from ..config import BGADConfig
+from ..data.checks import DatasetReport, check_dataset, drop_evaluation_duplicates
+from ..data.layouts import DatasetSpec
+from ..data.samples import Category, Split, content_hash
+from ..detector import BGAD
+from ..errors import BGADError, TrainingInterrupted
+from ..evaluation import EVAL_SIZES, Evaluation, Metrics, evaluate, full_resolution_metrics
+from ..model_files import MODEL_JSON
 from .locking import run_lock
 from .report import write_report
-from .runs import MODEL_JSON
-from .validation import DatasetReport, check_dataset, drop_evaluation_duplicates
 
 RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
@@ -43,12 +45,39 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _write_report(
-    evaluation: Evaluation, results: dict[str, Any], directory: Path, detector: BGAD, category: str
-) -> None:
+@dataclass(frozen=True)
+class RunResults:
+    """What a fit or a re-evaluation measured; :meth:`to_dict` is ``metrics.json`` and what the CLI prints."""
+
+    metrics: Metrics
+    n_known_anomalies: int
+    per_type: dict[str, dict[str, float | bool]]  # see Evaluation.per_type_metrics
+    train_seconds: float | None = None  # None for a re-evaluation, or a fit resumed after its training
+    full_resolution: dict[str, float] | None = None  # pixel metrics at each image's resolution (eval size "full")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON values; those that are None are left out."""
+        out = {
+            **self.metrics.as_dict(),
+            "n_known_anomalies": self.n_known_anomalies,
+            "train_seconds": self.train_seconds,
+        }
+        out |= {"per_type": self.per_type, "full_resolution": self.full_resolution}
+        return {key: value for key, value in out.items() if value is not None}
+
+
+def _results(
+    evaluation: Evaluation, n_known: int, known_types: list[str], eval_size: str, train_seconds: float | None = None
+) -> RunResults:
+    full = full_resolution_metrics(evaluation) if eval_size == "full" else None
+    per_type = evaluation.per_type_metrics(set(known_types))
+    return RunResults(evaluation.metrics(), n_known, per_type, train_seconds, full)
+
+
+def _write_report(evaluation: Evaluation, results: RunResults, directory: Path, detector: BGAD, category: str) -> None:
     """Write the HTML report; a failure to draw it is a warning, never the end of a fit or a test."""
     title = f"bgad evaluation: {category}"
-    scalars = {key: value for key, value in results.items() if not isinstance(value, dict)}
+    scalars = {key: value for key, value in results.to_dict().items() if not isinstance(value, dict)}
     try:
         write_report(evaluation, scalars, directory, title=title, image_threshold=detector.thresholds_.image)
     except Exception as err:
@@ -113,7 +142,7 @@ def _install(partial: Path, output: Path) -> None:
 
 
 def fit_run(
-    dataset: dict[str, Any],
+    dataset: DatasetSpec,
     output: Path,
     config: BGADConfig,
     *,
@@ -121,32 +150,36 @@ def fit_run(
     eval_size: str = "input",
     drop_duplicates: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Check the output and the dataset, then train, save and evaluate into ``output``; return the metrics.
+    on_split: Callable[[Split], None] | None = None,
+) -> RunResults:
+    """Check the output and the dataset, then train, save and evaluate into ``output``; return what it measured.
 
-    ``dataset`` is a :func:`bgad.datasets.load_dataset` spec. ``overwrite`` replaces an earlier run in ``output``
-    (never any other folder). Nothing is left behind if the fit fails before its first checkpoint; after it, the
-    partial folder stays for :func:`resume_run` (Ctrl-C, or an error in evaluation: the trained model is kept).
+    ``overwrite`` replaces an earlier run in ``output`` (never any other folder). ``on_split`` is called with the
+    checked dataset's split before training (the benchmark fits its floors there, on the same images). Nothing is
+    left behind if the fit fails before its first checkpoint; after it, the partial folder stays for
+    :func:`resume_run` (Ctrl-C, or an error in evaluation: the trained model is kept).
     """
     _check_eval_size(eval_size)
     _make_parent(output)
     with run_lock(output):
         _check_output(output, overwrite=overwrite)
-        category = load_dataset(dataset)
+        category = dataset.load()
         _check_data_outside(output, category)
         report = _checked(category, config, drop_duplicates=drop_duplicates, progress=progress)
-        category = report.category
+        split = report.split
+        if on_split is not None:
+            on_split(split)
         partial = partial_folder(output)
         shutil.rmtree(partial, ignore_errors=True)
         run = {
             "bgad_version": __version__,
-            "dataset": dataset,
+            "dataset": dataset.to_dict(),
             "category": category.name,
             "config": config.to_dict(),
-            "known_anomalies": [category.relative(s.path) for s in report.known],
-            "known_types": sorted({s.defect_type for s in report.known}),
+            "known_anomalies": split.known_names,
+            "known_types": split.known_types,
             # `bgad test` leaves these out by content, even on a copy of the data or another path to it.
-            "known_anomaly_sha1": [report.hashes[s.path] for s in report.known],
+            "known_anomaly_sha1": [report.hashes[s.path] for s in split.known],
             "drop_duplicates": drop_duplicates,
             "training_fingerprint": report.training_fingerprint(),
             "eval_size": eval_size,
@@ -159,19 +192,12 @@ def fit_run(
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)  # nothing trained yet: leave nothing behind
             raise
-        return _train_and_evaluate(partial, output, run, category, progress=progress)
+        return _train_and_evaluate(partial, output, run, split, progress=progress)
 
 
 def _checked(category: Category, config: BGADConfig, *, drop_duplicates: bool, progress: bool) -> DatasetReport:
-    """The dataset check of a fit (or a resume); any problem stops it."""
-    report = check_dataset(
-        category,
-        num_anomalies=config.train.num_anomalies,
-        sampling=config.train.anomaly_sampling,
-        seed=config.train.seed,
-        drop_duplicates=drop_duplicates,
-        progress=progress,
-    )
+    """The dataset check of a fit (or a resume), which makes its split; any problem stops it."""
+    report = check_dataset(category, config.train, drop_duplicates=drop_duplicates, progress=progress)
     report.raise_for_problems()
     for note in report.notes:
         print(f"bgad: note: {note}", file=sys.stderr)
@@ -186,7 +212,7 @@ def _make_parent(output: Path) -> None:
         raise BGADError(f"cannot create {output.parent} for the output: {err.strerror or err}") from None
 
 
-def resume_run(output: Path, *, progress: bool = True) -> dict[str, Any]:
+def resume_run(output: Path, *, progress: bool = True) -> RunResults:
     """Finish the interrupted fit of ``output``: train on from its last checkpoint with its own dataset and
     options, or, if training had finished, go straight to evaluation with the saved model."""
     partial = partial_folder(output)
@@ -194,16 +220,19 @@ def resume_run(output: Path, *, progress: bool = True) -> dict[str, Any]:
         raise BGADError(f"no interrupted fit of {output} to resume ({partial / RUN_JSON} is missing)")
     with run_lock(output):
         run = read_run_json(partial / RUN_JSON)
-        category = load_dataset(run["dataset"])
+        category = DatasetSpec.from_dict(run["dataset"]).load()
         _check_data_outside(output, category)
         config = BGADConfig.from_dict(run["config"])
         report = _checked(category, config, drop_duplicates=run.get("drop_duplicates") is True, progress=progress)
+        # The fingerprint covers the known anomalies: unchanged, the split is the interrupted fit's own.
         if run.get("training_fingerprint", report.training_fingerprint()) != report.training_fingerprint():
             raise BGADError(
                 f"the training images changed since the interrupted fit of {output} (added, removed or edited): "
                 "resuming would mix two datasets; start a new fit"
             )
-        return _train_and_evaluate(partial, output, run, report.category, progress=progress)
+        if report.split.known_names != run["known_anomalies"]:
+            raise BGADError(f"the known anomalies of the interrupted fit of {output} are no longer in the dataset")
+        return _train_and_evaluate(partial, output, run, report.split, progress=progress)
 
 
 def read_run_json(path: Path) -> dict[str, Any]:
@@ -227,25 +256,17 @@ def read_run_json(path: Path) -> dict[str, Any]:
 
 
 def _train_and_evaluate(
-    partial: Path, output: Path, run: dict[str, Any], category: Category, *, progress: bool
-) -> dict[str, Any]:
+    partial: Path, output: Path, run: dict[str, Any], split: Split, *, progress: bool
+) -> RunResults:
     config = BGADConfig.from_dict(run["config"])
-    by_name = {category.relative(s.path): s for s in category.test + category.known}
-    missing = [name for name in run["known_anomalies"] if name not in by_name]
-    if missing:
-        raise BGADError(f"known anomaly {missing[0]} is no longer in the dataset")
-    known = tuple(by_name[name] for name in run["known_anomalies"])
-    detector = _saved_detector(partial) or _train(partial, output, config, category, known, progress=progress)
+    detector = _saved_detector(partial) or _train(partial, output, config, split, progress=progress)
     try:
-        evaluation = evaluate(detector, evaluation_samples(category, known), progress=progress)
-        results = evaluation.metrics()
+        evaluation = evaluate(detector, split.evaluation, progress=progress)
         seconds = detector.train_seconds_
-        results.update(n_known_anomalies=len(known), train_seconds=None if seconds is None else round(seconds, 1))
-        results["per_type"] = evaluation.per_type_metrics(set(run["known_types"]))
-        if run.get("eval_size") == "full":
-            results["full_resolution"] = full_resolution_metrics(evaluation)
-        _write_json(partial / METRICS_JSON, results)
-        _write_report(evaluation, results, partial, detector, category.name)
+        seconds = None if seconds is None else round(seconds, 1)
+        results = _results(evaluation, len(split.known), split.known_types, run.get("eval_size", "input"), seconds)
+        _write_json(partial / METRICS_JSON, results.to_dict())
+        _write_report(evaluation, results, partial, detector, split.category.name)
         _install(partial, output)
     except KeyboardInterrupt:
         raise TrainingInterrupted(
@@ -269,16 +290,14 @@ def _saved_detector(partial: Path) -> BGAD | None:
         return None  # saving was interrupted: the checkpoint retrains nothing, only recalibrates
 
 
-def _train(
-    partial: Path, output: Path, config: BGADConfig, category: Category, known: tuple, *, progress: bool
-) -> BGAD:
+def _train(partial: Path, output: Path, config: BGADConfig, split: Split, *, progress: bool) -> BGAD:
     """Train (or resume) into ``partial`` and save the model there; the folder is removed on failure unless a
     checkpoint makes it worth resuming."""
     try:
         detector = BGAD(config).fit(
-            [s.path for s in category.train],
-            [s.path for s in known],
-            [s.mask_path for s in known],
+            [s.path for s in split.train],
+            [s.path for s in split.known],
+            [s.mask_path for s in split.known],
             log_path=partial / TRAIN_LOG,
             checkpoint=partial / CHECKPOINT,
             progress=progress,
@@ -304,24 +323,25 @@ def _train(
 
 
 def evaluate_run(
-    run: Path, dataset: dict[str, Any] | None = None, *, eval_size: str = "input", progress: bool = True
-) -> dict[str, Any]:
+    run: Path, dataset: DatasetSpec | None = None, *, eval_size: str = "input", progress: bool = True
+) -> RunResults:
     """Re-evaluate a saved run on its dataset (or another), leaving out the known anomalies it trained on; with
-    ``eval_size="full"`` also at each image's own resolution (``results["full_resolution"]``)."""
+    ``eval_size="full"`` also at each image's own resolution (``full_resolution``)."""
     _check_eval_size(eval_size)
     run_json = run / RUN_JSON
     if not run_json.is_file():
         raise BGADError(f"not a bgad run: {run_json} is missing")
     info = read_run_json(run_json)
     detector = BGAD.load(run)
-    category = load_dataset(dataset or info["dataset"])
+    stored = DatasetSpec.from_dict(info["dataset"])
+    category = (dataset or stored).load()
     if info.get("drop_duplicates") is True:
         category, dropped = drop_evaluation_duplicates(category)
         if dropped:
             print(
                 f"bgad: note: {dropped} evaluation image(s) identical to a training image were dropped", file=sys.stderr
             )
-    used_names = set(info["known_anomalies"]) if dataset in (None, info["dataset"]) else set()
+    used_names = set(info["known_anomalies"]) if dataset in (None, stored) else set()
     used_content = set(info.get("known_anomaly_sha1", ()))
     samples = [
         s
@@ -330,15 +350,11 @@ def evaluate_run(
         and not (s.is_anomalous and used_content and content_hash(s.path) in used_content)
     ]
     evaluation = evaluate(detector, samples, progress=progress)
-    results = evaluation.metrics()
-    results["n_known_anomalies"] = len(info["known_anomalies"])
+    results = _results(evaluation, len(info["known_anomalies"]), info["known_types"], eval_size)
     if left_out := len(category.test) - len(samples):
         print(
             f"bgad: {left_out} training anomalies found in this data were left out of the evaluation", file=sys.stderr
         )
-    results["per_type"] = evaluation.per_type_metrics(set(info["known_types"]))
-    if eval_size == "full":
-        results["full_resolution"] = full_resolution_metrics(evaluation)
     _write_report(evaluation, results, run, detector, category.name)
     return results
 

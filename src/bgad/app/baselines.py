@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backbones import create_backbone
-from .config import BGADConfig
-from .errors import BGADError
-from .features import extract_features, image_batches
-from .images import ImageSource
+from ..backbones import create_backbone
+from ..config import BGADConfig
+from ..data.images import ImageSource
+from ..errors import BGADError
+from ..features import extract_features, image_batches
 
 EPSILON = 0.01  # covariance regularization (PaDiM): cov + EPSILON * I
 

@@ -1,8 +1,8 @@
 """``bgad benchmark``: BGAD and two one-class Gaussian floors over categories x seeds, with cost figures.
 
 Each (category, seed) task runs in its own child process, so the peak memory it reports is its own. A task
-trains, saves and evaluates BGAD into ``OUTPUT/runs/<category>/seed<seed>/`` (:func:`bgad.experiment.fit_run`),
-times its inference and, optionally, fits and evaluates the floors of :mod:`bgad.baselines` (``gaussian``,
+trains, saves and evaluates BGAD into ``OUTPUT/runs/<category>/seed<seed>/`` (:func:`bgad.app.runs.fit_run`),
+times its inference and, optionally, fits and evaluates the floors of :mod:`bgad.app.baselines` (``gaussian``,
 ``padim``) on the same category with the same known anomalies left out of the evaluation. Its result is written last, as
 ``benchmark.json`` in the run folder; a task whose result exists is skipped on the next call (resume).
 ``OUTPUT/results.csv`` and ``OUTPUT/results.md`` are rewritten from all results at the end.
@@ -30,19 +30,19 @@ from typing import Any
 
 import torch
 
-from ._version import __version__
+from .._version import __version__
+from ..config import BGADConfig, load_config
+from ..data.layouts import DatasetSpec, load_mvtec
+from ..data.samples import GOOD, Split
+from ..detector import BGAD
+from ..errors import BGADError, DatasetError
+from ..evaluation import evaluate
 from .baselines import GaussianBaseline, PadimBaseline
-from .config import BGADConfig, load_config
-from .data import GOOD, Category, Sample, evaluation_samples, select_known_anomalies
-from .datasets import load_mvtec
-from .detector import BGAD
-from .errors import BGADError, DatasetError
-from .evaluation import evaluate
-from .experiment import RUN_JSON, fit_run
+from .runs import fit_run
 from .speed import inference_speed, median_seconds
 
 RESULT_JSON = "benchmark.json"
-BASELINES = {"gaussian": GaussianBaseline, "padim": PadimBaseline}  # one-class floors, see bgad.baselines
+BASELINES = {"gaussian": GaussianBaseline, "padim": PadimBaseline}  # one-class floors, see bgad.app.baselines
 METHODS = ("bgad", *BASELINES)
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap")
 COSTS = ("train_seconds", "inference_ms", "peak_rss_mb")
@@ -78,10 +78,11 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-def _baseline(task: _Task, method: str, category: Category, known: tuple[Sample, ...]) -> dict[str, float]:
-    """Fit and evaluate a floor (normal images only; the known anomalies are left out of the evaluation)."""
-    baseline = BASELINES[method](task.config).fit([s.path for s in category.train], progress=task.progress)
-    metrics = evaluate(baseline, evaluation_samples(category, known), progress=task.progress).metrics()
+def _baseline(task: _Task, method: str, split: Split) -> dict[str, float]:
+    """Fit and evaluate a floor on BGAD's split (normal images only; the known anomalies are left out of the
+    evaluation)."""
+    baseline = BASELINES[method](task.config).fit([s.path for s in split.train], progress=task.progress)
+    metrics = evaluate(baseline, split.evaluation, progress=task.progress).metrics().as_dict()
     size = task.config.model.image_size
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     seconds = median_seconds(lambda: baseline.maps_from_tensor(image), repeats=INFERENCE_REPEATS, warmup=3)
@@ -99,28 +100,21 @@ def _run_task(task: _Task) -> dict[str, Any]:
         torch.set_num_threads(task.threads)
     _log(f"{task.category} seed {task.seed}: started (pid {os.getpid()}, {torch.get_num_threads()} torch threads)")
     start = time.perf_counter()
-    category = load_mvtec(task.data_root, task.category)
-    known = select_known_anomalies(
-        category,
-        task.config.train.num_anomalies,
-        seed=task.config.train.seed,
-        sampling=task.config.train.anomaly_sampling,
-    )
     methods = {}
-    # The baselines run first: ru_maxrss is a high-water mark, so the lighter methods must be measured first.
-    if task.baseline:
-        for method in BASELINES:
-            methods[method] = _baseline(task, method, category, known)
-    dataset = {"layout": "mvtec", "data_root": str(task.data_root.absolute()), "category": task.category}
-    metrics = fit_run(dataset, task.run_dir, task.config, overwrite=True, progress=task.progress)
-    used = json.loads((task.run_dir / RUN_JSON).read_text())["known_anomalies"]
-    if used != [category.relative(s.path) for s in known]:
-        raise BGADError(f"{task.run_dir}: the run's known anomalies differ from the baseline's")
+
+    def fit_floors(split: Split) -> None:
+        # Before BGAD trains: ru_maxrss is a high-water mark, so the lighter methods must be measured first.
+        for method in BASELINES if task.baseline else ():
+            methods[method] = _baseline(task, method, split)
+
+    dataset = DatasetSpec("mvtec", {"data_root": str(task.data_root.absolute()), "category": task.category})
+    results = fit_run(dataset, task.run_dir, task.config, overwrite=True, progress=task.progress, on_split=fit_floors)
+    metrics = results.metrics.as_dict()
     model = BGAD.load(task.run_dir).model_.eval()
     speed = inference_speed(model, batch_size=1, repeats=INFERENCE_REPEATS)
     methods["bgad"] = {
         **{k: metrics[k] for k in METRICS},
-        "train_seconds": metrics["train_seconds"],
+        "train_seconds": results.train_seconds,
         "inference_ms": speed["end_to_end_ms"],
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -129,7 +123,7 @@ def _run_task(task: _Task) -> dict[str, Any]:
         "seed": task.seed,
         "data_root": str(task.data_root.resolve()),
         "config": task.config.to_dict(),
-        "n_known_anomalies": len(known),
+        "n_known_anomalies": results.n_known_anomalies,
         "n_eval_images": metrics["n_eval_images"],
         "torch_threads": torch.get_num_threads(),
         "task_seconds": round(time.perf_counter() - start, 1),
@@ -309,9 +303,6 @@ def run_benchmark(
             raise DatasetError(category.problems)
         for seed in seeds:
             config = BGADConfig.from_dict({"train": {"seed": seed}}, base=base)
-            select_known_anomalies(
-                category, config.train.num_anomalies, seed=seed, sampling=config.train.anomaly_sampling
-            )
             run_dir = output / "runs" / name / f"seed{seed}"
             task = _Task(data_root, name, seed, config, run_dir, baseline, threads, progress and jobs == 1)
             stored = _stored_result(task)

@@ -2,7 +2,7 @@
 
 ``--defect-dir`` may be given several times; a defect folder whose images sit in subfolders gives one defect type
 per subfolder, otherwise the folder's name is the type. Masks are searched in the ``--mask-dir`` folders and in
-the defect folders themselves (``a.png`` beside ``a_mask.png``), see :mod:`bgad.datasets.files`. Without
+the defect folders themselves (``a.png`` beside ``a_mask.png``), see :mod:`bgad.data.layouts.files`. Without
 ``--test-normal-dir``, a seeded fraction of the good images is held out for evaluation.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import GOOD, Category, Sample
-from ..errors import BGADError
+from ...errors import BGADError
+from ..samples import GOOD, Category, Sample
 from .files import MaskIndex, check_unmasked, existing_folder, image_files, mask_like
 
 

@@ -15,21 +15,21 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ._version import __version__
+from .._version import __version__
+from ..config import PRESETS, RESIZE_MODES, SYNTHESES, BGADConfig, load_config
+from ..data.checks import MIN_IMAGE_SIDE, check_dataset
+from ..data.demo import make_demo_dataset
+from ..data.images import IMAGE_SUFFIXES, read_image
+from ..data.layouts import DatasetSpec
+from ..detector import BGAD
+from ..errors import BGADError, DatasetError, TrainingInterrupted
+from ..evaluation import EVAL_SIZES
+from ..export import OnnxDetector, export_onnx
+from ..model import BGADModel
 from .ablation import run_ablation
 from .benchmark import run_benchmark
-from .config import PRESETS, RESIZE_MODES, SYNTHESES, BGADConfig, load_config
-from .datasets import load_dataset
-from .demo_data import make_demo_dataset
-from .detector import BGAD
-from .errors import BGADError, DatasetError, TrainingInterrupted
-from .evaluation import EVAL_SIZES
-from .experiment import evaluate_run, fit_run, resume_run
-from .export import OnnxDetector, export_onnx
-from .images import IMAGE_SUFFIXES, read_image
-from .model import BGADModel
+from .runs import evaluate_run, fit_run, resume_run
 from .speed import inference_speed, training_speed
-from .validation import MIN_IMAGE_SIDE, check_dataset
 from .visualize import heatmap_overlay
 
 ONNX_FILE = "model.onnx"
@@ -53,8 +53,8 @@ def _config_for(args: argparse.Namespace) -> BGADConfig:
     return BGADConfig.from_dict({"train": train, "model": model}, base=config)
 
 
-def _dataset_spec(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The dataset the data options describe (a :func:`bgad.datasets.load_dataset` spec), or None if none."""
+def _dataset_spec(args: argparse.Namespace) -> DatasetSpec | None:
+    """The dataset the data options describe, or None if none."""
     given = [name for name in ("data_root", "normal_dir", "manifest") if getattr(args, name) is not None]
     if len(given) > 1:
         raise BGADError(f"give one data source, not {' and '.join('--' + g.replace('_', '-') for g in given)}")
@@ -67,30 +67,29 @@ def _dataset_spec(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     unmasked = args.unmasked_defects
     if args.data_root is not None:
-        return {
-            "layout": args.layout,
-            "data_root": _absolute(args.data_root),
-            "category": args.category,
-            "unmasked": unmasked,
-        }
+        return DatasetSpec(
+            args.layout, {"data_root": _absolute(args.data_root), "category": args.category, "unmasked": unmasked}
+        )
     if args.manifest is not None:
-        return {"layout": "manifest", "manifest": _absolute(args.manifest), "unmasked": unmasked}
-    return {
-        "layout": "folders",
-        "normal_dir": _absolute(args.normal_dir),
-        "defect_dirs": [_absolute(p) for p in args.defect_dir],
-        "mask_dirs": [_absolute(p) for p in args.mask_dir],
-        "test_normal_dirs": [_absolute(p) for p in args.test_normal_dir],
-        "test_normal_ratio": args.test_normal_ratio,
-        "unmasked": unmasked,
-    }
+        return DatasetSpec("manifest", {"manifest": _absolute(args.manifest), "unmasked": unmasked})
+    return DatasetSpec(
+        "folders",
+        {
+            "normal_dir": _absolute(args.normal_dir),
+            "defect_dirs": [_absolute(p) for p in args.defect_dir],
+            "mask_dirs": [_absolute(p) for p in args.mask_dir],
+            "test_normal_dirs": [_absolute(p) for p in args.test_normal_dir],
+            "test_normal_ratio": args.test_normal_ratio,
+            "unmasked": unmasked,
+        },
+    )
 
 
 def _absolute(path: Path) -> str:
     return str(path.absolute())
 
 
-def _required_dataset(args: argparse.Namespace) -> dict[str, Any]:
+def _required_dataset(args: argparse.Namespace) -> DatasetSpec:
     spec = _dataset_spec(args)
     if spec is None:
         raise BGADError("no data given: use --data-root with --category, --normal-dir, or --manifest")
@@ -117,19 +116,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             drop_duplicates=args.drop_duplicates,
             progress=not args.quiet,
         )
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results.to_dict(), indent=2))
     print(f"model, metrics and logs written to {output}", file=sys.stderr)
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    config = _config_for(args)
-    train = config.train
     report = check_dataset(
-        load_dataset(_required_dataset(args)),
-        num_anomalies=train.num_anomalies,
-        sampling=train.anomaly_sampling,
-        seed=train.seed,
+        _required_dataset(args).load(),
+        _config_for(args).train,
         drop_duplicates=args.drop_duplicates,
         progress=not args.quiet,
     )
@@ -154,7 +149,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 def _cmd_test(args: argparse.Namespace) -> int:
     results = evaluate_run(args.run, _dataset_spec(args), eval_size=args.eval_size, progress=not args.quiet)
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results.to_dict(), indent=2))
     return 0
 
 
@@ -352,9 +347,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     make_demo_dataset(data_root, category="demo_part", seed=args.seed)
     config = BGADConfig.from_dict({"train": {"seed": args.seed}}, base=load_config("fast"))
     run = args.output / "run"
-    dataset = {"layout": "mvtec", "data_root": str(data_root.absolute()), "category": "demo_part"}
+    dataset = DatasetSpec("mvtec", {"data_root": str(data_root.absolute()), "category": "demo_part"})
     results = fit_run(dataset, run, config, overwrite=True, progress=not args.quiet)
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results.to_dict(), indent=2))
     print(
         f"demo done: data in {data_root}, model and metrics in {run} (re-test: bgad test --run {run})", file=sys.stderr
     )

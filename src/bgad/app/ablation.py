@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import BGADConfig
-from .experiment import METRICS_JSON, RUN_JSON, fit_run
+from ..config import BGADConfig
+from ..data.layouts import DatasetSpec
+from .runs import METRICS_JSON, RUN_JSON, fit_run
 
 _COLUMNS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
@@ -39,7 +40,7 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
-def run_ablation(dataset: dict[str, Any], output: Path, base: BGADConfig, *, progress: bool = True) -> Path:
+def run_ablation(dataset: DatasetSpec, output: Path, base: BGADConfig, *, progress: bool = True) -> Path:
     """Train every variant into ``output/<variant>`` (skipping finished ones) and write ``output/ablation.md``."""
     rows = []
     for name, overrides in variants(base).items():

@@ -13,9 +13,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..data import Sample
-from ..errors import BGADError
+from ...errors import BGADError
 from ..images import IMAGE_SUFFIXES
+from ..samples import Sample
 
 MASK_SUFFIXES = ("", "_mask", "_label", "_gt")
 UNMASKED_CHOICES = ("error", "image-only")

@@ -170,7 +170,7 @@ def make_demo_dataset(
             raise FileExistsError(f"{category_dir} exists and was not written by make_demo_dataset")
         shutil.rmtree(category_dir)
     category_dir.mkdir(parents=True)
-    (category_dir / _MARKER).write_text("Synthetic data from bgad.demo_data.make_demo_dataset.\n")
+    (category_dir / _MARKER).write_text("Synthetic data from bgad.data.demo.make_demo_dataset.\n")
 
     stream_counts = [n_train, n_test_good] + [n_test_per_defect] * len(DEFECT_TYPES)
     for stream, count in zip(_STREAMS, stream_counts, strict=True):

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import torch
 
-from .config import LossConfig, TrainConfig
-from .model import BGADModel
-from .training import train_step
+from ..config import LossConfig, TrainConfig
+from ..model import BGADModel
+from ..training import train_step
 
 
 def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int) -> float:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import Category, Sample, content_hash, evaluation_samples, select_known_anomalies
-from .errors import BGADError, DatasetError
+from ..config import TrainConfig
+from ..errors import BGADError, DatasetError
 from .images import read_image, read_mask
+from .samples import Category, Sample, Split, content_hash, make_split
 
 # The coarsest feature level has stride 16: a smaller image has no cell of its own there.
 MIN_IMAGE_SIDE = 16
@@ -27,10 +28,10 @@ MIN_IMAGE_SIDE = 16
 
 @dataclass(frozen=True)
 class DatasetReport:
-    """What :func:`check_dataset` found; ``ok`` when there are no problems (notes are allowed)."""
+    """What :func:`check_dataset` found, and the split it made; ``ok`` when there are no problems (notes are
+    allowed). A failed selection leaves the split without known anomalies, and says why in ``problems``."""
 
-    category: Category
-    known: tuple[Sample, ...]
+    split: Split
     problems: tuple[str, ...]
     notes: tuple[str, ...]
     # Content hash (SHA-1) of every readable image, by path.
@@ -39,9 +40,9 @@ class DatasetReport:
     def training_fingerprint(self) -> str:
         """A hash of the names and contents of the training images (normals and known anomalies): what a resumed
         fit must find unchanged."""
-        lines = sorted(
-            f"{self.category.relative(s.path)}\t{self.hashes.get(s.path)}" for s in self.category.train + self.known
-        )
+        split = self.split
+        names = (f"{split.category.relative(s.path)}\t{self.hashes.get(s.path)}" for s in split.train + split.known)
+        lines = sorted(names)
         return hashlib.sha1("\n".join(lines).encode(errors="surrogateescape")).hexdigest()
 
     @property
@@ -49,10 +50,11 @@ class DatasetReport:
         return not self.problems
 
     def summary(self) -> str:
-        evaluation = evaluation_samples(self.category, self.known)
+        split = self.split
+        evaluation = split.evaluation
         n_defects = sum(s.is_anomalous for s in evaluation)
         return (
-            f"{self.category.name}: {len(self.category.train)} training normals, {len(self.known)} known anomalies; "
+            f"{split.category.name}: {len(split.train)} training normals, {len(split.known)} known anomalies; "
             f"evaluation: {len(evaluation) - n_defects} normals, {n_defects} defects"
         )
 
@@ -89,27 +91,25 @@ def _file_problems(sample: Sample) -> tuple[list[str], str | None]:
     return problems, digest
 
 
-def _selection(category: Category, num_anomalies: int, sampling: str, seed: int) -> tuple[tuple[Sample, ...], str]:
+def _selection(category: Category, train: TrainConfig) -> tuple[Split, str]:
     try:
-        return select_known_anomalies(category, num_anomalies, seed=seed, sampling=sampling), ""
+        return make_split(category, train), ""
     except BGADError as err:
-        return (), str(err)
+        return Split(category, ()), str(err)
 
 
 def check_dataset(
     category: Category,
+    train: TrainConfig,
     *,
-    num_anomalies: int,
-    sampling: str = "stratified",
-    seed: int = 0,
     drop_duplicates: bool = False,
     progress: bool = True,
 ) -> DatasetReport:
     """Read every image and mask of ``category`` once and report all problems found (see the module docstring).
 
     An evaluation image with the same content as a training image is a problem, or, with ``drop_duplicates``, is
-    dropped from the evaluation set (the report's ``category``) and counted in a note; known anomalies are then
-    chosen from what is left.
+    dropped from the evaluation set and counted in a note; known anomalies are then chosen from what is left, as
+    ``train`` says (:func:`bgad.data.samples.make_split`): the report's ``split`` is the one a fit uses.
     """
     problems = list(category.problems)
     roles = [(s, "train") for s in category.train + category.known] + [(s, "test") for s in category.test]
@@ -136,11 +136,11 @@ def check_dataset(
                 f"the same image is in training and evaluation: {names} "
                 "(--drop-duplicates keeps the training copy and drops the evaluation one)"
             )
-    known, selection_problem = _selection(category, num_anomalies, sampling, seed)
+    split, selection_problem = _selection(category, train)
     if selection_problem:
         problems.insert(len(category.problems), selection_problem)
-    notes += _notes(category, known)
-    return DatasetReport(category, known, tuple(problems), tuple(notes), hashes)
+    notes += _notes(split.evaluation)
+    return DatasetReport(split, tuple(problems), tuple(notes), hashes)
 
 
 def drop_evaluation_duplicates(category: Category) -> tuple[Category, int]:
@@ -158,8 +158,7 @@ def _hash_or_none(path: Path) -> str | None:
         return None
 
 
-def _notes(category: Category, known: tuple[Sample, ...]) -> tuple[str, ...]:
-    evaluation = evaluation_samples(category, known)
+def _notes(evaluation: tuple[Sample, ...]) -> tuple[str, ...]:
     notes = []
     if not any(not s.is_anomalous for s in evaluation):
         notes.append("no normal images are held out for evaluation: image metrics will be undefined")

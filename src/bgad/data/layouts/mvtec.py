@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import GOOD, Category, Sample
-from ..errors import BGADError
+from ...errors import BGADError
+from ..samples import GOOD, Category, Sample
 from .files import MaskIndex, check_unmasked, existing_folder, image_files
 
 
@@ -24,7 +24,7 @@ def split_folders(
     data_root: str | Path, category: str, *, normal: str, unmasked: str = "error", layout: str
 ) -> Category:
     """A category in MVTec's folder scheme, with ``normal`` as the name of the normal folders (MVTec: ``good``,
-    BTAD: ``ok``); masks are matched by stem under ``ground_truth`` (see :mod:`bgad.datasets.files`)."""
+    BTAD: ``ok``); masks are matched by stem under ``ground_truth`` (see :mod:`bgad.data.layouts.files`)."""
     check_unmasked(unmasked)
     root = category_folder(data_root, category)
     train_dir = root / "train" / normal

@@ -16,12 +16,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
-from ._version import __version__
-from .data import GOOD
-from .errors import BGADError
-from .evaluation import Evaluation
-from .images import read_image, to_canvas
-from .metrics import pro_curve
+from .._version import __version__
+from ..data.images import read_image, to_canvas
+from ..data.samples import GOOD
+from ..errors import BGADError
+from ..evaluation import Evaluation
+from ..metrics import pro_curve
 
 FILES = "report_files"
 MAX_ROC_PIXELS = 2_000_000  # the pixel ROC curve is drawn from a fixed random sample of this many pixels

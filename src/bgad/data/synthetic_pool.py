@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BGADError
+from ..errors import BGADError
 from .foreground import estimate_foreground
 from .images import ImageSource, read_image, read_mask
 from .synthesis import cut_paste, nsa

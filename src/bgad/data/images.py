@@ -28,8 +28,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from .config import RESIZE_MODES
-from .errors import BGADError
+from ..config import RESIZE_MODES
+from ..errors import BGADError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import Category
+from ..samples import Category
 from .mvtec import split_folders
 
 
