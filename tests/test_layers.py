@@ -20,9 +20,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "flow": ("encoding", "flow", "level"),
     "losses": ("losses",),
     "training": ("training", "checkpoint"),
-    "scoring": ("scoring", "model", "thresholds"),
+    "scoring": ("metrics", "scoring", "model", "thresholds"),
     "estimator": ("model_files", "detector", "export"),
-    "metrics": ("metrics", "evaluation"),
+    "evaluation": ("evaluation",),
     "application": ("app", "__main__"),
 }
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}

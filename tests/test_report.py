@@ -11,6 +11,7 @@ from bgad.app import report
 from bgad.app.report import write_report
 from bgad.data.samples import Sample
 from bgad.evaluation import Evaluation
+from bgad.thresholds import Thresholds
 
 SIZE = 24
 
@@ -57,7 +58,9 @@ def check_links(page: Path) -> list[Path]:
 def test_report_shows_metrics_curves_types_and_gallery(tmp_path: Path) -> None:
     ev = make_evaluation(tmp_path / "data", {"good": 5, "crack": 3, "scratch": 4})
     metrics = {**ev.metrics().as_dict(), "train_seconds": 12.5, "my_extra": 0.12345}
-    page = write_report(ev, metrics, tmp_path / "out", title="Part <A&B>", image_threshold=1.0, gallery_size=3)
+    page = write_report(
+        ev, metrics, tmp_path / "out", title="Part <A&B>", thresholds=Thresholds(1.0, 0.5), gallery_size=3
+    )
     assert page == tmp_path / "out" / "report.html"
     text = page.read_text()
     assert "Part &lt;A&amp;B&gt;" in text

@@ -28,7 +28,7 @@ def test_known_anomalies_move_the_image_threshold_to_the_midpoint() -> None:
     config = ThresholdConfig(image_quantile=1.0, pixel_quantile=1.0)
     thresholds = fit_thresholds(normal, anomalies, masks, config)
     assert thresholds.image == pytest.approx((3.0 + 7.0) / 2)
-    # the F1-optimal pixel threshold on the anomalies is their lowest defect value, 7, above the normals' max 3
+    # the best-mask pixel threshold is just below their lowest defect value, 7 (above the normals' max 3)
     assert thresholds.pixel == pytest.approx(7.0)
     plain = fit_thresholds(normal, anomalies, masks, ThresholdConfig(1.0, 1.0, refine_with_anomalies=False))
     assert plain.image == pytest.approx(3.0)

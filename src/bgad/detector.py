@@ -6,6 +6,7 @@ It follows scikit-learn's contract: ``__init__`` only stores the configuration, 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from .features import extract_features, image_batches
 from .model import BGADModel
 from .model_files import load_model, save_model
 from .scoring import anomaly_map, calibrate, image_scores, resize_maps
-from .thresholds import Thresholds, fit_thresholds
+from .thresholds import Thresholds, fit_thresholds, normalized_score
 from .training import LevelData, cached_log_prob_maps, level_data, train_flows, vector_labels
 
 MaskSource = str | Path | np.ndarray
@@ -48,8 +49,9 @@ class Prediction:
 
     score: float  # maximum of the anomaly map at the model's input size (content box); higher = more anomalous
     anomaly_map: np.ndarray  # (H, W) float32
-    mask: np.ndarray  # (H, W) bool: anomaly_map above the pixel threshold
+    mask: np.ndarray  # (H, W) bool: anomaly_map above the pixel threshold; empty when the image is judged good
     is_anomalous: bool  # score above the image threshold
+    normalized_score: float  # the score in [0, 1], 0.5 at the image threshold (bgad.thresholds.normalized_score)
 
 
 class BGAD:
@@ -95,7 +97,8 @@ class BGAD:
         """Train on normal images and (optionally) a few anomalies with their pixel masks.
 
         Sets ``model_`` (a :class:`BGADModel`), ``thresholds_`` (image and pixel decision thresholds, see
-        :mod:`bgad.thresholds`), ``history_`` (one record per meta-epoch) and ``train_seconds_``.
+        :mod:`bgad.thresholds`), ``normal_scores_`` (the training normals' image scores), ``history_`` (one
+        record per meta-epoch) and ``train_seconds_``.
         ``checkpoint`` is a folder where the training state is saved after every meta-epoch; if it holds one, fit
         resumes from it and ends with the same model as an uninterrupted fit (same configuration and device).
         """
@@ -121,7 +124,7 @@ class BGAD:
                 config=config.to_dict(),
                 progress=progress,
             )
-            self.thresholds_ = _calibrate(model, levels, normal_images, masks, config)
+            self.thresholds_, self.normal_scores_ = _calibrate(model, levels, normal_images, masks, config)
         self.model_ = model
         self.train_seconds_ = time.perf_counter() - start
         return self
@@ -163,8 +166,11 @@ class BGAD:
         """Score one image: its score, anomaly map and defect mask at the image's own resolution."""
         return self.predict_batch([image])[0]
 
-    def predict_batch(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> list[Prediction]:
-        """:meth:`predict` for many images, ``batch_size`` at a time."""
+    def predict_batch(
+        self, images: Sequence[ImageSource], *, batch_size: int = 4, mask_every_image: bool = False
+    ) -> list[Prediction]:
+        """:meth:`predict` for many images, ``batch_size`` at a time; ``mask_every_image`` gives images judged
+        good their above-threshold pixels too (by default their mask is empty, as the verdict says)."""
         model = self._check_is_fitted()
         device = model.normal_max.device
         return predict_images(
@@ -175,21 +181,73 @@ class BGAD:
             batch_size,
             resize=self.resize,
             fill=model.extractor.pad_color,
+            mask_every_image=mask_every_image,
         )
+
+    @torch.inference_mode()
+    def calibrate(
+        self,
+        normal_images: Sequence[ImageSource],
+        anomaly_images: Sequence[ImageSource] = (),
+        anomaly_masks: Sequence[MaskSource] = (),
+        *,
+        target_fpr: float | None = None,
+        batch_size: int = 4,
+    ) -> BGAD:
+        """A new detector with the same flows whose score calibration and thresholds are set again from
+        ``normal_images`` (good images it has not trained on, ideally from the line) and, optionally, defects with
+        masks; ``target_fpr`` sets the image threshold that flags that fraction of those good images. This detector
+        is left as it was."""
+        if len(normal_images) == 0:
+            raise BGADError("calibration needs at least one good image")
+        if len(anomaly_images) != len(anomaly_masks):
+            raise BGADError(f"got {len(anomaly_images)} defect images but {len(anomaly_masks)} masks")
+        model = copy.deepcopy(self._check_is_fitted()).cpu()
+        config = self._config
+
+        def log_probs(images: Sequence[ImageSource]) -> list[Tensor]:
+            batches = image_batches(
+                images,
+                image_size=config.model.image_size,
+                batch_size=batch_size,
+                resize=self.resize,
+                fill=model.extractor.pad_color,
+            )
+            per_batch = [model.level_log_probs(model.extractor(batch)) for batch in batches]
+            return [torch.cat(level) for level in zip(*per_batch, strict=True)]
+
+        normal_valid = content_masks((image_shape(i) for i in normal_images), config.model.image_size, self.resize)
+        masks = [_mask_tensor(mask) for mask in anomaly_masks]
+        known = log_probs(anomaly_images) if masks else None
+        calibrated = BGAD(config)
+        calibrated.model_ = model
+        calibrated.thresholds_, calibrated.normal_scores_ = _set_calibration(
+            model, log_probs(normal_images), normal_valid, known, masks, config, target_fpr=target_fpr
+        )
+        calibrated.train_seconds_ = self.train_seconds_
+        return calibrated
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` and ``model.json`` into ``directory`` (no pickle)."""
         model = self._check_is_fitted()
-        save_model(model, self._config, self.thresholds_, Path(directory), train_seconds=self.train_seconds_)
+        save_model(
+            model,
+            self._config,
+            self.thresholds_,
+            Path(directory),
+            normal_scores=self.normal_scores_,
+            train_seconds=self.train_seconds_,
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> BGAD:
         """Load a detector saved with :meth:`save`."""
-        model, config, thresholds, train_seconds = load_model(Path(directory))
-        detector = cls(config)
-        detector.model_ = model
-        detector.thresholds_ = thresholds
-        detector.train_seconds_ = train_seconds
+        saved = load_model(Path(directory))
+        detector = cls(saved.config)
+        detector.model_ = saved.model
+        detector.thresholds_ = saved.thresholds
+        detector.normal_scores_ = saved.normal_scores
+        detector.train_seconds_ = saved.train_seconds
         return detector
 
 
@@ -203,11 +261,13 @@ def predict_images(
     *,
     resize: str = "stretch",
     fill: Color = BLACK,
+    mask_every_image: bool = False,
 ) -> list[Prediction]:
     """Predictions for ``images`` given a function from input batches (B, 3, S, S) to anomaly maps (B, S, S).
 
     Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.export`). Each map is cropped to the
     image's content box (the whole map with ``resize="stretch"``), scored, and resized to the image's resolution.
+    An image judged good gets an empty mask unless ``mask_every_image``.
     """
     predictions = []
     for start in range(0, len(images), batch_size):
@@ -218,12 +278,14 @@ def predict_images(
             content = scaled[None, top : top + box_h, left : left + box_w]
             score = image_scores(content)[0]
             full = resize_maps(content, (picture.height, picture.width))[0].numpy()
+            is_anomalous = float(score) > thresholds.image
             predictions.append(
                 Prediction(
                     score=float(score),
                     anomaly_map=full,
-                    mask=full > thresholds.pixel,
-                    is_anomalous=float(score) > thresholds.image,
+                    mask=(full > thresholds.pixel) & (is_anomalous or mask_every_image),
+                    is_anomalous=is_anomalous,
+                    normalized_score=normalized_score(float(score), thresholds.image),
                 )
             )
     return predictions
@@ -305,29 +367,57 @@ def _calibrate(
     normal_images: Sequence[ImageSource],
     masks: list[Tensor],
     config: BGADConfig,
-) -> Thresholds:
-    """Set the score calibration on the training normals, then the decision thresholds (with the known anomalies),
-    from content pixels only (letterboxed images: their shapes are read again, the known anomalies' from masks)."""
-    size = (config.model.image_size, config.model.image_size)
-    resize, n_normal, temperature = config.model.resize, len(normal_images), config.model.score_temperature
+) -> tuple[Thresholds, np.ndarray]:
+    """:func:`_set_calibration` from the training vectors' cache (letterboxed images: only content pixels count;
+    the normals' shapes are read again, the known anomalies' come from their masks)."""
+    n_normal = len(normal_images)
 
     def maps_of(images: slice) -> list[Tensor]:
         return [cached_log_prob_maps(level, data, images) for level, data in zip(model.levels, levels, strict=True)]
 
-    normal_valid = content_masks((image_shape(image) for image in normal_images), size[0], resize)
-    normal_log_probs = maps_of(slice(0, n_normal))
+    size, resize = config.model.image_size, config.model.resize
+    normal_valid = content_masks((image_shape(image) for image in normal_images), size, resize)
+    known = maps_of(slice(n_normal, None)) if masks else None
+    return _set_calibration(model, maps_of(slice(0, n_normal)), normal_valid, known, masks, config)
+
+
+def _set_calibration(
+    model: BGADModel,
+    normal_log_probs: list[Tensor],
+    normal_valid: Tensor | None,
+    known_log_probs: list[Tensor] | None,
+    masks: list[Tensor],
+    config: BGADConfig,
+    *,
+    target_fpr: float | None = None,
+) -> tuple[Thresholds, np.ndarray]:
+    """Set the model's score calibration from the normals' per-level log-likelihood maps, then return the decision
+    thresholds (with the known anomalies' maps and masks, if any) and the normals' image scores."""
+    size = (config.model.image_size, config.model.image_size)
+    resize, temperature = config.model.resize, config.model.score_temperature
     level_max, model.normal_max = calibrate(normal_log_probs, size, normal_valid, temperature)
     for level, maximum in zip(model.levels, level_max, strict=True):
         level.log_prob_max.copy_(maximum)
     normal_maps = anomaly_map(normal_log_probs, level_max, model.normal_max, size, temperature)
-    if not masks:
-        return fit_thresholds(normal_maps, None, None, config.threshold, normal_valid=normal_valid)
-    known_maps = anomaly_map(maps_of(slice(n_normal, None)), level_max, model.normal_max, size, temperature)
+    normal_scores = image_scores(normal_maps, normal_valid).numpy().astype(np.float64)
+    if known_log_probs is None:
+        thresholds = fit_thresholds(
+            normal_maps, None, None, config.threshold, normal_valid=normal_valid, target_fpr=target_fpr
+        )
+        return thresholds, normal_scores
+    known_maps = anomaly_map(known_log_probs, level_max, model.normal_max, size, temperature)
     known_masks = torch.stack([mask_to_tensor(m.numpy(), size[0], resize) for m in masks])
     known_valid = content_masks((tuple(m.shape) for m in masks), size[0], resize)
-    return fit_thresholds(
-        normal_maps, known_maps, known_masks, config.threshold, normal_valid=normal_valid, anomaly_valid=known_valid
+    thresholds = fit_thresholds(
+        normal_maps,
+        known_maps,
+        known_masks,
+        config.threshold,
+        normal_valid=normal_valid,
+        anomaly_valid=known_valid,
+        target_fpr=target_fpr,
     )
+    return thresholds, normal_scores
 
 
 def _mask_tensor(mask: MaskSource) -> Tensor:

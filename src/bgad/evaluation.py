@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from . import metrics
 from .data.images import ImageSource, content_box, content_masks, image_shape, mask_to_tensor, read_mask
 from .data.samples import Sample
 from .scoring import image_scores, resize_maps
+from .thresholds import Thresholds
 
 EVAL_SIZES = ("input", "full")  # pixel metrics on the model's input grid, or at each image's own resolution
 
@@ -92,6 +93,34 @@ class Evaluation:
             pixel_ap=metrics.pixel_ap(self.anomaly_maps, self.masks, valid=labelled),
             n_eval_images=len(self.samples),
         )
+
+    def decisions(self, thresholds: Thresholds) -> dict[str, Any]:
+        """What ``thresholds`` decide on this set, as a user gets it: image verdicts, and masks of the map above the
+        pixel threshold on flagged images (empty on images judged good), against the labels.
+
+        ``image`` and ``pixel``: precision, recall, F1, FPR and the confusion matrix (pixels: the labelled ones);
+        ``mask_iou`` / ``mask_f1``: means over images with pixel labels of the per-image IoU and F1, a good image
+        with an empty mask counting 1; ``good_images_with_masks``; F1-max of scores and pixels for reference.
+        """
+        flagged = self.scores > thresholds.image
+        predicted = (self.anomaly_maps > thresholds.pixel) & flagged[:, None, None]
+        labelled = self.labelled
+        if labelled is not None:
+            predicted &= labelled
+        iou, f1 = metrics.mask_overlaps(predicted, self.masks, valid=labelled)
+        has_labels = np.array([s.has_pixel_labels for s in self.samples])
+        values, labels = self.pixels()
+        return {
+            "image_threshold": thresholds.image,
+            "pixel_threshold": thresholds.pixel,
+            "image": metrics.decision_metrics(flagged, self.labels),
+            "pixel": metrics.decision_metrics(predicted if labelled is None else predicted[labelled], labels),
+            "mask_iou": float(iou[has_labels].mean()) if has_labels.any() else float("nan"),
+            "mask_f1": float(f1[has_labels].mean()) if has_labels.any() else float("nan"),
+            "good_images_with_masks": int((predicted.any(axis=(1, 2)) & (self.labels == 0)).sum()),
+            "image_f1_max": metrics.f1_max(self.scores, self.labels),
+            "pixel_f1_max": metrics.f1_max(values, labels),
+        }
 
     def per_type_metrics(self, seen_types: set[str]) -> dict[str, dict[str, float | bool]]:
         """Metrics of each defect type against the good images, marked ``seen`` if trained on; plus the mean

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -90,6 +91,8 @@ def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -
         f"(resize={config.model.resize}, see bgad.data.images.to_canvas)",
     }
     metadata["thresholds"] = json.dumps(detector.thresholds_._asdict())
+    if detector.normal_scores_ is not None:
+        metadata["normal_image_scores"] = json.dumps([float(s) for s in detector.normal_scores_])
     program.model.metadata_props.update(metadata)
     # Written beside the target and renamed into place: a failed or interrupted export leaves no partial file and
     # an earlier export intact.
@@ -111,6 +114,8 @@ class OnnxDetector:
         self.metadata = metadata
         self._image_size = image_size
         self.thresholds_ = thresholds
+        scores = metadata.get("normal_image_scores")
+        self.normal_scores_ = None if scores is None else np.array(json.loads(scores), dtype=np.float64)
 
     @classmethod
     def load(cls, path: str | Path) -> OnnxDetector:
@@ -168,8 +173,17 @@ class OnnxDetector:
         """As :meth:`bgad.BGAD.predict`."""
         return self.predict_batch([image])[0]
 
-    def predict_batch(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> list[Prediction]:
+    def predict_batch(
+        self, images: Sequence[ImageSource], *, batch_size: int = 4, mask_every_image: bool = False
+    ) -> list[Prediction]:
         """As :meth:`bgad.BGAD.predict_batch`."""
         return predict_images(
-            self._run, images, self.image_size, self.thresholds_, batch_size, resize=self.resize, fill=self.pad_color
+            self._run,
+            images,
+            self.image_size,
+            self.thresholds_,
+            batch_size,
+            resize=self.resize,
+            fill=self.pad_color,
+            mask_every_image=mask_every_image,
         )

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -163,3 +163,64 @@ def aupro(
         x, y = np.append(x, fpr_limit), np.append(y, y_limit)
     area = np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1])) / 2
     return float(area / fpr_limit)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decisions: what the thresholds do (the metrics above are threshold-free)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def decision_metrics(predicted: ArrayLike, labels: ArrayLike) -> dict[str, float | int]:
+    """Precision, recall, F1 and false-positive rate of boolean decisions against boolean labels, with the
+    confusion matrix (``tp``, ``fp``, ``tn``, ``fn``). A ratio whose denominator is zero is NaN."""
+    pred, truth = _to_numpy(predicted).astype(bool).ravel(), _to_numpy(labels).astype(bool).ravel()
+    if pred.shape != truth.shape:
+        raise ValueError(f"decisions shape {pred.shape} does not match labels shape {truth.shape}")
+    tp, fp = int(np.sum(pred & truth)), int(np.sum(pred & ~truth))
+    fn, tn = int(np.sum(~pred & truth)), int(np.sum(~pred & ~truth))
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    return {
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "fpr": ratio(fp, fp + tn),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
+
+
+def mask_overlaps(
+    predicted: ArrayLike, masks: ArrayLike, *, valid: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image IoU and F1 (Dice) of predicted masks against true masks (N, H, W), over ``valid`` pixels.
+
+    An image whose predicted and true masks are both empty scores 1 on both (a good image judged good is perfect),
+    as segmentation benchmarks count it.
+    """
+    pred, truth = _to_numpy(predicted).astype(bool), _to_numpy(masks).astype(bool)
+    if pred.shape != truth.shape or pred.ndim != 3:
+        raise ValueError(f"expected two (N, H, W) arrays of the same shape, got {pred.shape} and {truth.shape}")
+    content = _valid(valid, pred.shape)
+    if content is not None:
+        pred, truth = pred & content, truth & content
+    tp = (pred & truth).sum(axis=(1, 2))
+    union = (pred | truth).sum(axis=(1, 2))
+    total = pred.sum(axis=(1, 2)) + truth.sum(axis=(1, 2))
+    empty = union == 0
+    iou = np.where(empty, 1.0, tp / np.maximum(union, 1))
+    f1 = np.where(empty, 1.0, 2 * tp / np.maximum(total, 1))
+    return iou, f1
+
+
+def f1_max(scores: ArrayLike, labels: ArrayLike) -> float:
+    """The best F1 over all thresholds (for reference: it is chosen on the labels themselves)."""
+    s, y = _to_numpy(scores).ravel(), _to_numpy(labels).astype(bool).ravel()
+    if _one_class(y, "F1-max"):
+        return float("nan")
+    precision, recall, _ = precision_recall_curve(y, s)
+    return float(np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12)))

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -39,15 +40,27 @@ def _weights_metadata(config: BGADConfig) -> dict[str, str]:
     return {"format": FORMAT, "backbone": model.backbone, "image_size": str(model.image_size), "resize": model.resize}
 
 
+class SavedModel(NamedTuple):
+    """What :func:`load_model` reads back."""
+
+    model: BGADModel
+    config: BGADConfig
+    thresholds: Thresholds
+    normal_scores: np.ndarray | None  # image scores of the normals the thresholds came from (None: not recorded)
+    train_seconds: float | None
+
+
 def save_model(
     model: BGADModel,
     config: BGADConfig,
     thresholds: Thresholds,
     directory: Path,
     *,
+    normal_scores: np.ndarray | None = None,
     train_seconds: float | None = None,
 ) -> None:
-    """Write the flows, the calibration constants, the thresholds and the configuration into ``directory``."""
+    """Write the flows, the calibration constants, the thresholds, the normals' image scores (for thresholds set
+    by a target false-positive rate later) and the configuration into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file(_trained_state(model), directory / MODEL_WEIGHTS, metadata=_weights_metadata(config))
     description = {
@@ -56,6 +69,7 @@ def save_model(
         "bgad_version": __version__,
         "config": config.to_dict(),
         "thresholds": thresholds._asdict(),
+        "normal_image_scores": None if normal_scores is None else [float(s) for s in normal_scores],
         # For reading only; the model uses the values stored in model.safetensors.
         "score_calibration": {
             "level_max": [float(level.log_prob_max) for level in model.levels],
@@ -68,9 +82,8 @@ def save_model(
     (directory / MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")
 
 
-def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds, float | None]:
-    """Load what :func:`save_model` wrote, with the training time (None if not recorded); any missing, foreign,
-    truncated or tampered file is a BGADError."""
+def load_model(directory: Path) -> SavedModel:
+    """Load what :func:`save_model` wrote; any missing, foreign, truncated or tampered file is a BGADError."""
     from .model import BGADModel
 
     json_path, weights_path = directory / MODEL_JSON, directory / MODEL_WEIGHTS
@@ -83,10 +96,14 @@ def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds, floa
         thresholds = Thresholds(**{k: float(v) for k, v in description["thresholds"].items()})
         train_seconds = description.get("train_seconds")
         train_seconds = None if train_seconds is None else float(train_seconds)
+        scores = description.get("normal_image_scores")
+        normal_scores = None if scores is None else np.array([float(s) for s in scores], dtype=np.float64)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise BGADError(f"{json_path} is damaged: {err!r}") from None
     if not all(math.isfinite(value) for value in thresholds):
         raise BGADError(f"{json_path} is damaged: thresholds must be finite numbers, got {thresholds._asdict()}")
+    if normal_scores is not None and not (len(normal_scores) and np.isfinite(normal_scores).all()):
+        raise BGADError(f"{json_path} is damaged: normal_image_scores must be finite numbers")
     try:
         with safe_open(weights_path, framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -106,4 +123,4 @@ def load_model(directory: Path) -> tuple[BGADModel, BGADConfig, Thresholds, floa
         raise BGADError(f"model weights {weights_path} do not match {json_path} (different or damaged model)")
     model.load_state_dict(state, strict=False)
     model.eval()
-    return model, config, thresholds, train_seconds
+    return SavedModel(model, config, thresholds, normal_scores, train_seconds)

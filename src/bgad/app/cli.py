@@ -26,8 +26,10 @@ from ..errors import BGADError, DatasetError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES
 from ..export import OnnxDetector, export_onnx
 from ..model import BGADModel
+from ..thresholds import override_thresholds
 from .ablation import run_ablation
 from .benchmark import run_benchmark
+from .calibration import calibrate_run
 from .runs import evaluate_run, fit_run, resume_run
 from .speed import inference_speed, training_speed
 from .visualize import heatmap_overlay
@@ -210,8 +212,20 @@ def _load_for_prediction(args: argparse.Namespace) -> BGAD | OnnxDetector:
     return OnnxDetector.load(args.run / ONNX_FILE if args.run.is_dir() else args.run)
 
 
+def _apply_thresholds(args: argparse.Namespace, detector: BGAD | OnnxDetector) -> None:
+    """The --image-threshold, --pixel-threshold and --target-fpr options, over the model's own thresholds."""
+    detector.thresholds_ = override_thresholds(
+        detector.thresholds_,
+        detector.normal_scores_,
+        image=args.image_threshold,
+        pixel=args.pixel_threshold,
+        target_fpr=args.target_fpr,
+    )
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     detector = _load_for_prediction(args)
+    _apply_thresholds(args, detector)
     images, problems = _collect_images(args.paths, skip=args.output)
     for problem in problems:
         print(f"bgad: error: {problem}", file=sys.stderr)
@@ -246,7 +260,8 @@ def _predict_into(
         tqdm(total=len(images), desc="predicting", unit="img", disable=args.quiet) as bar,
     ):
         writer = csv.writer(handle)
-        writer.writerow(["path", "score", "is_anomalous"])
+        writer.writerow(["path", "score", "normalized_score", "is_anomalous", "image_threshold"])
+        threshold = f"{detector.thresholds_.image:.6g}"
         for start in range(0, len(images), args.batch_size):
             readable = {}
             for image in images[start : start + args.batch_size]:
@@ -255,19 +270,38 @@ def _predict_into(
                 except BGADError as err:
                     problems.append(str(err))
                     print(f"bgad: error: {err}", file=sys.stderr)
-            predictions = detector.predict_batch(list(readable.values()), batch_size=args.batch_size)
+            predictions = detector.predict_batch(
+                list(readable.values()), batch_size=args.batch_size, mask_every_image=args.mask_every_image
+            )
             for (image, picture), prediction in zip(readable.items(), predictions, strict=True):
                 overlay = heatmap_overlay(
                     np.asarray(picture), prediction.anomaly_map, threshold=detector.thresholds_.pixel
                 )
                 Image.fromarray(overlay).save(heatmaps / f"{names[image]}.png")
                 Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(masks / f"{names[image]}_mask.png")
-                writer.writerow([str(image), f"{prediction.score:.6g}", int(prediction.is_anomalous)])
+                score, normalized = f"{prediction.score:.6g}", f"{prediction.normalized_score:.4f}"
+                writer.writerow([str(image), score, normalized, int(prediction.is_anomalous), threshold])
                 handle.flush()
                 scored += 1
                 flagged += int(prediction.is_anomalous)
             bar.update(min(args.batch_size, len(images) - start))
     return scored, flagged
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    if len(args.mask_dir) > len(args.defect_dir):
+        raise BGADError("--mask-dir needs --defect-dir")
+    summary = calibrate_run(
+        args.run,
+        args.output,
+        args.normal_dir,
+        defect_dirs=args.defect_dir,
+        mask_dirs=args.mask_dir,
+        target_fpr=args.target_fpr,
+    )
+    print(json.dumps(summary, indent=2))
+    print(f"calibrated model written to {args.output} ({args.run} is unchanged)", file=sys.stderr)
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -397,6 +431,27 @@ def _add_data_options(parser: argparse.ArgumentParser, default_help: str = "") -
     )
 
 
+def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
+    decide = parser.add_argument_group("decisions (default: the model's own thresholds, model.json)")
+    decide.add_argument("--image-threshold", type=float, help="an image is anomalous when its score is above this")
+    decide.add_argument("--pixel-threshold", type=float, help="a pixel is in the defect mask when above this")
+    decide.add_argument(
+        "--target-fpr",
+        type=_fraction,
+        help="instead of --image-threshold: flag this fraction of the good images the model was calibrated on",
+    )
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def _add_eval_size_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-size",
@@ -454,7 +509,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     predict.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default 4)")
     predict.add_argument("--compile", action="store_true", help="torch.compile the flows (worth it for many images)")
+    _add_threshold_options(predict)
+    predict.add_argument(
+        "--mask-every-image",
+        action="store_true",
+        help="write above-threshold pixels for images judged good too (default: their mask is empty)",
+    )
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
+
+    calibrate = command(
+        "calibrate", _cmd_calibrate, "set thresholds and score calibration again from new good images (no retraining)"
+    )
+    calibrate.add_argument("--run", type=Path, required=True, help="a run or model folder (left unchanged)")
+    calibrate.add_argument("--normal-dir", type=Path, required=True, help="good images the model has not trained on")
+    calibrate.add_argument("--defect-dir", type=Path, action="append", default=[], help="defect images (repeatable)")
+    calibrate.add_argument("--mask-dir", type=Path, action="append", default=[], help="their masks (repeatable)")
+    calibrate.add_argument("--target-fpr", type=_fraction, help="image threshold flagging this fraction of the good")
+    calibrate.add_argument("--output", type=Path, required=True, help="the new model folder to create")
 
     export = command("export", _cmd_export, "export a trained run for deployment (ONNX, with its thresholds)")
     export.add_argument("--run", type=Path, required=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import patheffects
@@ -22,6 +23,7 @@ from ..data.samples import GOOD
 from ..errors import BGADError
 from ..evaluation import Evaluation
 from ..metrics import pro_curve
+from ..thresholds import Thresholds
 
 FILES = "report_files"
 MAX_ROC_PIXELS = 2_000_000  # the pixel ROC curve is drawn from a fixed random sample of this many pixels
@@ -264,19 +266,43 @@ def _gallery(ev: Evaluation, out: Path, threshold: float | None, size: int) -> s
     return "".join(parts)
 
 
+def _decision_table(decisions: dict[str, Any]) -> list[str]:
+    """The verdicts at the model's thresholds: what an inspection line would see."""
+    rows = ['<tr><th>level</th><th class="n">threshold</th>']
+    rows[0] += "".join(
+        f'<th class="n">{name}</th>' for name in ("precision", "recall", "F1", "FPR", "TP", "FP", "TN", "FN")
+    )
+    rows[0] += "</tr>"
+    for level in ("image", "pixel"):
+        d = decisions[level]
+        cells = [_num(decisions[f"{level}_threshold"]), *(_num(d[k]) for k in ("precision", "recall", "f1", "fpr"))]
+        cells += [str(d[k]) for k in ("tp", "fp", "tn", "fn")]
+        rows.append(f"<tr><td>{level}</td>" + "".join(f'<td class="n">{c}</td>' for c in cells) + "</tr>")
+    masks = (
+        f"Masks (empty on images judged good): mean per-image IoU {_num(decisions['mask_iou'])}, F1 "
+        f"{_num(decisions['mask_f1'])}; {decisions['good_images_with_masks']} good image(s) got a mask. "
+        f"For reference, the best F1 any threshold reaches on this set: image {_num(decisions['image_f1_max'])}, "
+        f"pixel {_num(decisions['pixel_f1_max'])}."
+    )
+    return ["<h2>Decisions at the model's thresholds</h2><table>", *rows, "</table>", f'<p class="note">{masks}</p>']
+
+
 def write_report(
     evaluation: Evaluation,
     metrics: dict[str, float | int],
     directory: Path,
     *,
     title: str,
-    image_threshold: float | None = None,
+    thresholds: Thresholds | None = None,
+    decisions: dict[str, Any] | None = None,
     gallery_size: int = 6,
 ) -> Path:
     """Writes directory/report.html plus its PNG figures (in directory/report_files/) and returns the HTML path.
 
+    ``thresholds`` mark the verdicts in the figures; ``decisions`` (:meth:`Evaluation.decisions`) get a table.
     PNG files left in ``report_files/`` by an earlier report are deleted first.
     """
+    image_threshold = None if thresholds is None else thresholds.image
     ev, n = evaluation, len(evaluation.samples)
     if ev.scores.shape != (n,) or ev.anomaly_maps.shape != ev.masks.shape or ev.anomaly_maps.shape[:1] != (n,):
         raise ValueError("evaluation arrays do not match: expected scores (N,), anomaly maps and masks (N, S, S)")
@@ -304,6 +330,8 @@ def write_report(
     body.append("</table>")
     if any(isinstance(v, float) and not np.isfinite(v) for v in metrics.values()):
         body.append('<p class="note">n/a: undefined on this set (e.g. no anomalous or no good images).</p>')
+    if decisions is not None:
+        body += _decision_table(decisions)
     if n:
         body += ["<h2>Curves</h2>", '<div class="grid">', *_curves(ev, metrics, out, image_threshold), "</div>"]
         body += ["<h2>Image scores by defect type</h2>", _by_type(ev, out, image_threshold)]

@@ -54,6 +54,7 @@ class RunResults:
     per_type: dict[str, dict[str, float | bool]]  # see Evaluation.per_type_metrics
     train_seconds: float | None = None  # None for a re-evaluation, or a fit resumed after its training
     full_resolution: dict[str, float] | None = None  # pixel metrics at each image's resolution (eval size "full")
+    decisions: dict[str, Any] | None = None  # what the model's thresholds decide (Evaluation.decisions)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON values; those that are None are left out."""
@@ -62,16 +63,22 @@ class RunResults:
             "n_known_anomalies": self.n_known_anomalies,
             "train_seconds": self.train_seconds,
         }
-        out |= {"per_type": self.per_type, "full_resolution": self.full_resolution}
+        out |= {"per_type": self.per_type, "full_resolution": self.full_resolution, "at_thresholds": self.decisions}
         return {key: value for key, value in out.items() if value is not None}
 
 
 def _results(
-    evaluation: Evaluation, n_known: int, known_types: list[str], eval_size: str, train_seconds: float | None = None
+    evaluation: Evaluation,
+    detector: BGAD,
+    n_known: int,
+    known_types: list[str],
+    eval_size: str,
+    train_seconds: float | None = None,
 ) -> RunResults:
     full = full_resolution_metrics(evaluation) if eval_size == "full" else None
     per_type = evaluation.per_type_metrics(set(known_types))
-    return RunResults(evaluation.metrics(), n_known, per_type, train_seconds, full)
+    decisions = evaluation.decisions(detector.thresholds_)
+    return RunResults(evaluation.metrics(), n_known, per_type, train_seconds, full, decisions)
 
 
 def _write_report(evaluation: Evaluation, results: RunResults, directory: Path, detector: BGAD, category: str) -> None:
@@ -79,7 +86,9 @@ def _write_report(evaluation: Evaluation, results: RunResults, directory: Path, 
     title = f"bgad evaluation: {category}"
     scalars = {key: value for key, value in results.to_dict().items() if not isinstance(value, dict)}
     try:
-        write_report(evaluation, scalars, directory, title=title, image_threshold=detector.thresholds_.image)
+        write_report(
+            evaluation, scalars, directory, title=title, thresholds=detector.thresholds_, decisions=results.decisions
+        )
     except Exception as err:
         print(f"bgad: warning: the report could not be written: {err!r}", file=sys.stderr)
 
@@ -264,7 +273,8 @@ def _train_and_evaluate(
         evaluation = evaluate(detector, split.evaluation, progress=progress)
         seconds = detector.train_seconds_
         seconds = None if seconds is None else round(seconds, 1)
-        results = _results(evaluation, len(split.known), split.known_types, run.get("eval_size", "input"), seconds)
+        eval_size = run.get("eval_size", "input")
+        results = _results(evaluation, detector, len(split.known), split.known_types, eval_size, seconds)
         _write_json(partial / METRICS_JSON, results.to_dict())
         _write_report(evaluation, results, partial, detector, split.category.name)
         _install(partial, output)
@@ -350,7 +360,7 @@ def evaluate_run(
         and not (s.is_anomalous and used_content and content_hash(s.path) in used_content)
     ]
     evaluation = evaluate(detector, samples, progress=progress)
-    results = _results(evaluation, len(info["known_anomalies"]), info["known_types"], eval_size)
+    results = _results(evaluation, detector, len(info["known_anomalies"]), info["known_types"], eval_size)
     if left_out := len(category.test) - len(samples):
         print(
             f"bgad: {left_out} training anomalies found in this data were left out of the evaluation", file=sys.stderr

@@ -1,0 +1,72 @@
+"""``bgad calibrate``: set a trained model's score calibration and thresholds again from new good images (and
+optionally defects with masks), without retraining, into a new model folder; the run it came from is never
+touched."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.layouts import load_folders
+from ..detector import BGAD
+from ..errors import BGADError, DatasetError
+from .locking import run_lock
+from .runs import partial_folder
+
+CALIBRATION_JSON = "calibration.json"
+
+
+def calibrate_run(
+    run: Path,
+    output: Path,
+    normal_dir: Path,
+    *,
+    defect_dirs: Sequence[Path] = (),
+    mask_dirs: Sequence[Path] = (),
+    target_fpr: float | None = None,
+) -> dict[str, Any]:
+    """Write a copy of the model in ``run`` calibrated on the images of ``normal_dir`` (and the defects of
+    ``defect_dirs`` with their masks) into the new folder ``output``; return what changed (``calibration.json``)."""
+    if output.resolve() == run.resolve():
+        raise BGADError(f"calibrate writes a new model folder: {output} is the run itself; name another")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise BGADError(f"output {output} already exists and is not empty: name a new folder")
+    before = BGAD.load(run)
+    data = load_folders(normal_dir, defect_dirs, mask_dirs, test_normal_ratio=0.0)
+    if data.problems:
+        raise DatasetError(data.problems)
+    defects = [s for s in data.test if s.is_anomalous]
+    after = before.calibrate(
+        [s.path for s in data.train], [s.path for s in defects], [s.mask_path for s in defects], target_fpr=target_fpr
+    )
+    scores = after.normal_scores_
+    summary = {
+        "source_run": str(run.resolve()),
+        "normal_dir": str(normal_dir.resolve()),
+        "n_normal_images": len(data.train),
+        "n_defect_images": len(defects),
+        "target_fpr": target_fpr,
+        "thresholds_before": before.thresholds_._asdict(),
+        "thresholds": after.thresholds_._asdict(),
+        # On the calibration images themselves: what the new image threshold flags of them.
+        "normal_flagged_fraction": float(np.mean(scores > after.thresholds_.image)),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with run_lock(output):
+        partial = partial_folder(output)
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            after.save(partial)
+            (partial / CALIBRATION_JSON).write_text(json.dumps(summary, indent=2) + "\n")
+            if output.exists():
+                output.rmdir()  # empty, checked above
+            partial.rename(output)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return summary
