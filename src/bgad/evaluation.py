@@ -94,16 +94,17 @@ class Evaluation:
             n_eval_images=len(self.samples),
         )
 
-    def decisions(self, thresholds: Thresholds) -> dict[str, Any]:
+    def decisions(self, thresholds: Thresholds, *, mask_every_image: bool = False) -> dict[str, Any]:
         """What ``thresholds`` decide on this set, as a user gets it: image verdicts, and masks of the map above the
-        pixel threshold on flagged images (empty on images judged good), against the labels.
+        pixel threshold on flagged images (empty on images judged good, unless ``mask_every_image``), against the
+        labels.
 
         ``image`` and ``pixel``: precision, recall, F1, FPR and the confusion matrix (pixels: the labelled ones);
         ``mask_iou`` / ``mask_f1``: means over images with pixel labels of the per-image IoU and F1, a good image
         with an empty mask counting 1; ``good_images_with_masks``; F1-max of scores and pixels for reference.
         """
         flagged = self.scores > thresholds.image
-        predicted = (self.anomaly_maps > thresholds.pixel) & flagged[:, None, None]
+        predicted = (self.anomaly_maps > thresholds.pixel) & (flagged | mask_every_image)[:, None, None]
         labelled = self.labelled
         if labelled is not None:
             predicted &= labelled

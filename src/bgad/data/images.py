@@ -20,8 +20,10 @@ ignoring the aspect ratio; ``"pad"`` scales the long side to ``size`` and pads t
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -34,17 +36,27 @@ from ..errors import BGADError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def _open(path: Path) -> Image.Image:
+def _open(source: Path | BinaryIO, name: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Decode a file or a byte stream (its size checked from the header first, before any pixel is decoded)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise BGADError(f"image {name} is {image.width}x{image.height}: over the {max_pixels} pixels allowed")
             image.load()
             return ImageOps.exif_transpose(image)
     except FileNotFoundError:
-        raise BGADError(f"image not found: {path}") from None
+        raise BGADError(f"image not found: {name}") from None
     except Image.DecompressionBombError as err:  # neither OSError nor ValueError
-        raise BGADError(f"image {path} is too large to read safely: {err}") from None
+        raise BGADError(f"image {name} is too large to read safely: {err}") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise BGADError(f"cannot read image {path}: {err}") from None
+        raise BGADError(f"cannot read image {name}: {err}") from None
+
+
+def decode_image(data: bytes, name: str = "upload", *, max_pixels: int | None = None) -> Image.Image:
+    """An encoded image (PNG, JPEG, BMP, TIFF, ...) held in memory, as 8-bit RGB (see :func:`read_image`)."""
+    if not data:
+        raise BGADError(f"image {name} is empty")
+    return read_image(_open(io.BytesIO(data), name, max_pixels))
 
 
 ImageSource = str | Path | Image.Image | np.ndarray
@@ -67,7 +79,7 @@ def read_image(source: ImageSource) -> Image.Image:
     elif isinstance(source, Image.Image):
         image = source
     else:
-        image = _open(Path(source))
+        image = _open(Path(source), source)
     if image.mode.startswith("I"):  # "I;16", "I;16B", "I;16L", "I": keep the top 8 of 16 bits
         image = Image.fromarray((np.asarray(image).clip(0, 65535) >> 8).astype(np.uint8))
     elif image.mode == "F":

@@ -1,0 +1,277 @@
+"""``bgad serve``: one model behind an HTTP API and a web page, for the inspection line.
+
+FastAPI on uvicorn: request parsing, multipart uploads and an OpenAPI schema (``/docs``, ``/openapi.json``) come
+with the standard ASGI stack integrators already run; the model stays a plain :class:`bgad.BGAD` or
+:class:`bgad.export.OnnxDetector`.
+
+Concurrency: uploads are received and decoded in the server's thread pool, several at a time; the model runs one
+request at a time behind a lock, because a forward pass already uses every core and, on CPU, EfficientNet is slower
+per image in larger batches (docs/performance.md), so merging requests into batches would not help. ``/health`` and
+``/model`` never wait for the model. Every bad upload is a 4xx with a JSON ``{"error": ...}``; the server keeps
+serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from .._version import __version__
+from ..data.images import decode_image
+from ..detector import BGAD, Prediction
+from ..errors import BGADError
+from ..export import OnnxDetector
+from .visualize import heatmap_overlay
+
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+MAX_PIXELS = 50_000_000  # 50 megapixels: larger images are refused before their pixels are decoded
+MAX_FILES = 64  # per batch request
+RAW_MAP_SIDE = 320  # the longest side of the anomaly map returned with maps=raw (the page thresholds it)
+IMAGE_TYPES = ("image/", "application/octet-stream")
+Maps = Literal["none", "png", "raw"]
+
+log = logging.getLogger("bgad.serve")
+
+
+class UploadError(Exception):
+    """A request the server refuses: ``status`` (4xx) and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _require_serving_packages() -> Any:
+    try:
+        import fastapi
+        import multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise BGADError(f"bgad serve needs its extra: pip install 'bgad[serve]' ({err})") from None
+    return fastapi
+
+
+def model_description(run: Path, detector: BGAD | OnnxDetector) -> dict[str, Any]:
+    """What ``GET /model`` returns: identity, configuration, thresholds and (for a run folder) its metrics."""
+    if isinstance(detector, BGAD):
+        config, source = detector.config.to_dict(), run / "model.json"
+    else:
+        config, source = json.loads(detector.metadata["config"]), run
+    description = {
+        "model_id": hashlib.sha1(source.read_bytes()).hexdigest()[:12],
+        "source": str(run),
+        "engine": "torch" if isinstance(detector, BGAD) else "onnx",
+        "bgad_version": __version__,
+        "config": config,
+        "thresholds": detector.thresholds_._asdict(),
+    }
+    metrics = run / "metrics.json" if run.is_dir() else None
+    if metrics is not None and metrics.is_file():
+        description["training_metrics"] = {k: v for k, v in json.loads(metrics.read_text()).items() if k != "per_type"}
+    return description
+
+
+def _png(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _raw_map(anomaly_map: np.ndarray) -> dict[str, Any]:
+    """The map at most :data:`RAW_MAP_SIDE` on its longest side, as little-endian float32 in base64."""
+    height, width = anomaly_map.shape
+    scale = min(1.0, RAW_MAP_SIDE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.asarray(Image.fromarray(anomaly_map.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+    data = base64.b64encode(small.astype("<f4").tobytes()).decode("ascii")
+    return {"width": size[0], "height": size[1], "dtype": "float32", "data": data}
+
+
+class Scorer:
+    """The model and its lock: decoding runs in parallel, the forward pass one request at a time."""
+
+    def __init__(self, detector: BGAD | OnnxDetector, description: dict[str, Any], max_pixels: int):
+        self.detector, self.description, self.max_pixels = detector, description, max_pixels
+        self._lock = threading.Lock()
+
+    def score(self, data: bytes, name: str, maps: Maps) -> dict[str, Any]:
+        start = time.perf_counter()
+        try:
+            picture = decode_image(data, name, max_pixels=self.max_pixels)
+        except BGADError as err:
+            raise UploadError(400, str(err)) from None
+        if min(picture.size) < 16:
+            raise UploadError(400, f"image {name} is {picture.width}x{picture.height}, smaller than the stride 16")
+        decoded = time.perf_counter()
+        with self._lock:
+            inference_start = time.perf_counter()
+            prediction: Prediction = self.detector.predict(picture)
+            inference_end = time.perf_counter()
+        result = {
+            "file": name,
+            "score": prediction.score,
+            "normalized_score": prediction.normalized_score,
+            "is_anomalous": prediction.is_anomalous,
+            "thresholds": self.detector.thresholds_._asdict(),
+            "image": {"width": picture.width, "height": picture.height},
+            "model": {"id": self.description["model_id"], "bgad_version": __version__},
+        }
+        if maps == "png":
+            overlay = heatmap_overlay(
+                np.asarray(picture), prediction.anomaly_map, threshold=self.detector.thresholds_.pixel
+            )
+            result["overlay_png"] = _png(overlay)
+            result["mask_png"] = _png(prediction.mask.astype(np.uint8) * 255)
+        elif maps == "raw":
+            result["anomaly_map"] = _raw_map(prediction.anomaly_map)
+        end = time.perf_counter()
+        result["timing_ms"] = {
+            "decode": round(1000 * (decoded - start), 2),
+            "wait": round(1000 * (inference_start - decoded), 2),
+            "inference": round(1000 * (inference_end - inference_start), 2),
+            "total": round(1000 * (end - start), 2),
+        }
+        return result
+
+
+def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Any:
+    """The ASGI application serving ``scorer`` (see the module docstring)."""
+    fastapi = _require_serving_packages()
+    from fastapi import Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
+
+    app = fastapi.FastAPI(
+        title="bgad",
+        version=__version__,
+        description="Supervised anomaly detection with BGAD: score images, get heatmaps and defect masks.",
+    )
+    page = resources.files("bgad.app").joinpath("static/index.html").read_text(encoding="utf-8")
+    upload_body = {
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+                },
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            },
+            "required": True,
+        }
+    }
+
+    @app.exception_handler(UploadError)
+    async def refused(_: Request, err: UploadError) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def failed(_: Request, err: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return JSONResponse({"error": f"internal error: {type(err).__name__} (see the server log)"}, status_code=500)
+
+    def check_declared_size(request: Request, limit: int) -> None:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise UploadError(413, f"upload of {int(declared)} bytes is over the limit of {limit}")
+
+    async def read_body(request: Request) -> bytes:
+        check_declared_size(request, max_upload_bytes)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_upload_bytes:
+                raise UploadError(413, f"upload is over the limit of {max_upload_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def uploads(request: Request, *, many: bool) -> list[tuple[str, bytes]]:
+        """The uploaded files: multipart fields (``file``, or any number for a batch), or one raw image body."""
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            check_declared_size(request, max_upload_bytes * (MAX_FILES if many else 1))
+            try:
+                form = await request.form(max_files=MAX_FILES if many else 1, max_part_size=max_upload_bytes)
+            except HTTPException as err:
+                raise UploadError(400 if err.status_code < 500 else 413, str(err.detail)) from None
+            files = [
+                (value.filename or key, await value.read())
+                for key, value in form.multi_items()
+                if hasattr(value, "read")
+            ]
+            if not files:
+                raise UploadError(400, "no file in the form: send the image as the field 'file'")
+            if len(files) > 1 and not many:
+                raise UploadError(400, "one image per request here; use /predict/batch for several")
+            too_big = [name for name, data in files if len(data) > max_upload_bytes]
+            if too_big:
+                raise UploadError(413, f"{too_big[0]} is over the limit of {max_upload_bytes} bytes")
+            return files
+        if not content_type.startswith(IMAGE_TYPES):
+            raise UploadError(415, f"unsupported content type {content_type or 'none'!r}: send an image or a form")
+        return [("upload", await read_body(request))]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: answers at once, even while the model is busy."""
+        return {"status": "ok", "model_id": scorer.description["model_id"]}
+
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        """The model's identity, configuration, thresholds and (for a run folder) training metrics."""
+        return scorer.description
+
+    @app.post("/predict", openapi_extra=upload_body)
+    async def predict(request: Request, maps: Maps = "none") -> dict[str, Any]:
+        """Score one image (multipart field ``file``, or the raw image as the body). ``maps=png``: the heatmap
+        overlay and the defect mask as base64 PNGs at the image's size; ``maps=raw``: the anomaly map as float32."""
+        [(name, data)] = await uploads(request, many=False)
+        return await run_in_threadpool(scorer.score, data, name, maps)
+
+    @app.post("/predict/batch", openapi_extra=upload_body)
+    async def predict_batch(request: Request, maps: Maps = "none") -> dict[str, Any]:
+        """Score several images sent as multipart fields; a bad image gets an ``error`` entry, the rest are
+        scored."""
+        results = []
+        for name, data in await uploads(request, many=True):
+            try:
+                results.append(await run_in_threadpool(scorer.score, data, name, maps))
+            except UploadError as err:
+                results.append({"file": name, "error": str(err)})
+        return {"results": results}
+
+    return app
+
+
+def serve(scorer: Scorer, *, host: str, port: int) -> None:
+    """Run the server until Ctrl-C."""
+    _require_serving_packages()
+    import uvicorn
+
+    uvicorn.run(create_app(scorer), host=host, port=port, log_level="info")
