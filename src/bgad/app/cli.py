@@ -288,6 +288,17 @@ def _predict_into(
     return scored, flagged
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import Scorer, model_description, serve
+
+    detector = _load_for_prediction(args)
+    _apply_thresholds(args, detector)
+    scorer = Scorer(detector, model_description(args.run, detector), max_pixels=args.max_pixels)
+    print(f"bgad serve: http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
+    serve(scorer, host=args.host, port=args.port)
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     if len(args.mask_dir) > len(args.defect_dir):
         raise BGADError("--mask-dir needs --defect-dir")
@@ -516,6 +527,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="write above-threshold pixels for images judged good too (default: their mask is empty)",
     )
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
+
+    serve = command("serve", _cmd_serve, "serve a model: a web page and a JSON API for scoring images")
+    serve.add_argument("--run", type=Path, required=True, help="run or model folder (or, with --engine onnx, a file)")
+    serve.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="onnx: run RUN/model.onnx")
+    serve.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    serve.add_argument("--compile", action="store_true", help="torch.compile the flows (slower start, faster answers)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--max-pixels", type=_positive_int, default=50_000_000, help="larger uploads are refused (default 50 MP)"
+    )
+    _add_threshold_options(serve)
 
     calibrate = command(
         "calibrate", _cmd_calibrate, "set thresholds and score calibration again from new good images (no retraining)"

@@ -67,7 +67,7 @@ def model_description(run: Path, detector: BGAD | OnnxDetector) -> dict[str, Any
     if isinstance(detector, BGAD):
         config, source = detector.config.to_dict(), run / "model.json"
     else:
-        config, source = json.loads(detector.metadata["config"]), run
+        config, source = json.loads(detector.metadata["config"]), run / "model.onnx" if run.is_dir() else run
     description = {
         "model_id": hashlib.sha1(source.read_bytes()).hexdigest()[:12],
         "source": str(run),

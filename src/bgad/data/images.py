@@ -109,7 +109,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     """Read a ground-truth mask at its own resolution as a boolean array, by the rule in the module docstring:
     palette index > 0; bilevel as is; else values above half the type's range (any nonzero value when the
     mask's maximum is at most half the range), alpha dropped, maximum over the colour channels."""
-    image = _open(Path(path))
+    image = _open(Path(path), path)
     if image.mode == "P":
         return np.asarray(image) > 0
     if image.mode == "1":
