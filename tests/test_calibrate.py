@@ -104,3 +104,23 @@ def test_calibrate_refuses_to_overwrite(tiny_run: Path, tiny_dataset: Path, tmp_
     assert main(["calibrate", "--run", str(tiny_run), "--normal-dir", missing, "--output", str(tmp_path / "x")]) == 2
     assert_one_line(capsys, "nowhere")
     assert not (tmp_path / "x").exists()
+
+
+def test_test_writes_its_report_elsewhere_and_never_into_the_run(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = snapshot(tiny_run)
+    assert main(["test", "--run", str(tiny_run), "--quiet"]) == 0
+    assert snapshot(tiny_run) == before  # no --output: only printed
+    out = tmp_path / "test"
+    capsys.readouterr()
+    assert main(["test", "--run", str(tiny_run), "--output", str(out), "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads((out / "metrics.json").read_text()) == printed
+    assert "Decisions at the model's thresholds" in (out / "report.html").read_text()
+    assert main(["test", "--run", str(tiny_run), "--output", str(out), "--quiet"]) == 0  # over an earlier test
+    assert snapshot(tiny_run) == before
+    capsys.readouterr()
+    assert main(["test", "--run", str(tiny_run), "--output", str(tiny_run), "--quiet"]) == 2
+    assert_one_line(capsys, "is a run folder")
+    assert snapshot(tiny_run) == before

@@ -100,7 +100,7 @@ def test_maps_as_png_and_raw(client, image_bytes: bytes) -> None:
         ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported content type"),
         ({"content": b"0" * 300_000, "headers": {"content-type": "image/png"}}, 413, "over the limit"),
         ({"files": {"other": ("x.txt", b"abc", "text/plain")}, "data": {"note": "hi"}}, 400, "cannot read image"),
-        ({"data": {"note": "hi"}}, 400, "no file"),
+        ({"data": {"note": "hi"}}, 415, "unsupported content type"),
     ],
 )
 def test_bad_uploads_are_json_4xx_and_the_server_keeps_serving(

@@ -9,11 +9,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from . import metrics
 from .data.images import ImageSource, content_box, content_masks, image_shape, mask_to_tensor, read_mask
 from .data.samples import Sample
+from .progress import progress as progress_bar
 from .scoring import image_scores, resize_maps
 from .thresholds import Thresholds
 
@@ -154,7 +154,9 @@ def evaluate(
 ) -> Evaluation:
     """Score ``samples`` with ``detector``; the result does not depend on which other images are scored."""
     maps = []
-    for start in tqdm(range(0, len(samples), batch_size), desc="evaluating", unit="batch", disable=not progress):
+    for start in progress_bar(
+        range(0, len(samples), batch_size), desc="evaluating", unit="batch", disable=not progress
+    ):
         maps.append(detector.anomaly_maps([s.path for s in samples[start : start + batch_size]], batch_size=batch_size))
     anomaly_maps = torch.cat(maps)
     size, resize = anomaly_maps.shape[-1], detector.resize

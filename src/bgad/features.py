@@ -6,10 +6,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .backbones import FeatureExtractor
 from .data.images import BLACK, Color, ImageSource, image_to_tensor, read_image
+from .progress import progress as progress_bar
 
 
 def image_batches(
@@ -35,7 +35,7 @@ def extract_features(
 ) -> list[Tensor]:
     """Backbone features of all ``images``: one (N, C, h, w) tensor per level."""
     levels: list[list[Tensor]] = []
-    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
         batches = image_batches(
             images, image_size=image_size, batch_size=batch_size, resize=resize, fill=extractor.pad_color
         )

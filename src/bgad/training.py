@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .config import LossConfig, TrainConfig
 from .errors import BGADError
 from .level import FeatureLevel
 from .losses import LossTerms, bgad_loss
+from .progress import Bar, log_line
+from .progress import progress as progress_bar
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def train_flows(
     first = len(history)
     current = levels
     initial = sum(record["steps"] for record in history)
-    with tqdm(desc="training flows", unit="step", initial=initial, disable=not progress, mininterval=1) as bar:
+    with progress_bar(desc="training flows", unit="step", initial=initial, disable=not progress) as bar:
         for meta_epoch in range(first, train_config.meta_epochs):
             semi_push_pull = meta_epoch >= train_config.normal_only_meta_epochs
             since_phase_2 = meta_epoch - train_config.normal_only_meta_epochs
@@ -160,6 +161,12 @@ def train_flows(
                 meta_epoch, model_levels, current, optimizer, generator, train_config, loss_config, bar
             )
             history.append(record)
+            loss = record["loss"]
+            log_line(
+                bar,
+                f"meta-epoch {meta_epoch + 1}/{train_config.meta_epochs} ({record['phase']}): "
+                f"{record['steps']} steps, loss {loss:.3f}, {record['seconds']:.0f} s",
+            )
             if checkpoint is not None:
                 state = TrainingState(
                     meta_epoch + 1, flows.state_dict(), optimizer.state_dict(), generator.get_state(), history, config
@@ -201,7 +208,7 @@ def _meta_epoch(
     generator: torch.Generator,
     train_config: TrainConfig,
     loss_config: LossConfig,
-    bar: tqdm,
+    bar: Bar,
 ) -> dict:
     """Run the optimizer steps of one meta-epoch; return its log record."""
     start = time.perf_counter()

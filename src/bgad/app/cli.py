@@ -13,7 +13,6 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..config import PRESETS, RESIZE_MODES, SYNTHESES, BGADConfig, load_config
@@ -26,6 +25,7 @@ from ..errors import BGADError, DatasetError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES
 from ..export import OnnxDetector, export_onnx
 from ..model import BGADModel
+from ..progress import progress
 from ..thresholds import override_thresholds
 from .ablation import run_ablation
 from .benchmark import run_benchmark
@@ -150,7 +150,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    results = evaluate_run(args.run, _dataset_spec(args), eval_size=args.eval_size, progress=not args.quiet)
+    results = evaluate_run(
+        args.run, _dataset_spec(args), output=args.output, eval_size=args.eval_size, progress=not args.quiet
+    )
     print(json.dumps(results.to_dict(), indent=2))
     return 0
 
@@ -257,7 +259,7 @@ def _predict_into(
     # file names that are not valid UTF-8 keep their bytes.
     with (
         open(args.output / "scores.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as handle,
-        tqdm(total=len(images), desc="predicting", unit="img", disable=args.quiet) as bar,
+        progress(total=len(images), desc="predicting", unit="img", disable=args.quiet) as bar,
     ):
         writer = csv.writer(handle)
         writer.writerow(["path", "score", "normalized_score", "is_anomalous", "image_threshold"])
@@ -510,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     test = command("test", _cmd_test, "re-evaluate a saved run and print its metrics as JSON")
     test.add_argument("--run", type=Path, required=True)
+    test.add_argument("--output", type=Path, help="also write metrics.json and report.html here (never into RUN)")
     _add_eval_size_option(test)
     _add_data_options(test, default_help="default: the data the run was trained on")
 

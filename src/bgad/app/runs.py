@@ -333,11 +333,19 @@ def _train(partial: Path, output: Path, config: BGADConfig, split: Split, *, pro
 
 
 def evaluate_run(
-    run: Path, dataset: DatasetSpec | None = None, *, eval_size: str = "input", progress: bool = True
+    run: Path,
+    dataset: DatasetSpec | None = None,
+    *,
+    output: Path | None = None,
+    eval_size: str = "input",
+    progress: bool = True,
 ) -> RunResults:
     """Re-evaluate a saved run on its dataset (or another), leaving out the known anomalies it trained on; with
-    ``eval_size="full"`` also at each image's own resolution (``full_resolution``)."""
+    ``eval_size="full"`` also at each image's own resolution (``full_resolution``). With ``output``, the metrics
+    and the report are written there (a new or empty folder, or an earlier test's); the run is only read."""
     _check_eval_size(eval_size)
+    if output is not None:
+        _check_test_output(output, run)
     run_json = run / RUN_JSON
     if not run_json.is_file():
         raise BGADError(f"not a bgad run: {run_json} is missing")
@@ -361,12 +369,28 @@ def evaluate_run(
     ]
     evaluation = evaluate(detector, samples, progress=progress)
     results = _results(evaluation, detector, len(info["known_anomalies"]), info["known_types"], eval_size)
-    if left_out := len(category.test) - len(samples):
+    if (left_out := len(category.test) - len(samples)) and dataset not in (None, stored):
         print(
             f"bgad: {left_out} training anomalies found in this data were left out of the evaluation", file=sys.stderr
         )
-    _write_report(evaluation, results, run, detector, category.name)
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        _write_json(output / METRICS_JSON, results.to_dict())
+        _write_report(evaluation, results, output, detector, category.name)
     return results
+
+
+def _check_test_output(output: Path, run: Path) -> None:
+    """A test writes into a new or empty folder, or over an earlier test's; never into a run (whose metrics and
+    report would then disagree with its fit) nor over other files."""
+    if output.resolve() == run.resolve() or is_run_folder(output):
+        raise BGADError(f"output {output} is a run folder: a test writes its metrics and report elsewhere")
+    if output.exists() and not output.is_dir():
+        raise BGADError(f"output {output} is a file, not a folder")
+    if output.is_dir() and any(output.iterdir()):
+        earlier = {METRICS_JSON, "report.html", "report_files"}
+        if not {p.name for p in output.iterdir()} <= earlier:
+            raise BGADError(f"output {output} is not empty: name a new folder (it may only hold an earlier test)")
 
 
 def _check_eval_size(eval_size: str) -> None:

@@ -11,8 +11,8 @@ per image in larger batches (docs/performance.md), so merging requests into batc
 serving.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations, which name FastAPI types
+# imported inside create_app (FastAPI is an optional extra).
 import base64
 import hashlib
 import io
@@ -55,7 +55,7 @@ class UploadError(Exception):
 def _require_serving_packages() -> Any:
     try:
         import fastapi
-        import multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
+        import python_multipart  # noqa: F401  (FastAPI's form parser)
         import uvicorn  # noqa: F401
     except ImportError as err:
         raise BGADError(f"bgad serve needs its extra: pip install 'bgad[serve]' ({err})") from None
@@ -213,7 +213,7 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
         if content_type.startswith("multipart/form-data"):
             check_declared_size(request, max_upload_bytes * (MAX_FILES if many else 1))
             try:
-                form = await request.form(max_files=MAX_FILES if many else 1, max_part_size=max_upload_bytes)
+                form = await request.form(max_files=MAX_FILES, max_part_size=max_upload_bytes)
             except HTTPException as err:
                 raise UploadError(400 if err.status_code < 500 else 413, str(err.detail)) from None
             files = [

@@ -15,10 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..config import TrainConfig
 from ..errors import BGADError, DatasetError
+from ..progress import progress as progress_bar
 from .images import read_image, read_mask
 from .samples import Category, Sample, Split, content_hash, make_split
 
@@ -115,7 +114,7 @@ def check_dataset(
     roles = [(s, "train") for s in category.train + category.known] + [(s, "test") for s in category.test]
     hashes: dict[Path, str] = {}
     by_hash: dict[str, list[tuple[Sample, str]]] = defaultdict(list)
-    for sample, role in tqdm(roles, desc="checking images", unit="img", disable=not progress):
+    for sample, role in progress_bar(roles, desc="checking images", unit="img", disable=not progress):
         sample_problems, digest = _file_problems(sample)
         problems += sample_problems
         if digest is not None:
