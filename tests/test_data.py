@@ -8,7 +8,7 @@ from PIL import Image
 from bgad.config import TrainConfig
 from bgad.data.images import read_image, read_mask
 from bgad.data.layouts import load_mvtec
-from bgad.data.samples import Category, Sample, Split, make_split
+from bgad.data.samples import Category, Sample, Split, folds, make_split
 from bgad.errors import BGADError
 
 from .conftest import SHARED_DATA, write_category
@@ -146,3 +146,38 @@ def test_sampling_errors(tmp_path: Path, n: int, sampling: str, message: str) ->
     write_category(tmp_path, LAYOUT)
     with pytest.raises(BGADError, match=message):
         _known(load_mvtec(tmp_path, "cat"), n, seed=0, sampling=sampling)
+
+
+def test_folds_deal_every_defect_once_and_spread_the_types(tmp_path: Path) -> None:
+    write_category(tmp_path, LAYOUT)  # 4 crack, 3 hole, 5 scratch
+    category = load_mvtec(tmp_path, "cat")
+    dealt = folds(category, 3, seed=0)
+    assert sorted(s.path for fold in dealt for s in fold) == sorted(s.path for s in category.defects)
+    assert sorted(len(fold) for fold in dealt) == [4, 4, 4]
+    for fold in dealt:
+        assert len({s.defect_type for s in fold}) == 3  # every type in every fold
+    assert folds(category, 3, seed=0) == dealt
+    assert folds(category, 3, seed=1) != dealt
+
+
+def test_fold_sampling_trains_on_the_other_folds_and_evaluates_on_its_own(tmp_path: Path) -> None:
+    write_category(tmp_path, LAYOUT)
+    category = load_mvtec(tmp_path, "cat")
+    held_out = folds(category, 3, seed=0)[1]
+    split = make_split(category, TrainConfig(anomaly_sampling="fold:1/3"))
+    assert set(split.known) == set(category.defects) - set(held_out)
+    assert {s for s in split.evaluation if s.is_anomalous} == set(held_out)
+    assert {s for s in split.evaluation if not s.is_anomalous} == {s for s in category.test if not s.is_anomalous}
+
+
+def test_all_anomalies(tmp_path: Path) -> None:
+    write_category(tmp_path, LAYOUT)
+    category = load_mvtec(tmp_path, "cat")
+    assert set(_known(category, -1, seed=0)) == set(category.defects)
+    assert len(_known(category, -1, seed=0, sampling="type:hole")) == 3
+
+
+@pytest.mark.parametrize("sampling", ["fold:3/3", "fold:0/1", "fold:a/3", "fold:1", "folds:1/3"])
+def test_bad_fold_samplings_are_refused(sampling: str) -> None:
+    with pytest.raises(BGADError, match="anomaly_sampling"):
+        TrainConfig(anomaly_sampling=sampling)

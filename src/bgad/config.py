@@ -90,9 +90,13 @@ class TrainConfig:
     lr: float = 2e-4
     lr_min_ratio: float = 1e-3  # the cosine decays to lr * lr_min_ratio
     fiber_batch: int = 4096  # feature vectors per optimizer step (one level per step)
-    num_anomalies: int = 10  # known anomalies taken from the test set (and removed from evaluation)
+    # Known anomalies taken from the test set (and removed from evaluation); -1: all of them (for deployment: the
+    # fit's own metrics are then undefined, cross-validation gives them).
+    num_anomalies: int = 10
     anomaly_repeats: int = 5  # each known anomaly counts this many times per epoch
-    anomaly_sampling: str = "stratified"  # "stratified" by defect type, "random", or "type:NAME" (hard setting)
+    # "stratified" by defect type, "random", "type:NAME" (the hard setting), or "fold:K/N": every defect outside
+    # fold K of N (cross-validation; num_anomalies is then ignored).
+    anomaly_sampling: str = "stratified"
     # Synthetic anomalies in phase 2: "cutpaste" (augmented known defects pasted into normal images, the
     # reference's default), "nsa" (patches of normal images Poisson-blended into others: needs no real anomaly)
     # or "none". The pool holds synthetic_repeats x known anomalies (x 10 for nsa without known anomalies).
@@ -114,11 +118,12 @@ class TrainConfig:
             lr=self.lr > 0,
             lr_min_ratio=0 <= self.lr_min_ratio <= 1,
             fiber_batch=self.fiber_batch >= 16,
-            num_anomalies=self.num_anomalies >= 0,
+            num_anomalies=self.num_anomalies >= -1,
             anomaly_repeats=self.anomaly_repeats >= 1,
             extract_batch_size=self.extract_batch_size >= 1,
             anomaly_sampling=self.anomaly_sampling in ("stratified", "random")
-            or self.anomaly_sampling.startswith("type:"),
+            or self.anomaly_sampling.startswith("type:")
+            or fold_of(self.anomaly_sampling) is not None,
             synthesis=self.synthesis in SYNTHESES,
             synthetic_repeats=self.synthetic_repeats >= 1,
             synthesis_refresh=self.synthesis_refresh >= 1,
@@ -166,6 +171,14 @@ class BGADConfig:
         if unknown:
             raise BGADError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(sections)}")
         return cls(**sections)
+
+
+def fold_of(sampling: str) -> tuple[int, int] | None:
+    """``(k, n)`` of a ``"fold:k/n"`` anomaly sampling (0 <= k < n, n >= 2), else None."""
+    k, slash, n = sampling.removeprefix("fold:").partition("/")
+    if not sampling.startswith("fold:") or not slash or not (k.isdigit() and n.isdigit()):
+        return None
+    return (int(k), int(n)) if int(n) >= 2 and int(k) < int(n) else None
 
 
 def _check(section: str, values: Any, **valid: bool) -> None:

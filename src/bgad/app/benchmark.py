@@ -341,7 +341,7 @@ def _write_csv(path: Path, results: list[dict[str, Any]], methods: list[str]) ->
                 writer.writerow(row)
 
 
-def _mean_std(values: list[float], digits: int) -> str:
+def mean_std(values: list[float], digits: int) -> str:
     """``mean ± std`` (sample std over seeds), or the mean alone for one value."""
     mean = statistics.fmean(values)
     if len(values) == 1:
@@ -372,7 +372,7 @@ def _method_table(results: list[dict[str, Any]], names: list[str], method: str) 
         rows = [r["methods"][method] for r in results if r["category"] == name]
         if not rows:
             continue
-        cells = [_mean_std([row[k] for row in rows], COLUMN_TITLES[k][1]) for k in keys]
+        cells = [mean_std([row[k] for row in rows], COLUMN_TITLES[k][1]) for k in keys]
         note = "n/a [^per-category]" if method == "bgad" else "n/a [^baseline]"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {note} |")
     # Mean row: the mean over categories for each seed, then mean ± std of that over seeds.
@@ -380,7 +380,7 @@ def _method_table(results: list[dict[str, Any]], names: list[str], method: str) 
     per_seed = {
         k: [statistics.fmean(r["methods"][method][k] for r in results if r["seed"] == s) for s in seeds] for k in keys
     }
-    cells = [_mean_std(per_seed[k], COLUMN_TITLES[k][1]) for k in keys]
+    cells = [mean_std(per_seed[k], COLUMN_TITLES[k][1]) for k in keys]
     if method == "bgad":
         note = f"{PAPER_MVTEC_MEAN['image_auroc']} / {PAPER_MVTEC_MEAN['pixel_auroc']} [^paper-mean]"
     else:

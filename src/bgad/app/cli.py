@@ -3,36 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
 import torch
-from PIL import Image
 
 from .._version import __version__
 from ..config import PRESETS, RESIZE_MODES, SYNTHESES, BGADConfig, load_config
-from ..data.checks import MIN_IMAGE_SIDE, check_dataset
+from ..data.checks import check_dataset
 from ..data.demo import make_demo_dataset
-from ..data.images import IMAGE_SUFFIXES, read_image
 from ..data.layouts import DatasetSpec
 from ..detector import BGAD
 from ..errors import BGADError, DatasetError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES
 from ..export import OnnxDetector, export_onnx
 from ..model import BGADModel
-from ..progress import progress
 from ..thresholds import override_thresholds
 from .ablation import run_ablation
 from .benchmark import run_benchmark
 from .calibration import calibrate_run
+from .crossval import cross_validate
+from .prediction import collect_images, predict_folder
 from .runs import evaluate_run, fit_run, resume_run
 from .speed import inference_speed, training_speed
-from .visualize import heatmap_overlay
 
 ONNX_FILE = "model.onnx"
 
@@ -100,10 +96,26 @@ def _required_dataset(args: argparse.Namespace) -> DatasetSpec:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        if args.output is not None or _dataset_spec(args) is not None:
+        if args.output is not None or args.cv is not None or _dataset_spec(args) is not None:
             raise BGADError("--resume takes the data, options and output of the interrupted fit; give nothing else")
         output = args.resume
         results = resume_run(output, progress=not args.quiet)
+    elif args.cv is not None:
+        if args.output is None:
+            raise BGADError("--output is required (the folder for the folds' runs and cv.md)")
+        summary = cross_validate(
+            _required_dataset(args),
+            args.output,
+            _config_for(args),
+            args.cv,
+            overwrite=args.overwrite,
+            eval_size=args.eval_size,
+            drop_duplicates=args.drop_duplicates,
+            progress=not args.quiet,
+        )
+        print(json.dumps(summary, indent=2))
+        print(f"folds, cv.json and cv.md written to {args.output}", file=sys.stderr)
+        return 0
     else:
         if args.output is None:
             raise BGADError("--output is required (the run folder to create)")
@@ -157,52 +169,6 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collect_images(paths: Sequence[Path], skip: Path | None = None) -> tuple[list[Path], list[str]]:
-    """Image files named directly or found (recursively) in folders, except under ``skip`` (the output folder, so
-    that a second run does not score the first one's heatmaps), plus one problem line per bad path."""
-    images, problems = [], []
-    skipped = None if skip is None else skip.resolve()
-    for path in paths:
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_SUFFIXES
-                and (skipped is None or not p.resolve().is_relative_to(skipped))
-            )
-            images += found
-            if not found:
-                problems.append(f"no images in folder {path}")
-        elif path.is_file():
-            images.append(path)
-        else:
-            problems.append(f"not found: {path}")
-    return images, problems
-
-
-def _output_names(images: Sequence[Path]) -> list[str]:
-    """File stems made unique (``name``, ``name_2``, ...) so that outputs from different folders never collide,
-    also with a stem that already ends in ``_2``."""
-    taken: set[str] = set()
-    names = []
-    for image in images:
-        name, copy = image.stem, 1
-        while name.casefold() in taken:  # case-insensitive: outputs may land on a case-insensitive file system
-            copy += 1
-            name = f"{image.stem}_{copy}"
-        taken.add(name.casefold())
-        names.append(name)
-    return names
-
-
-def _read_for_prediction(path: Path) -> Image.Image:
-    picture = read_image(path)
-    if min(picture.size) < MIN_IMAGE_SIDE:
-        raise BGADError(f"image {path} is {picture.width}x{picture.height}, smaller than the network's stride")
-    return picture
-
-
 def _load_for_prediction(args: argparse.Namespace) -> BGAD | OnnxDetector:
     if args.engine == "torch":
         detector = BGAD.load(args.run).to(args.device)
@@ -228,14 +194,22 @@ def _apply_thresholds(args: argparse.Namespace, detector: BGAD | OnnxDetector) -
 def _cmd_predict(args: argparse.Namespace) -> int:
     detector = _load_for_prediction(args)
     _apply_thresholds(args, detector)
-    images, problems = _collect_images(args.paths, skip=args.output)
+    images, problems = collect_images(args.paths, skip=args.output)
     for problem in problems:
         print(f"bgad: error: {problem}", file=sys.stderr)
     if not images:
         print("bgad: error: no images to predict on", file=sys.stderr)
         return 2
     try:
-        scored, flagged = _predict_into(args, detector, images, problems)
+        scored, flagged = predict_folder(
+            detector,
+            images,
+            args.output,
+            batch_size=args.batch_size,
+            mask_every_image=args.mask_every_image,
+            problems=problems,
+            progress=not args.quiet,
+        )
     except KeyboardInterrupt:
         print(f"bgad: interrupted; the images scored so far are in {args.output / 'scores.csv'}", file=sys.stderr)
         return 130
@@ -244,50 +218,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"bgad: {len(problems)} input(s) could not be processed (listed above)", file=sys.stderr)
         return 1
     return 0
-
-
-def _predict_into(
-    args: argparse.Namespace, detector: BGAD | OnnxDetector, images: list[Path], problems: list[str]
-) -> tuple[int, int]:
-    """Score ``images`` into ``args.output``; returns (scored, flagged); unreadable images go to ``problems``."""
-    heatmaps, masks = args.output / "heatmaps", args.output / "masks"
-    heatmaps.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(exist_ok=True)
-    scored = flagged = 0
-    names = dict(zip(images, _output_names(images), strict=True))
-    # Rows are written as images are scored (an interrupted run keeps what it did), in UTF-8 whatever the locale;
-    # file names that are not valid UTF-8 keep their bytes.
-    with (
-        open(args.output / "scores.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as handle,
-        progress(total=len(images), desc="predicting", unit="img", disable=args.quiet) as bar,
-    ):
-        writer = csv.writer(handle)
-        writer.writerow(["path", "score", "normalized_score", "is_anomalous", "image_threshold"])
-        threshold = f"{detector.thresholds_.image:.6g}"
-        for start in range(0, len(images), args.batch_size):
-            readable = {}
-            for image in images[start : start + args.batch_size]:
-                try:
-                    readable[image] = _read_for_prediction(image)
-                except BGADError as err:
-                    problems.append(str(err))
-                    print(f"bgad: error: {err}", file=sys.stderr)
-            predictions = detector.predict_batch(
-                list(readable.values()), batch_size=args.batch_size, mask_every_image=args.mask_every_image
-            )
-            for (image, picture), prediction in zip(readable.items(), predictions, strict=True):
-                overlay = heatmap_overlay(
-                    np.asarray(picture), prediction.anomaly_map, threshold=detector.thresholds_.pixel
-                )
-                Image.fromarray(overlay).save(heatmaps / f"{names[image]}.png")
-                Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(masks / f"{names[image]}_mask.png")
-                score, normalized = f"{prediction.score:.6g}", f"{prediction.normalized_score:.4f}"
-                writer.writerow([str(image), score, normalized, int(prediction.is_anomalous), threshold])
-                handle.flush()
-                scored += 1
-                flagged += int(prediction.is_anomalous)
-            bar.update(min(args.batch_size, len(images) - start))
-    return scored, flagged
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -405,11 +335,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--num-anomalies", type=int, help="known anomalies to train on, drawn from the defect images (default 10)"
+        "--num-anomalies",
+        type=_count_or_all,
+        help="known anomalies to train on, drawn from the defect images (default 10), or all (then use --cv)",
     )
     parser.add_argument("--seed", type=int, help="seed for the anomaly choice and training (default 0)")
     parser.add_argument(
-        "--anomaly-sampling", help="stratified (default), random, or type:NAME (all known anomalies of one type)"
+        "--anomaly-sampling",
+        help="stratified (default), random, type:NAME (all known anomalies of one type) or fold:K/N",
     )
     parser.add_argument(
         "--resize", choices=RESIZE_MODES, help="non-square images: stretch to a square (default) or pad (keep)"
@@ -455,6 +388,14 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _count_or_all(text: str) -> int:
+    if text == "all":
+        return -1
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a count or 'all': {text!r}")
+    return int(text)
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -493,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(fit)
     fit.add_argument("--synthesis", choices=SYNTHESES, help="synthetic anomalies (default cutpaste)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing bgad run folder (never another)")
+    fit.add_argument(
+        "--cv",
+        type=_positive_int,
+        metavar="N",
+        help="N-fold cross-validation over the labelled defects: one run per fold in OUTPUT/fold<k>, cv.md",
+    )
     _add_eval_size_option(fit)
 
     check = command("check", _cmd_check, "check a dataset before training: list every problem found")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import TrainConfig, fold_of
 from ..errors import BGADError
 
 GOOD = "good"
@@ -129,10 +129,29 @@ def make_split(category: Category, train: TrainConfig) -> Split:
     ``"stratified"`` (the reference's choice): each of the T defect types gives ``n // T`` images (all it has,
     if fewer), the rest come from the leftovers of all types. ``"random"``: uniformly from all defects (the DRA
     protocol). ``"type:NAME"``: all from defect type NAME — the hard setting, where the other types stay unseen.
+    ``n = -1`` takes every defect (of the type). ``"fold:K/N"``: every defect outside fold K of :func:`folds`.
     """
     if category.known:
         return Split(category, category.known)
+    fold = fold_of(train.anomaly_sampling)
+    if fold is not None:
+        held_out = set(folds(category, fold[1], seed=train.seed)[fold[0]])
+        return Split(category, tuple(s for s in category.defects if s not in held_out))
     return Split(category, _select(category, train.num_anomalies, train.anomaly_sampling, train.seed))
+
+
+def folds(category: Category, n: int, *, seed: int) -> list[tuple[Sample, ...]]:
+    """The defects (with masks) dealt into ``n`` folds of near-equal size, each defect type spread over the folds
+    (seeded by category name and seed, like the known anomalies)."""
+    rng = _category_rng(category.name, seed)
+    dealt: list[list[Sample]] = [[] for _ in range(n)]
+    position = 0
+    for defect_type in sorted({s.defect_type for s in category.defects}):
+        pool = [s for s in category.defects if s.defect_type == defect_type]
+        for index in rng.permutation(len(pool)):
+            dealt[position % n].append(pool[index])
+            position += 1
+    return [tuple(sorted(fold, key=lambda s: s.path)) for fold in dealt]
 
 
 def _select(category: Category, n: int, sampling: str, seed: int) -> tuple[Sample, ...]:
@@ -144,6 +163,8 @@ def _select(category: Category, n: int, sampling: str, seed: int) -> tuple[Sampl
         if seen not in types:
             raise BGADError(f"defect type {seen!r} not in category {category.name} (types: {', '.join(types)})")
         defects = tuple(s for s in defects if s.defect_type == seen)
+    if n == -1:
+        n = len(defects)
     if n > len(defects):
         where = f"category {category.name}"
         if sampling.startswith("type:"):
