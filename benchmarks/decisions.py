@@ -1,10 +1,11 @@
-"""Verdicts and masks at the model's thresholds on saved runs, with bgad 0.2's decision rules and with today's.
+"""Verdicts and masks at the thresholds on saved runs: bgad 0.2's decision rules against today's.
 
-0.2: every image gets the map above the pixel threshold as its mask, and the pixel threshold is the F1-optimal one
-on the known anomalies' pooled pixels (what a 0.2 run's model.json holds). Now: masks follow the verdict (empty on
-images judged good) and the pixel threshold gives the best mean per-image mask F1 on the known anomalies and the
-flagged training normals. The model is recalibrated on its own training normals and known anomalies, which gives
-the fit's calibration again; only the thresholds differ. No test image is used to set anything.
+0.2: every image gets the map above the pixel threshold as its mask; the pixel threshold is the larger of the
+training normals' 0.999 pixel quantile and the F1-optimal threshold on the known anomalies' pooled pixels. Now:
+masks follow the verdict (empty on images judged good); the pixel threshold is the larger of the same quantile
+and the one giving the best mean per-image mask F1 on the known anomalies and the flagged training normals. Both
+use the run's image threshold rule and its score calibration, recomputed on its own training normals and known
+anomalies (which gives the fit's calibration again). No test image is used to set anything.
 
 Run: python benchmarks/decisions.py --data-root ../shared/data/mvtec_ad RUN [RUN ...]   (prints a markdown table)
 """
@@ -13,23 +14,38 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+from sklearn.metrics import precision_recall_curve
+
 from bgad import BGAD
 from bgad.data.layouts import load_mvtec
 from bgad.data.samples import Split
 from bgad.evaluation import evaluate
+from bgad.thresholds import Thresholds
+
+
+def pooled_f1_pixel_threshold(detector: BGAD, split: Split) -> float:
+    """bgad 0.2's pixel threshold, from the training normals' and the known anomalies' maps."""
+    normals = evaluate(detector, split.train, progress=False)
+    known = evaluate(detector, split.known, progress=False)
+    quantile = float(np.quantile(normals.anomaly_maps, detector.config.threshold.pixel_quantile))
+    precision, recall, candidates = precision_recall_curve(known.masks.ravel(), known.anomaly_maps.ravel())
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return max(quantile, float(candidates[np.argmax(f1[:-1])]))
 
 
 def decisions(run: Path, data_root: Path) -> list[str]:
     info = json.loads((run / "run.json").read_text())
     category = load_mvtec(data_root, info["category"])
     names = set(info["known_anomalies"])
-    known = tuple(s for s in category.test if category.relative(s.path) in names)
-    split = Split(category, known)
+    split = Split(category, tuple(s for s in category.test if category.relative(s.path) in names))
     detector = BGAD.load(run)
-    evaluation = evaluate(detector, split.evaluation, progress=False)
+    known = split.known
     now = detector.calibrate([s.path for s in split.train], [s.path for s in known], [s.mask_path for s in known])
+    then = Thresholds(now.thresholds_.image, pooled_f1_pixel_threshold(now, split))
+    evaluation = evaluate(now, split.evaluation, progress=False)
     rows = []
-    for rule, thresholds, every in (("0.2", detector.thresholds_, True), ("now", now.thresholds_, False)):
+    for rule, thresholds, every in (("0.2", then, True), ("now", now.thresholds_, False)):
         d = evaluation.decisions(thresholds, mask_every_image=every)
         n_good = d["image"]["fp"] + d["image"]["tn"]
         cells = [

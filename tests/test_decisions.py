@@ -5,17 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.metrics import confusion_matrix, f1_score, jaccard_score, precision_recall_fscore_support
 
-from bgad.config import ThresholdConfig
 from bgad.data.samples import Sample
 from bgad.errors import BGADError
 from bgad.evaluation import Evaluation
 from bgad.metrics import decision_metrics, f1_max, mask_overlaps
-from bgad.thresholds import Thresholds, fit_thresholds, normalized_score, override_thresholds, threshold_for_fpr
+from bgad.thresholds import Thresholds, normalized_score, override_thresholds, threshold_for_fpr
 
 
 def test_decision_metrics_match_sklearn() -> None:
@@ -88,33 +86,6 @@ def test_override_thresholds() -> None:
         override_thresholds(base, None, target_fpr=0.1)
     with pytest.raises(BGADError, match="finite"):
         override_thresholds(base, normals, pixel=float("nan"))
-
-
-def _maps(peaks: list[float], size: int = 8) -> torch.Tensor:
-    maps = torch.zeros(len(peaks), size, size)
-    for i, peak in enumerate(peaks):
-        maps[i, 2, 3] = peak
-    return maps
-
-
-def test_a_target_fpr_sets_the_image_threshold_and_is_not_moved_by_anomalies() -> None:
-    normal, anomalies = _maps([float(i) for i in range(1, 101)]), _maps([200.0])
-    masks = anomalies > 0
-    thresholds = fit_thresholds(normal, anomalies, masks, ThresholdConfig(), target_fpr=0.1)
-    assert thresholds.image == 90.0  # 10 of the 100 normals score above it
-
-
-def test_flagged_normals_count_for_the_pixel_threshold() -> None:
-    """A normal image above the image threshold gets a mask: a hot spot on it (6) pushes the pixel threshold
-    above it when that costs no more mask quality on the anomalies (5 and 7) than it saves on the normal."""
-    anomalies = _maps([5.0, 7.0])
-    masks = anomalies > 0
-    config = ThresholdConfig(image_quantile=0.5, pixel_quantile=0.5)
-    quiet = fit_thresholds(_maps([1.0, 2.0, 3.0]), anomalies, masks, config)
-    hot = fit_thresholds(_maps([1.0, 2.0, 6.0]), anomalies, masks, config)
-    assert quiet.image == hot.image == 3.5  # midway between the normals' median and the lowest anomaly
-    assert quiet.pixel == pytest.approx(5.0)  # just below 5: both anomalies get exact masks
-    assert hot.pixel == pytest.approx(7.0)  # just below 7: the flagged normal's mask stays empty
 
 
 def test_evaluation_decisions_follow_the_verdict(tmp_path: Path) -> None:

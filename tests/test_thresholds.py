@@ -43,3 +43,23 @@ def test_anomalies_scoring_below_normals_leave_the_image_threshold() -> None:
     thresholds = fit_thresholds(normal, anomalies, masks, ThresholdConfig(image_quantile=1.0, pixel_quantile=1.0))
     assert thresholds.image == pytest.approx(5.0)
     assert thresholds.pixel == pytest.approx(5.0)  # the normals' quantile wins over the lower F1 threshold
+
+
+def test_a_target_fpr_sets_the_image_threshold_and_is_not_moved_by_anomalies() -> None:
+    normal, anomalies = _maps([float(i) for i in range(1, 101)]), _maps([200.0])
+    masks = anomalies > 0
+    thresholds = fit_thresholds(normal, anomalies, masks, ThresholdConfig(), target_fpr=0.1)
+    assert thresholds.image == 90.0  # 10 of the 100 normals score above it
+
+
+def test_flagged_normals_count_for_the_pixel_threshold() -> None:
+    """A normal image above the image threshold gets a mask: a hot spot on it (6) pushes the pixel threshold
+    above it when that costs no more mask quality on the anomalies (5 and 7) than it saves on the normal."""
+    anomalies = _maps([5.0, 7.0])
+    masks = anomalies > 0
+    config = ThresholdConfig(image_quantile=0.5, pixel_quantile=0.5)
+    quiet = fit_thresholds(_maps([1.0, 2.0, 3.0]), anomalies, masks, config)
+    hot = fit_thresholds(_maps([1.0, 2.0, 6.0]), anomalies, masks, config)
+    assert quiet.image == hot.image == 3.5  # midway between the normals' median and the lowest anomaly
+    assert quiet.pixel == pytest.approx(5.0)  # just below 5: both anomalies get exact masks
+    assert hot.pixel == pytest.approx(7.0)  # just below 7: the flagged normal's mask stays empty

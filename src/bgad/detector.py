@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,14 +153,17 @@ class BGAD:
         ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.data.images.content_box` is meaningful."""
         model = self._check_is_fitted()
         device = model.normal_max.device
-        batches = image_batches(
+        return torch.cat([model(batch.to(device)).cpu() for batch in self._batches(images, batch_size, model)])
+
+    def _batches(self, images: Sequence[ImageSource], batch_size: int, model: BGADModel) -> Iterator[Tensor]:
+        """Input batches (B, 3, S, S) as ``model`` sees them: its input size, resize mode and pad colour."""
+        return image_batches(
             images,
             image_size=model.config.image_size,
             batch_size=batch_size,
             resize=self.resize,
             fill=model.extractor.pad_color,
         )
-        return torch.cat([model(batch.to(device)).cpu() for batch in batches])
 
     def predict(self, image: ImageSource) -> Prediction:
         """Score one image: its score, anomaly map and defect mask at the image's own resolution."""
@@ -206,13 +209,7 @@ class BGAD:
         config = self._config
 
         def log_probs(images: Sequence[ImageSource]) -> list[Tensor]:
-            batches = image_batches(
-                images,
-                image_size=config.model.image_size,
-                batch_size=batch_size,
-                resize=self.resize,
-                fill=model.extractor.pad_color,
-            )
+            batches = self._batches(images, batch_size, model)
             per_batch = [model.level_log_probs(model.extractor(batch)) for batch in batches]
             return [torch.cat(level) for level in zip(*per_batch, strict=True)]
 
