@@ -215,3 +215,17 @@ def test_the_page_scores_an_upload_and_the_slider_changes_the_verdict(
         assert not logs, json.dumps(logs)
     finally:
         driver.quit()
+
+
+def test_the_onnx_engine_serves_the_same_scores(tiny_run: Path, tmp_path: Path, image_bytes: bytes, client) -> None:
+    from bgad.export import OnnxDetector, export_onnx
+
+    onnx_file = export_onnx(BGAD.load(tiny_run), tmp_path / "model.onnx")
+    detector = OnnxDetector.load(onnx_file)
+    description = model_description(onnx_file, detector)
+    assert description["engine"] == "onnx"
+    with testclient.TestClient(create_app(Scorer(detector, description, max_pixels=1_000_000))) as onnx_client:
+        onnx = onnx_client.post("/predict", content=image_bytes, headers={"content-type": "image/png"}).json()
+    torch_result = client.post("/predict", content=image_bytes, headers={"content-type": "image/png"}).json()
+    assert onnx["score"] == pytest.approx(torch_result["score"], abs=2e-5)
+    assert onnx["is_anomalous"] == torch_result["is_anomalous"]
