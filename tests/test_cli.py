@@ -34,7 +34,11 @@ def test_test_command_reproduces_the_fit_metrics(tiny_run: Path, capsys: pytest.
     saved = json.loads((tiny_run / "metrics.json").read_text())
     saved.pop("train_seconds")
     per_type, printed_per_type = saved.pop("per_type"), printed.pop("per_type")
+    decided, printed_decided = saved.pop("at_thresholds"), printed.pop("at_thresholds")
     assert printed == pytest.approx(saved)
+    for level in ("image", "pixel"):  # the same thresholds on the same maps: the same decisions
+        assert printed_decided.pop(level) == decided.pop(level)
+    assert printed_decided == pytest.approx(decided)
     assert printed_per_type.keys() == per_type.keys()
     for defect_type, values in per_type.items():
         assert printed_per_type[defect_type] == pytest.approx(values)
