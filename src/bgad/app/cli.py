@@ -27,6 +27,7 @@ from .benchmark import run_benchmark
 from .calibration import calibrate_run
 from .crossval import cross_validate
 from .prediction import collect_images, predict_folder
+from .review import REVIEW_CSV, REVIEW_SHEET, review_queue, write_review
 from .runs import evaluate_run, fit_run, resume_run
 from .speed import inference_speed, training_speed
 
@@ -201,7 +202,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print("bgad: error: no images to predict on", file=sys.stderr)
         return 2
     try:
-        scored, flagged = predict_folder(
+        scored = predict_folder(
             detector,
             images,
             args.output,
@@ -213,7 +214,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"bgad: interrupted; the images scored so far are in {args.output / 'scores.csv'}", file=sys.stderr)
         return 130
-    print(f"{scored} images scored, {flagged} flagged anomalous; results in {args.output}", file=sys.stderr)
+    flagged = sum(s.is_anomalous for s in scored)
+    print(f"{len(scored)} images scored, {flagged} flagged anomalous; results in {args.output}", file=sys.stderr)
+    if args.review:
+        items = review_queue(scored, detector.thresholds_, args.review)
+        write_review(args.output, items)
+        print(f"{len(items)} images to review: {args.output / REVIEW_CSV} and {REVIEW_SHEET}", file=sys.stderr)
     if problems:
         print(f"bgad: {len(problems)} input(s) could not be processed (listed above)", file=sys.stderr)
         return 1
@@ -471,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default 4)")
     predict.add_argument("--compile", action="store_true", help="torch.compile the flows (worth it for many images)")
     _add_threshold_options(predict)
+    predict.add_argument(
+        "--review",
+        type=_positive_int,
+        metavar="N",
+        help="also list the N images nearest the image threshold and the good ones with a region above the pixel "
+        "threshold (review.csv, review.png): what to label next",
+    )
     predict.add_argument(
         "--mask-every-image",
         action="store_true",

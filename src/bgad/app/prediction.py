@@ -22,6 +22,7 @@ from ..detector import BGAD, Prediction
 from ..errors import BGADError
 from ..export import OnnxDetector
 from ..progress import progress as progress_bar
+from .review import Scored
 from .visualize import heatmap_overlay
 
 SCORES_CSV = "scores.csv"
@@ -101,8 +102,8 @@ def predict_folder(
     mask_every_image: bool = False,
     problems: list[str],
     progress: bool = True,
-) -> tuple[int, int]:
-    """Score ``images`` into ``output``; returns (scored, flagged); unreadable images go to ``problems`` (and to
+) -> list[Scored]:
+    """Score ``images`` into ``output`` and return them, in order; unreadable images go to ``problems`` (and to
     stderr as they are met)."""
     heatmaps, masks = output / "heatmaps", output / "masks"
     heatmaps.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,7 @@ def predict_folder(
     ):
         writer = csv.writer(handle)
         writer.writerow(["path", "score", "normalized_score", "is_anomalous", "image_threshold"])
-        finished: list[Prediction] = []
+        finished: list[Scored] = []
 
         def finish(writing: list[tuple[Future, Path, Prediction]]) -> None:
             for future, image, prediction in writing:
@@ -127,7 +128,10 @@ def predict_folder(
                 score, normalized = f"{prediction.score:.6g}", f"{prediction.normalized_score:.4f}"
                 writer.writerow([str(image), score, normalized, int(prediction.is_anomalous), threshold])
                 handle.flush()
-                finished.append(prediction)
+                peak = float(prediction.anomaly_map.max())
+                heatmap = heatmaps / f"{names[image]}.png"
+                p = prediction
+                finished.append(Scored(image, heatmap, p.score, p.normalized_score, p.is_anomalous, peak))
 
         upcoming = pool.submit(_decode, batches[0]) if batches else None
         writing: list[tuple[Future, Path, Prediction]] = []
@@ -149,5 +153,4 @@ def predict_folder(
                 writing.append((future, image, prediction))
             bar.update(len(batch))
         finish(writing)
-    scored, flagged = len(finished), sum(p.is_anomalous for p in finished)
-    return scored, flagged
+    return finished
