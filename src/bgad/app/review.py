@@ -81,6 +81,7 @@ def _contact_sheet(items: Sequence[ReviewItem]) -> Image.Image:
         thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
         sheet.paste(thumbnail, (left + (THUMBNAIL - thumbnail.width) // 2, top))
         verdict = "anomalous" if item.image.is_anomalous else "good"
-        text = f"{index + 1}. {item.image.path.name[:26]}\n{item.reason}, {verdict}, {item.image.normalized_score:.2f}"
+        name = f"{item.image.path.parent.name}/{item.image.path.name}"[-30:]
+        text = f"{index + 1}. {name}\n{item.reason}, {verdict}, {item.image.normalized_score:.2f}"
         draw.text((left + 4, top + THUMBNAIL + 2), text, fill=(31, 41, 51))
     return sheet
