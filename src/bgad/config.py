@@ -105,6 +105,7 @@ class TrainConfig:
     synthesis_refresh: int = 1  # draw a new synthetic pool every this many meta-epochs
     foreground: str = "auto"  # where pastes may land: "auto" (estimated per image), "full", or a folder of masks
     extract_batch_size: int = 4  # images per backbone forward; larger is slower per image on CPU
+    update_meta_epochs: int = 3  # BGAD.update / bgad update: BG-SPP meta-epochs from the parent's flows
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -121,6 +122,7 @@ class TrainConfig:
             num_anomalies=self.num_anomalies >= -1,
             anomaly_repeats=self.anomaly_repeats >= 1,
             extract_batch_size=self.extract_batch_size >= 1,
+            update_meta_epochs=self.update_meta_epochs >= 1,
             anomaly_sampling=self.anomaly_sampling in ("stratified", "random")
             or self.anomaly_sampling.startswith("type:")
             or fold_of(self.anomaly_sampling) is not None,

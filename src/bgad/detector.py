@@ -7,6 +7,7 @@ It follows scikit-learn's contract: ``__init__`` only stores the configuration, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import BGADConfig
+from .config import BGADConfig, TrainConfig
 from .data.images import (
     BLACK,
     Color,
@@ -103,20 +104,87 @@ class BGAD:
         resumes from it and ends with the same model as an uninterrupted fit (same configuration and device).
         """
         config = self._config
+        self._train(
+            lambda: BGADModel(config.model, seed=config.train.seed),
+            config.train,
+            normal_images,
+            anomaly_images,
+            anomaly_masks,
+            fit_normalization=True,
+            log_path=log_path,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+        return self
+
+    def update(
+        self,
+        normal_images: Sequence[ImageSource],
+        anomaly_images: Sequence[ImageSource],
+        anomaly_masks: Sequence[MaskSource],
+        *,
+        meta_epochs: int | None = None,
+        progress: bool = True,
+    ) -> BGAD:
+        """A new detector trained on from this one's flows with a short schedule, for newly labelled defects:
+        give every labelled image (the old known anomalies and the new ones) and the normals.
+
+        It keeps this detector's feature normalization, skips the normal-only phase and the warm-up, and runs
+        ``meta_epochs`` (default ``train.update_meta_epochs``) BG-SPP meta-epochs with the cosine schedule; then the
+        score calibration and thresholds are set again. This detector is left as it was.
+        """
+        config = self._config
+        schedule = dataclasses.replace(
+            config.train,
+            meta_epochs=meta_epochs or config.train.update_meta_epochs,
+            normal_only_meta_epochs=0,
+            warmup_meta_epochs=0,
+        )
+        parent = self._check_is_fitted()
+        updated = BGAD(config)
+        updated._train(
+            lambda: copy.deepcopy(parent).cpu(),
+            schedule,
+            normal_images,
+            anomaly_images,
+            anomaly_masks,
+            fit_normalization=False,
+            progress=progress,
+        )
+        return updated
+
+    def _train(
+        self,
+        make_model: Callable[[], BGADModel],
+        schedule: TrainConfig,
+        normal_images: Sequence[ImageSource],
+        anomaly_images: Sequence[ImageSource],
+        anomaly_masks: Sequence[MaskSource],
+        *,
+        fit_normalization: bool,
+        log_path: str | Path | None = None,
+        checkpoint: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        """Train the flows of ``make_model()`` (made under the fit's seed) with ``schedule`` and calibrate the
+        model: the body of :meth:`fit` and :meth:`update`."""
+        config = self._config
         if len(normal_images) == 0:
-            raise BGADError("fit needs at least one normal image")
+            raise BGADError("training needs at least one normal image")
         if len(anomaly_images) != len(anomaly_masks):
             raise BGADError(f"got {len(anomaly_images)} anomaly images but {len(anomaly_masks)} masks")
         masks = [_mask_tensor(mask) for mask in anomaly_masks]
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # seeded for repeatable fits; the caller's torch RNG is left as it was
             torch.manual_seed(config.train.seed)
-            model = BGADModel(config.model, seed=config.train.seed)
-            levels = _training_vectors(model, normal_images, anomaly_images, masks, config, progress)
+            model = make_model()
+            levels = _training_vectors(
+                model, normal_images, anomaly_images, masks, config, progress, fit_normalization=fit_normalization
+            )
             self.history_ = train_flows(
                 model.levels,
                 levels,
-                config.train,
+                schedule,
                 config.loss,
                 synthetic=_synthetic_source(model, normal_images, anomaly_images, masks, config),
                 log_path=Path(log_path) if log_path is not None else None,
@@ -127,7 +195,6 @@ class BGAD:
             self.thresholds_, self.normal_scores_ = _calibrate(model, levels, normal_images, masks, config)
         self.model_ = model
         self.train_seconds_ = time.perf_counter() - start
-        return self
 
     @property
     def resize(self) -> str:
@@ -295,8 +362,11 @@ def _training_vectors(
     masks: list[Tensor],
     config: BGADConfig,
     progress: bool,
+    *,
+    fit_normalization: bool = True,
 ) -> list[LevelData]:
-    """Extract every training image's features once; fit the standardization; label every vector."""
+    """Extract every training image's features once; fit the normalization (unless the model has one to keep);
+    label every vector."""
     features = extract_features(
         model.extractor,
         list(normal_images) + list(anomaly_images),
@@ -306,7 +376,8 @@ def _training_vectors(
         progress=progress,
     )
     n = len(normal_images)
-    model.fit_normalization([f[:n] for f in features])
+    if fit_normalization:
+        model.fit_normalization([f[:n] for f in features])
     labels = [None] * n + [square_mask(mask, config.model.resize) for mask in masks]
     return [
         level_data(level.vectors(f), vector_labels(labels, level.grid), n)

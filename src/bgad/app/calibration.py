@@ -4,8 +4,6 @@ touched."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,9 +12,8 @@ import numpy as np
 
 from ..data.layouts import load_folders
 from ..detector import BGAD
-from ..errors import BGADError, DatasetError
-from .locking import run_lock
-from .runs import partial_folder
+from ..errors import DatasetError
+from .model_folder import check_new_folder, write_model_folder
 
 CALIBRATION_JSON = "calibration.json"
 
@@ -32,10 +29,7 @@ def calibrate_run(
 ) -> dict[str, Any]:
     """Write a copy of the model in ``run`` calibrated on the images of ``normal_dir`` (and the defects of
     ``defect_dirs`` with their masks) into the new folder ``output``; return what changed (``calibration.json``)."""
-    if output.resolve() == run.resolve():
-        raise BGADError(f"calibrate writes a new model folder: {output} is the run itself; name another")
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise BGADError(f"output {output} already exists and is not empty: name a new folder")
+    check_new_folder(output, run)
     before = BGAD.load(run)
     data = load_folders(normal_dir, defect_dirs, mask_dirs, test_normal_ratio=0.0)
     if data.problems:
@@ -56,17 +50,5 @@ def calibrate_run(
         # On the calibration images themselves: what the new image threshold flags of them.
         "normal_flagged_fraction": float(np.mean(scores > after.thresholds_.image)),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with run_lock(output):
-        partial = partial_folder(output)
-        shutil.rmtree(partial, ignore_errors=True)
-        try:
-            after.save(partial)
-            (partial / CALIBRATION_JSON).write_text(json.dumps(summary, indent=2) + "\n")
-            if output.exists():
-                output.rmdir()  # empty, checked above
-            partial.rename(output)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
+    write_model_folder(after, output, run, CALIBRATION_JSON, summary)
     return summary

@@ -30,6 +30,7 @@ from .prediction import collect_images, predict_folder
 from .review import REVIEW_CSV, REVIEW_SHEET, review_queue, write_review
 from .runs import evaluate_run, fit_run, resume_run
 from .speed import inference_speed, training_speed
+from .update import update_run
 
 ONNX_FILE = "model.onnx"
 
@@ -234,6 +235,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     scorer = Scorer(detector, model_description(args.run, detector), max_pixels=args.max_pixels)
     print(f"bgad serve: http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
     serve(scorer, host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    record = update_run(
+        args.run,
+        args.output,
+        args.defect_dir,
+        args.mask_dir,
+        normal_dir=args.normal_dir,
+        meta_epochs=args.meta_epochs,
+        progress=not args.quiet,
+    )
+    print(json.dumps(record, indent=2))
+    print(f"updated model written to {args.output} ({args.run} is unchanged)", file=sys.stderr)
     return 0
 
 
@@ -502,6 +518,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels", type=_positive_int, default=50_000_000, help="larger uploads are refused (default 50 MP)"
     )
     _add_threshold_options(serve)
+
+    update = command("update", _cmd_update, "train a run on with newly labelled defects (minutes, not a full fit)")
+    update.add_argument("--run", type=Path, required=True, help="the run to start from (left unchanged)")
+    update.add_argument("--defect-dir", type=Path, action="append", required=True, help="new defect images")
+    update.add_argument("--mask-dir", type=Path, action="append", default=[], help="their masks (repeatable)")
+    update.add_argument("--normal-dir", type=Path, help="new good images to train on as well")
+    update.add_argument(
+        "--meta-epochs", type=_positive_int, help="BG-SPP meta-epochs (default train.update_meta_epochs)"
+    )
+    update.add_argument("--output", type=Path, required=True, help="the new model folder to create")
 
     calibrate = command(
         "calibrate", _cmd_calibrate, "set thresholds and score calibration again from new good images (no retraining)"

@@ -14,7 +14,7 @@ from typing import Any
 from ...errors import BGADError
 from ..samples import Category
 from .btad import load_btad
-from .folder import load_folders
+from .folder import labelled_defects, load_folders
 from .manifest import load_manifest
 from .mvtec import load_mvtec
 from .visa import load_visa
@@ -64,6 +64,7 @@ class DatasetSpec:
 __all__ = [
     "LAYOUTS",
     "DatasetSpec",
+    "labelled_defects",
     "load_btad",
     "load_folders",
     "load_manifest",

@@ -60,6 +60,27 @@ def held_out_normals(normals: Sequence[Path], ratio: float, *, name: str) -> tup
     return set(normals) - test, test
 
 
+def labelled_defects(
+    defect_dirs: Sequence[str | Path], mask_dirs: Sequence[str | Path] = (), *, unmasked: str = "error"
+) -> tuple[list[Sample], list[str]]:
+    """The defect images of ``defect_dirs`` (subfolders are defect types) with their masks, matched as
+    :func:`load_folders` matches them, and one problem line per defect without a mask (or with several)."""
+    check_unmasked(unmasked)
+    defects = [pair for folder in defect_dirs for pair in _defect_images(Path(folder))]
+    return _with_masks(defects, mask_dirs, unmasked, other_images=[])
+
+
+def _with_masks(
+    defects: list[tuple[Path, str]], mask_dirs: Sequence[str | Path], unmasked: str, *, other_images: list[Path]
+) -> tuple[list[Sample], list[str]]:
+    for folder in mask_dirs:
+        existing_folder(folder, "mask folder")
+    index = MaskIndex(
+        [*map(Path, mask_dirs), *(p.parent for p, _ in defects)], images=[*other_images, *(p for p, _ in defects)]
+    )
+    return index.defect_samples(defects, unmasked=unmasked)
+
+
 def load_folders(
     normal_dir: str | Path,
     defect_dirs: Sequence[str | Path] = (),
@@ -82,13 +103,7 @@ def load_folders(
         train, held_out = set(normals), set(test_normals)
     else:
         train, held_out = held_out_normals(normals, test_normal_ratio, name=name)
-    for folder in mask_dirs:
-        existing_folder(folder, "mask folder")
-    index = MaskIndex(
-        [*map(Path, mask_dirs), *(p.parent for p, _ in defects)],
-        images=[*normals, *test_normals, *(p for p, _ in defects)],
-    )
-    defect_samples, problems = index.defect_samples(defects, unmasked=unmasked)
+    defect_samples, problems = _with_masks(defects, mask_dirs, unmasked, other_images=[*normals, *test_normals])
     test = sorted([Sample(p) for p in held_out] + defect_samples, key=lambda s: s.path)
     return Category(
         name,
