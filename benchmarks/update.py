@@ -44,8 +44,10 @@ def main() -> None:
                 flush=True,
             )
         (_, mc), (ta, ma), (tb, mb) = results.values()
-        gain = (ma.pixel_aupro - mc.pixel_aupro) / (mb.pixel_aupro - mc.pixel_aupro)
-        print(f"| {name} | update / fit | | {ta / tb:.2f} | | | AUPRO gain {gain:.2f} |", flush=True)
+        fresh_gain = mb.pixel_aupro - mc.pixel_aupro
+        # The share of the fresh fit's AUPRO gain the update recovers; meaningless when there is no gain.
+        gain = f"{(ma.pixel_aupro - mc.pixel_aupro) / fresh_gain:.2f}" if abs(fresh_gain) >= 0.002 else "n/a"
+        print(f"| {name} | update / fit | | {ta / tb:.2f} | | | AUPRO gain share {gain} |", flush=True)
 
 
 if __name__ == "__main__":
