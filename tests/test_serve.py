@@ -119,7 +119,7 @@ def test_too_many_pixels_and_tiny_images_are_refused(client) -> None:
     tiny = _png(np.zeros((8, 8, 3), np.uint8))
     response = client.post("/predict", content=tiny, headers={"content-type": "image/png"})
     assert response.status_code == 400
-    assert "smaller than the stride" in response.json()["error"]
+    assert "smaller than the network's stride" in response.json()["error"]
     assert client.get("/health").status_code == 200
 
 

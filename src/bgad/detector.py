@@ -171,9 +171,7 @@ class BGAD:
         config = self._config
         if len(normal_images) == 0:
             raise BGADError("training needs at least one normal image")
-        if len(anomaly_images) != len(anomaly_masks):
-            raise BGADError(f"got {len(anomaly_images)} anomaly images but {len(anomaly_masks)} masks")
-        masks = [_mask_tensor(mask) for mask in anomaly_masks]
+        masks = _masks_for(anomaly_images, anomaly_masks)
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # seeded for repeatable fits; the caller's torch RNG is left as it was
             torch.manual_seed(config.train.seed)
@@ -270,8 +268,7 @@ class BGAD:
         is left as it was."""
         if len(normal_images) == 0:
             raise BGADError("calibration needs at least one good image")
-        if len(anomaly_images) != len(anomaly_masks):
-            raise BGADError(f"got {len(anomaly_images)} defect images but {len(anomaly_masks)} masks")
+        masks = _masks_for(anomaly_images, anomaly_masks)
         model = copy.deepcopy(self._check_is_fitted()).cpu()
         config = self._config
 
@@ -281,7 +278,6 @@ class BGAD:
             return [torch.cat(level) for level in zip(*per_batch, strict=True)]
 
         normal_valid = content_masks((image_shape(i) for i in normal_images), config.model.image_size, self.resize)
-        masks = [_mask_tensor(mask) for mask in anomaly_masks]
         known = log_probs(anomaly_images) if masks else None
         calibrated = BGAD(config)
         calibrated.model_ = model
@@ -468,14 +464,11 @@ def _set_calibration(
         level.log_prob_max.copy_(maximum)
     normal_maps = anomaly_map(normal_log_probs, level_max, model.normal_max, size, temperature)
     normal_scores = image_scores(normal_maps, normal_valid).numpy().astype(np.float64)
-    if known_log_probs is None:
-        thresholds = fit_thresholds(
-            normal_maps, None, None, config.threshold, normal_valid=normal_valid, target_fpr=target_fpr
-        )
-        return thresholds, normal_scores
-    known_maps = anomaly_map(known_log_probs, level_max, model.normal_max, size, temperature)
-    known_masks = torch.stack([mask_to_tensor(m.numpy(), size[0], resize) for m in masks])
-    known_valid = content_masks((tuple(m.shape) for m in masks), size[0], resize)
+    known_maps = known_masks = known_valid = None
+    if known_log_probs is not None:
+        known_maps = anomaly_map(known_log_probs, level_max, model.normal_max, size, temperature)
+        known_masks = torch.stack([mask_to_tensor(m.numpy(), size[0], resize) for m in masks])
+        known_valid = content_masks((tuple(m.shape) for m in masks), size[0], resize)
     thresholds = fit_thresholds(
         normal_maps,
         known_maps,
@@ -486,6 +479,13 @@ def _set_calibration(
         target_fpr=target_fpr,
     )
     return thresholds, normal_scores
+
+
+def _masks_for(anomaly_images: Sequence[ImageSource], anomaly_masks: Sequence[MaskSource]) -> list[Tensor]:
+    """The masks of the anomaly images as boolean tensors, one per image."""
+    if len(anomaly_images) != len(anomaly_masks):
+        raise BGADError(f"got {len(anomaly_images)} anomaly images but {len(anomaly_masks)} masks")
+    return [_mask_tensor(mask) for mask in anomaly_masks]
 
 
 def _mask_tensor(mask: MaskSource) -> Tensor:

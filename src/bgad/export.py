@@ -30,6 +30,7 @@ from .model import BGADModel
 from .scoring import image_scores
 from .thresholds import Thresholds
 
+ONNX_FILE = "model.onnx"  # the export's name inside a run folder
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("anomaly_maps", "scores")
 _INSTALL_HINT = "ONNX export and inference need onnx, onnxscript and onnxruntime: pip install 'bgad[onnx]'"

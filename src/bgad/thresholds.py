@@ -53,9 +53,9 @@ def threshold_for_fpr(normal_scores: np.ndarray, fpr: float) -> float:
     94.0
     """
     if not 0 <= fpr < 1:
-        raise ValueError(f"target false-positive rate must be in [0, 1), got {fpr}")
+        raise BGADError(f"the target false-positive rate must be in [0, 1), got {fpr}")
     if len(normal_scores) == 0:
-        raise ValueError("no normal scores to set a threshold from")
+        raise BGADError("no normal scores to set a threshold from")
     ranked = np.sort(np.asarray(normal_scores, dtype=np.float64))[::-1]
     allowed = int(np.floor(fpr * len(ranked) + 1e-9))  # how many may be flagged
     return float(ranked[min(allowed, len(ranked) - 1)])  # the highest score not flagged
@@ -143,8 +143,6 @@ def override_thresholds(
     if image is not None and target_fpr is not None:
         raise BGADError("give an image threshold or a target false-positive rate, not both")
     if target_fpr is not None:
-        if not 0 <= target_fpr < 1:
-            raise BGADError(f"the target false-positive rate must be in [0, 1), got {target_fpr}")
         if normal_scores is None:
             raise BGADError("this model stores no normal scores (saved by an older bgad): run `bgad calibrate` first")
         image = threshold_for_fpr(normal_scores, target_fpr)

@@ -19,20 +19,18 @@ from ..data.layouts import DatasetSpec
 from ..detector import BGAD
 from ..errors import BGADError, DatasetError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES
-from ..export import OnnxDetector, export_onnx
+from ..export import ONNX_FILE, OnnxDetector, export_onnx
 from ..model import BGADModel
 from ..thresholds import override_thresholds
 from .ablation import run_ablation
 from .benchmark import run_benchmark
 from .calibration import calibrate_run
 from .crossval import cross_validate
-from .prediction import collect_images, predict_folder
+from .prediction import SCORES_CSV, collect_images, predict_folder
 from .review import REVIEW_CSV, REVIEW_SHEET, review_queue, write_review
 from .runs import evaluate_run, fit_run, resume_run
 from .speed import inference_speed, training_speed
 from .update import update_run
-
-ONNX_FILE = "model.onnx"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -213,7 +211,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     except KeyboardInterrupt:
-        print(f"bgad: interrupted; the images scored so far are in {args.output / 'scores.csv'}", file=sys.stderr)
+        print(f"bgad: interrupted; the images scored so far are in {args.output / SCORES_CSV}", file=sys.stderr)
         return 130
     flagged = sum(s.is_anomalous for s in scored)
     print(f"{len(scored)} images scored, {flagged} flagged anomalous; results in {args.output}", file=sys.stderr)

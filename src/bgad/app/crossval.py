@@ -30,13 +30,11 @@ def cross_validate(
     output: Path,
     config: BGADConfig,
     folds: int,
-    *,
-    overwrite: bool = False,
-    eval_size: str = "input",
-    drop_duplicates: bool = False,
-    progress: bool = True,
+    **fit_options: Any,
 ) -> dict[str, Any]:
-    """Fit the ``folds`` folds into ``output/fold<k>`` (reusing finished ones) and return the summary."""
+    """Fit the ``folds`` folds into ``output/fold<k>`` (reusing finished ones) and return the summary;
+    ``fit_options`` (``overwrite``, ``eval_size``, ``drop_duplicates``, ``progress``) go to every fold's
+    :func:`bgad.app.runs.fit_run`."""
     if folds < 2:
         raise BGADError(f"cross-validation needs at least 2 folds, got {folds}")
     output.mkdir(parents=True, exist_ok=True)
@@ -47,16 +45,7 @@ def cross_validate(
         if _finished(run, dataset, fold_config):
             metrics = json.loads((run / METRICS_JSON).read_text())
         else:
-            results = fit_run(
-                dataset,
-                run,
-                fold_config,
-                overwrite=overwrite,
-                eval_size=eval_size,
-                drop_duplicates=drop_duplicates,
-                progress=progress,
-            )
-            metrics = results.to_dict()
+            metrics = fit_run(dataset, run, fold_config, **fit_options).to_dict()
         per_fold.append({key: metrics[key] for key in (*REPORTED, "n_eval_images", "n_known_anomalies")})
     summary = {
         "folds": folds,

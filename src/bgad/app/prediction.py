@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.checks import MIN_IMAGE_SIDE
+from ..data.checks import size_problem
 from ..data.images import IMAGE_SUFFIXES, read_image
 from ..detector import BGAD, Prediction
 from ..errors import BGADError
@@ -69,8 +69,8 @@ def _output_names(images: Sequence[Path]) -> list[str]:
 
 def _read_for_prediction(path: Path) -> Image.Image:
     picture = read_image(path)
-    if min(picture.size) < MIN_IMAGE_SIDE:
-        raise BGADError(f"image {path} is {picture.width}x{picture.height}, smaller than the network's stride")
+    if problem := size_problem(picture, path):
+        raise BGADError(problem)
     return picture
 
 

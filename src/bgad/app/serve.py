@@ -28,10 +28,11 @@ import numpy as np
 from PIL import Image
 
 from .._version import __version__
+from ..data.checks import size_problem
 from ..data.images import decode_image
 from ..detector import BGAD, Prediction
 from ..errors import BGADError
-from ..export import OnnxDetector
+from ..export import ONNX_FILE, OnnxDetector
 from .visualize import heatmap_overlay
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -67,7 +68,7 @@ def model_description(run: Path, detector: BGAD | OnnxDetector) -> dict[str, Any
     if isinstance(detector, BGAD):
         config, source = detector.config.to_dict(), run / "model.json"
     else:
-        config, source = json.loads(detector.metadata["config"]), run / "model.onnx" if run.is_dir() else run
+        config, source = json.loads(detector.metadata["config"]), run / ONNX_FILE if run.is_dir() else run
     description = {
         "model_id": hashlib.sha1(source.read_bytes()).hexdigest()[:12],
         "source": str(run),
@@ -111,8 +112,8 @@ class Scorer:
             picture = decode_image(data, name, max_pixels=self.max_pixels)
         except BGADError as err:
             raise UploadError(400, str(err)) from None
-        if min(picture.size) < 16:
-            raise UploadError(400, f"image {name} is {picture.width}x{picture.height}, smaller than the stride 16")
+        if problem := size_problem(picture, name):
+            raise UploadError(400, problem)
         decoded = time.perf_counter()
         with self._lock:
             inference_start = time.perf_counter()

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from PIL import Image
+
 from ..config import TrainConfig
 from ..errors import BGADError, DatasetError
 from ..progress import progress as progress_bar
@@ -23,6 +25,13 @@ from .samples import Category, Sample, Split, content_hash, make_split
 
 # The coarsest feature level has stride 16: a smaller image has no cell of its own there.
 MIN_IMAGE_SIDE = 16
+
+
+def size_problem(image: Image.Image, name: str | Path) -> str | None:
+    """Why ``image`` is too small for the network, or None."""
+    if min(image.size) < MIN_IMAGE_SIDE:
+        return f"image {name} is {image.width}x{image.height}, smaller than the network's stride {MIN_IMAGE_SIDE}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -69,9 +78,7 @@ def _file_problems(sample: Sample) -> tuple[list[str], str | None]:
         image = read_image(sample.path)
     except (OSError, BGADError) as err:
         return [str(err) if isinstance(err, BGADError) else f"cannot read image {sample.path}: {err}"], None
-    problems = []
-    if min(image.size) < MIN_IMAGE_SIDE:
-        problems.append(f"image {sample.path} is {image.width}x{image.height}, smaller than the network's stride 16")
+    problems = [problem] if (problem := size_problem(image, sample.path)) else []
     if sample.mask_path is not None and sample.mask_path.exists() and not sample.mask_path.is_file():
         problems.append(f"mask {sample.mask_path} is not a regular file")
     elif sample.mask_path is not None:
