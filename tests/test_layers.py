@@ -20,7 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "flow": ("encoding", "flow", "level"),
     "losses": ("losses",),
     "training": ("training", "checkpoint"),
-    "scoring": ("metrics", "scoring", "model", "thresholds"),
+    "scoring": ("metrics", "scoring", "tiling", "model", "thresholds"),
     "estimator": ("model_files", "detector", "export"),
     "evaluation": ("evaluation",),
     "application": ("app", "__main__"),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bgad import BGAD, BGADError
-from bgad.config import BGADConfig
+from bgad.config import BGADConfig, ModelConfig
 from bgad.data.images import (
     content_box,
     content_masks,
@@ -116,9 +116,8 @@ def test_predictions_crop_the_content_and_return_the_original_size() -> None:
     dark = np.zeros((40, 100, 3), np.uint8)
     spot = dark.copy()
     spot[10:30, 70:90] = 255
-    predictions = predict_images(
-        brightness_with_hot_pad, [dark, spot], 32, Thresholds(0.5, 0.5), 2, resize="pad", fill=PAD_COLOR
-    )
+    padded = ModelConfig(image_size=32, resize="pad")
+    predictions = predict_images(brightness_with_hot_pad, [dark, spot], padded, Thresholds(0.5, 0.5), 2, fill=PAD_COLOR)
     assert [p.anomaly_map.shape for p in predictions] == [(40, 100), (40, 100)]
     assert predictions[0].score < 0.01  # the hot pad is not scored
     assert not predictions[0].is_anomalous
@@ -129,7 +128,7 @@ def test_predictions_crop_the_content_and_return_the_original_size() -> None:
     assert found[20, 80]
     assert not found[:, :60].any()
     assert found.sum() > 0.6 * 20 * 20
-    stretched = predict_images(brightness_with_hot_pad, [dark], 32, Thresholds(0.5, 0.5), 1)
+    stretched = predict_images(brightness_with_hot_pad, [dark], ModelConfig(image_size=32), Thresholds(0.5, 0.5), 1)
     assert stretched[0].anomaly_map.shape == (40, 100)
 
 

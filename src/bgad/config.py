@@ -40,6 +40,12 @@ class ModelConfig:
     # training normals' statistics, then whitens every position with its own Gaussian (the flow starts as the
     # per-position Gaussian and learns on top of it); "channel" only standardizes channels; "none": raw features.
     normalization: Normalization = "position"
+    # Tiling for large images (bgad.data.tiles): 0 = off, the whole image is resized to image_size. Otherwise each
+    # image is cut into overlapping tile_size x tile_size tiles (image pixels), each resized to image_size and
+    # scored as an image (positions are inside the tile), and the maps are stitched back at the image's
+    # resolution; the image score is the maximum over the whole image. tile_size = image_size keeps every pixel.
+    tile_size: int = 0
+    tile_overlap: int = 32  # pixels shared by neighbouring tiles, in image pixels
 
     def __post_init__(self) -> None:
         _check(
@@ -55,6 +61,8 @@ class ModelConfig:
             n_coupling_blocks=self.n_coupling_blocks >= 1,
             clamp_alpha=self.clamp_alpha > 0,
             score_temperature=self.score_temperature > 0,
+            tile_size=self.tile_size == 0 or (self.tile_size >= 32 and self.resize == "stretch"),
+            tile_overlap=0 <= self.tile_overlap < max(self.tile_size, 1) // 2 or self.tile_size == 0,
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
-from .config import BGADConfig, TrainConfig
+from .config import BGADConfig, ModelConfig, TrainConfig
 from .data.images import (
     BLACK,
     Color,
@@ -39,6 +41,7 @@ from .model import BGADModel
 from .model_files import load_model, save_model
 from .scoring import anomaly_map, calibrate, image_scores, resize_maps
 from .thresholds import Thresholds, fit_thresholds, normalized_score
+from .tiling import image_max, input_grid, stitched_map, tile_images
 from .training import LevelData, cached_log_prob_maps, level_data, train_flows, vector_labels
 
 MaskSource = str | Path | np.ndarray
@@ -171,26 +174,24 @@ class BGAD:
         config = self._config
         if len(normal_images) == 0:
             raise BGADError("training needs at least one normal image")
-        masks = _masks_for(anomaly_images, anomaly_masks)
+        inputs = _model_inputs(normal_images, anomaly_images, _masks_for(anomaly_images, anomaly_masks), config)
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # seeded for repeatable fits; the caller's torch RNG is left as it was
             torch.manual_seed(config.train.seed)
             model = make_model()
-            levels = _training_vectors(
-                model, normal_images, anomaly_images, masks, config, progress, fit_normalization=fit_normalization
-            )
+            levels = _training_vectors(model, inputs, config, progress, fit_normalization=fit_normalization)
             self.history_ = train_flows(
                 model.levels,
                 levels,
                 schedule,
                 config.loss,
-                synthetic=_synthetic_source(model, normal_images, anomaly_images, masks, config),
+                synthetic=_synthetic_source(model, inputs, config),
                 log_path=Path(log_path) if log_path is not None else None,
                 checkpoint=Path(checkpoint) if checkpoint is not None else None,
                 config=config.to_dict(),
                 progress=progress,
             )
-            self.thresholds_, self.normal_scores_ = _calibrate(model, levels, normal_images, masks, config)
+            self.thresholds_, self.normal_scores_ = _calibrate(model, levels, inputs, config)
         self.model_ = model
         self.train_seconds_ = time.perf_counter() - start
 
@@ -215,10 +216,14 @@ class BGAD:
     @torch.inference_mode()
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
         """Anomaly maps (N, S, S) at the model's input size, on the CPU; higher = more anomalous. With
-        ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.data.images.content_box` is meaningful."""
+        ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.data.images.content_box` is meaningful.
+        A tiled model's are its stitched maps max-pooled to S x S (:func:`bgad.tiling.input_grid`)."""
         model = self._check_is_fitted()
         device = model.normal_max.device
-        return torch.cat([model(batch.to(device)).cpu() for batch in self._batches(images, batch_size, model)])
+        run = lambda batch: model(batch.to(device)).cpu()  # noqa: E731
+        if model.config.tile_size:
+            return tiled_input_maps(run, images, model.config, batch_size, model.extractor.pad_color)
+        return torch.cat([run(batch) for batch in self._batches(images, batch_size, model)])
 
     def _batches(self, images: Sequence[ImageSource], batch_size: int, model: BGADModel) -> Iterator[Tensor]:
         """Input batches (B, 3, S, S) as ``model`` sees them: its input size, resize mode and pad colour."""
@@ -244,10 +249,9 @@ class BGAD:
         return predict_images(
             lambda batch: model(batch.to(device)).cpu(),
             images,
-            model.config.image_size,
+            model.config,
             self.thresholds_,
             batch_size,
-            resize=self.resize,
             fill=model.extractor.pad_color,
             mask_every_image=mask_every_image,
         )
@@ -268,21 +272,20 @@ class BGAD:
         is left as it was."""
         if len(normal_images) == 0:
             raise BGADError("calibration needs at least one good image")
-        masks = _masks_for(anomaly_images, anomaly_masks)
         model = copy.deepcopy(self._check_is_fitted()).cpu()
         config = self._config
+        inputs = _model_inputs(normal_images, anomaly_images, _masks_for(anomaly_images, anomaly_masks), config)
 
         def log_probs(images: Sequence[ImageSource]) -> list[Tensor]:
             batches = self._batches(images, batch_size, model)
             per_batch = [model.level_log_probs(model.extractor(batch)) for batch in batches]
             return [torch.cat(level) for level in zip(*per_batch, strict=True)]
 
-        normal_valid = content_masks((image_shape(i) for i in normal_images), config.model.image_size, self.resize)
-        known = log_probs(anomaly_images) if masks else None
+        known = log_probs(inputs.anomalies) if inputs.masks else None
         calibrated = BGAD(config)
         calibrated.model_ = model
         calibrated.thresholds_, calibrated.normal_scores_ = _set_calibration(
-            model, log_probs(normal_images), normal_valid, known, masks, config, target_fpr=target_fpr
+            model, log_probs(inputs.normals), known, inputs, config, target_fpr=target_fpr
         )
         calibrated.train_seconds_ = self.train_seconds_
         return calibrated
@@ -315,66 +318,137 @@ class BGAD:
 def predict_images(
     anomaly_maps: Callable[[Tensor], Tensor],
     images: Sequence[ImageSource],
-    image_size: int,
+    config: ModelConfig,
     thresholds: Thresholds,
     batch_size: int,
     *,
-    resize: str = "stretch",
     fill: Color = BLACK,
     mask_every_image: bool = False,
 ) -> list[Prediction]:
     """Predictions for ``images`` given a function from input batches (B, 3, S, S) to anomaly maps (B, S, S).
 
     Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.export`). Each map is cropped to the
-    image's content box (the whole map with ``resize="stretch"``), scored, and resized to the image's resolution.
-    An image judged good gets an empty mask unless ``mask_every_image``.
+    image's content box (the whole map with ``resize="stretch"``), scored, and resized to the image's resolution;
+    a tiled model's tiles are stitched at the image's resolution and scored there. An image judged good gets an
+    empty mask unless ``mask_every_image``.
     """
     predictions = []
     for start in range(0, len(images), batch_size):
         pictures = [read_image(image) for image in images[start : start + batch_size]]
-        maps = anomaly_maps(torch.stack([image_to_tensor(picture, image_size, resize, fill) for picture in pictures]))
-        for picture, scaled in zip(pictures, maps, strict=True):
-            top, left, box_h, box_w = content_box(picture.height, picture.width, image_size, resize)
-            content = scaled[None, top : top + box_h, left : left + box_w]
-            score = image_scores(content)[0]
-            full = resize_maps(content, (picture.height, picture.width))[0].numpy()
-            is_anomalous = float(score) > thresholds.image
+        for score, full in _scored_maps(anomaly_maps, pictures, config, batch_size, fill):
+            is_anomalous = score > thresholds.image
             predictions.append(
                 Prediction(
-                    score=float(score),
+                    score=score,
                     anomaly_map=full,
                     mask=(full > thresholds.pixel) & (is_anomalous or mask_every_image),
                     is_anomalous=is_anomalous,
-                    normalized_score=normalized_score(float(score), thresholds.image),
+                    normalized_score=normalized_score(score, thresholds.image),
                 )
             )
     return predictions
 
 
+def _scored_maps(
+    anomaly_maps: Callable[[Tensor], Tensor],
+    pictures: Sequence[Image.Image],
+    config: ModelConfig,
+    batch_size: int,
+    fill: Color,
+) -> list[tuple[float, np.ndarray]]:
+    """(image score, anomaly map at the image's resolution) of each picture."""
+    size = config.image_size
+    if config.tile_size:
+        tiling = {"tile_size": config.tile_size, "overlap": config.tile_overlap, "batch_size": batch_size}
+        full_maps = [stitched_map(anomaly_maps, p, image_size=size, fill=fill, **tiling) for p in pictures]
+        return [(float(full.max()), full.numpy()) for full in full_maps]
+    maps = anomaly_maps(torch.stack([image_to_tensor(p, size, config.resize, fill) for p in pictures]))
+    out = []
+    for picture, scaled in zip(pictures, maps, strict=True):
+        top, left, box_h, box_w = content_box(picture.height, picture.width, size, config.resize)
+        content = scaled[None, top : top + box_h, left : left + box_w]
+        full = resize_maps(content, (picture.height, picture.width))[0].numpy()
+        out.append((float(image_scores(content)[0]), full))
+    return out
+
+
+def tiled_input_maps(
+    anomaly_maps: Callable[[Tensor], Tensor],
+    images: Sequence[ImageSource],
+    config: ModelConfig,
+    batch_size: int,
+    fill: Color,
+) -> Tensor:
+    """A tiled model's anomaly maps on its S x S input grid (the evaluation space): stitched, then max-pooled."""
+    maps = [
+        input_grid(torch.from_numpy(full), config.image_size)
+        for _, full in _scored_maps(anomaly_maps, [read_image(i) for i in images], config, batch_size, fill)
+    ]
+    return torch.stack(maps)
+
+
+@dataclass(frozen=True)
+class _ModelInputs:
+    """Training or calibration images as the model sees them: the images, or their tiles for a tiled model.
+
+    ``*_valid`` (N, S, S): the pixels that count on the model's input (a letterboxed image's content, a tile's
+    core), None for all; ``*_owner``: the image each tile came from (None: not tiled)."""
+
+    normals: list[ImageSource]
+    anomalies: list[ImageSource]
+    masks: list[Tensor]
+    normal_valid: Tensor | None
+    anomaly_valid: Tensor | None
+    normal_owner: np.ndarray | None = None
+    anomaly_owner: np.ndarray | None = None
+
+
+def _model_inputs(
+    normal_images: Sequence[ImageSource], anomaly_images: Sequence[ImageSource], masks: list[Tensor], config: BGADConfig
+) -> _ModelInputs:
+    model = config.model
+    if not model.tile_size:
+        return _ModelInputs(
+            list(normal_images),
+            list(anomaly_images),
+            masks,
+            content_masks((image_shape(image) for image in normal_images), model.image_size, model.resize),
+            content_masks((tuple(mask.shape) for mask in masks), model.image_size, model.resize),
+        )
+    if config.train.foreground not in ("auto", "full"):
+        raise BGADError("train.foreground as a folder of masks does not work with tiling (model.tile_size)")
+    cut = functools.partial(
+        tile_images, tile_size=model.tile_size, overlap=model.tile_overlap, image_size=model.image_size
+    )
+    normals, anomalies = cut(normal_images, None), cut(anomaly_images, masks)
+    return _ModelInputs(
+        normals.images,
+        anomalies.images,
+        anomalies.masks,
+        normals.valid,
+        anomalies.valid,
+        normals.owner,
+        anomalies.owner,
+    )
+
+
 def _training_vectors(
-    model: BGADModel,
-    normal_images: Sequence[ImageSource],
-    anomaly_images: Sequence[ImageSource],
-    masks: list[Tensor],
-    config: BGADConfig,
-    progress: bool,
-    *,
-    fit_normalization: bool = True,
+    model: BGADModel, inputs: _ModelInputs, config: BGADConfig, progress: bool, *, fit_normalization: bool = True
 ) -> list[LevelData]:
     """Extract every training image's features once; fit the normalization (unless the model has one to keep);
     label every vector."""
     features = extract_features(
         model.extractor,
-        list(normal_images) + list(anomaly_images),
+        inputs.normals + inputs.anomalies,
         image_size=config.model.image_size,
         batch_size=config.train.extract_batch_size,
         resize=config.model.resize,
         progress=progress,
     )
-    n = len(normal_images)
+    n = len(inputs.normals)
     if fit_normalization:
         model.fit_normalization([f[:n] for f in features])
-    labels = [None] * n + [square_mask(mask, config.model.resize) for mask in masks]
+    labels = [None] * n + [square_mask(mask, config.model.resize) for mask in inputs.masks]
     return [
         level_data(level.vectors(f), vector_labels(labels, level.grid), n)
         for level, f in zip(model.levels, features, strict=True)
@@ -382,20 +456,18 @@ def _training_vectors(
 
 
 def _synthetic_source(
-    model: BGADModel,
-    normal_images: Sequence[ImageSource],
-    anomaly_images: Sequence[ImageSource],
-    masks: list[Tensor],
-    config: BGADConfig,
+    model: BGADModel, inputs: _ModelInputs, config: BGADConfig
 ) -> Callable[[int], list[LevelData] | None] | None:
-    """The training loop's source of synthetic-anomaly vectors, or None when synthesis is off or impossible."""
+    """The training loop's source of synthetic-anomaly vectors, or None when synthesis is off or impossible.
+    Only the known anomalies with defect pixels are pasted (a tile of a defect image may have none)."""
     if config.train.synthesis == "none":
         return None
+    defects = [(image, mask) for image, mask in zip(inputs.anomalies, inputs.masks, strict=True) if mask.any()]
     pool = SyntheticAnomalies(
         config.train.synthesis,
-        normal_images,
-        anomaly_images,
-        [m.numpy() for m in masks],
+        inputs.normals,
+        [image for image, _ in defects],
+        [mask.numpy() for _, mask in defects],
         repeats=config.train.synthetic_repeats,
         foreground=config.train.foreground,
         seed=config.train.seed,
@@ -426,31 +498,23 @@ def _synthetic_source(
 
 @torch.inference_mode()
 def _calibrate(
-    model: BGADModel,
-    levels: list[LevelData],
-    normal_images: Sequence[ImageSource],
-    masks: list[Tensor],
-    config: BGADConfig,
+    model: BGADModel, levels: list[LevelData], inputs: _ModelInputs, config: BGADConfig
 ) -> tuple[Thresholds, np.ndarray]:
-    """:func:`_set_calibration` from the training vectors' cache (letterboxed images: only content pixels count;
-    the normals' shapes are read again, the known anomalies' come from their masks)."""
-    n_normal = len(normal_images)
+    """:func:`_set_calibration` from the training vectors' cache."""
+    n_normal = len(inputs.normals)
 
     def maps_of(images: slice) -> list[Tensor]:
         return [cached_log_prob_maps(level, data, images) for level, data in zip(model.levels, levels, strict=True)]
 
-    size, resize = config.model.image_size, config.model.resize
-    normal_valid = content_masks((image_shape(image) for image in normal_images), size, resize)
-    known = maps_of(slice(n_normal, None)) if masks else None
-    return _set_calibration(model, maps_of(slice(0, n_normal)), normal_valid, known, masks, config)
+    known = maps_of(slice(n_normal, None)) if inputs.masks else None
+    return _set_calibration(model, maps_of(slice(0, n_normal)), known, inputs, config)
 
 
 def _set_calibration(
     model: BGADModel,
     normal_log_probs: list[Tensor],
-    normal_valid: Tensor | None,
     known_log_probs: list[Tensor] | None,
-    masks: list[Tensor],
+    inputs: _ModelInputs,
     config: BGADConfig,
     *,
     target_fpr: float | None = None,
@@ -459,26 +523,27 @@ def _set_calibration(
     thresholds (with the known anomalies' maps and masks, if any) and the normals' image scores."""
     size = (config.model.image_size, config.model.image_size)
     resize, temperature = config.model.resize, config.model.score_temperature
-    level_max, model.normal_max = calibrate(normal_log_probs, size, normal_valid, temperature)
+    level_max, model.normal_max = calibrate(normal_log_probs, size, inputs.normal_valid, temperature)
     for level, maximum in zip(model.levels, level_max, strict=True):
         level.log_prob_max.copy_(maximum)
     normal_maps = anomaly_map(normal_log_probs, level_max, model.normal_max, size, temperature)
-    normal_scores = image_scores(normal_maps, normal_valid).numpy().astype(np.float64)
-    known_maps = known_masks = known_valid = None
+    normal_scores = image_max(image_scores(normal_maps, inputs.normal_valid).numpy(), inputs.normal_owner)
+    known_maps = known_masks = None
     if known_log_probs is not None:
         known_maps = anomaly_map(known_log_probs, level_max, model.normal_max, size, temperature)
-        known_masks = torch.stack([mask_to_tensor(m.numpy(), size[0], resize) for m in masks])
-        known_valid = content_masks((tuple(m.shape) for m in masks), size[0], resize)
+        known_masks = torch.stack([mask_to_tensor(m.numpy(), size[0], resize) for m in inputs.masks])
     thresholds = fit_thresholds(
         normal_maps,
         known_maps,
         known_masks,
         config.threshold,
-        normal_valid=normal_valid,
-        anomaly_valid=known_valid,
+        normal_valid=inputs.normal_valid,
+        anomaly_valid=inputs.anomaly_valid,
+        normal_owner=inputs.normal_owner,
+        anomaly_owner=inputs.anomaly_owner,
         target_fpr=target_fpr,
     )
-    return thresholds, normal_scores
+    return thresholds, normal_scores.astype(np.float64)
 
 
 def _masks_for(anomaly_images: Sequence[ImageSource], anomaly_masks: Sequence[MaskSource]) -> list[Tensor]:

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from ._version import __version__
+from .config import BGADConfig, ModelConfig
 from .data.images import ImageSource
-from .detector import BGAD, Prediction, predict_images
+from .detector import BGAD, Prediction, predict_images, tiled_input_maps
 from .errors import BGADError
 from .features import image_batches
 from .model import BGADModel
@@ -163,8 +164,15 @@ class OnnxDetector:
         (maps,) = self._session.run([OUTPUT_NAMES[0]], {INPUT_NAME: batch.numpy()})
         return torch.from_numpy(maps)
 
+    @property
+    def model_config(self) -> ModelConfig:
+        """The exported model's :class:`~bgad.config.ModelConfig` (image size, resize mode, tiling)."""
+        return BGADConfig.from_dict(json.loads(self.metadata["config"])).model
+
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
         """Anomaly maps (N, S, S) at the model's input size; higher = more anomalous (as ``BGAD.anomaly_maps``)."""
+        if self.model_config.tile_size:
+            return tiled_input_maps(self._run, images, self.model_config, batch_size, self.pad_color)
         batches = image_batches(
             images, image_size=self.image_size, batch_size=batch_size, resize=self.resize, fill=self.pad_color
         )
@@ -181,10 +189,9 @@ class OnnxDetector:
         return predict_images(
             self._run,
             images,
-            self.image_size,
+            self.model_config,
             self.thresholds_,
             batch_size,
-            resize=self.resize,
             fill=self.pad_color,
             mask_every_image=mask_every_image,
         )

@@ -21,6 +21,7 @@ from .config import ThresholdConfig
 from .errors import BGADError
 from .metrics import mask_overlaps
 from .scoring import image_scores
+from .tiling import image_max
 
 _PIXEL_CANDIDATES = 128  # pixel thresholds tried: quantiles of the known anomalies' defect-pixel values
 
@@ -69,6 +70,8 @@ def fit_thresholds(
     *,
     normal_valid: Tensor | None = None,
     anomaly_valid: Tensor | None = None,
+    normal_owner: np.ndarray | None = None,
+    anomaly_owner: np.ndarray | None = None,
     target_fpr: float | None = None,
 ) -> Thresholds:
     """Thresholds from anomaly maps (N, S, S) of normal images and, optionally, of known anomalies + masks.
@@ -78,8 +81,10 @@ def fit_thresholds(
     ``target_fpr``, which the user asked for). Pixel: the ``pixel_quantile`` of the normals' pixels; with known
     anomalies, the threshold giving the best mean per-image mask F1 on them and on the flagged normals if that is
     higher. ``normal_valid`` and ``anomaly_valid`` (bool, shaped as the maps) restrict everything to those pixels.
+    With a tiled model the maps are tiles' and ``*_owner`` give each tile's image: image scores are maxima over an
+    image's tiles, and a tile of a flagged image gets a mask (mask F1 is then per tile).
     """
-    normal_scores = image_scores(normal_maps, normal_valid).numpy()
+    normal_scores = image_max(image_scores(normal_maps, normal_valid).numpy(), normal_owner)
     if target_fpr is None:
         image = float(np.quantile(normal_scores, config.image_quantile))
     else:
@@ -87,17 +92,18 @@ def fit_thresholds(
     pixel = float(np.quantile(_pixels(normal_maps, normal_valid), config.pixel_quantile))
     if anomaly_maps is None or len(anomaly_maps) == 0 or not config.refine_with_anomalies:
         return Thresholds(image, pixel)
-    anomaly_scores = image_scores(anomaly_maps, anomaly_valid).numpy()
+    anomaly_scores = image_max(image_scores(anomaly_maps, anomaly_valid).numpy(), anomaly_owner)
     if target_fpr is None and anomaly_scores.min() > image:
         image = (image + float(anomaly_scores.min())) / 2
     anomaly_content, normal_content = _content(anomaly_valid, anomaly_maps), _content(normal_valid, normal_maps)
     defect_pixels = anomaly_maps[anomaly_masks & anomaly_content].numpy()
     if defect_pixels.size:
-        flagged = torch.from_numpy(normal_scores > image)  # flagged normals get masks too: their pixels count
+        flagged = torch.from_numpy(_per_map(normal_scores > image, normal_owner))  # flagged normals get masks too
         maps = torch.cat([anomaly_maps, normal_maps[flagged]])
         masks = torch.cat([anomaly_masks, torch.zeros_like(normal_content[flagged])])
         valid = torch.cat([anomaly_content, normal_content[flagged]])
-        judged = torch.cat([torch.from_numpy(anomaly_scores > image), torch.ones(int(flagged.sum()), dtype=torch.bool)])
+        judged_anomalies = torch.from_numpy(_per_map(anomaly_scores > image, anomaly_owner))
+        judged = torch.cat([judged_anomalies, torch.ones(int(flagged.sum()), dtype=torch.bool)])
         pixel = max(pixel, best_mask_threshold(maps, masks, valid, judged, defect_pixels))
     return Thresholds(image, pixel)
 
@@ -118,6 +124,11 @@ def best_mask_threshold(
         if f1 >= best_f1:
             best, best_f1 = float(threshold), f1
     return best
+
+
+def _per_map(per_image: np.ndarray, owner: np.ndarray | None) -> np.ndarray:
+    """A per-image value for every map: the image's own, or its image's for a tile."""
+    return per_image if owner is None else per_image[owner]
 
 
 def _content(valid: Tensor | None, maps: Tensor) -> Tensor:
