@@ -1,16 +1,23 @@
 """Tiling large images (model.tile_size): tile geometry, stitching, and a tiled model end to end."""
 
+import csv
 import itertools
+import json
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 
 from bgad import BGAD, BGADConfig, BGADError
+from bgad.app.cli import main
 from bgad.data.tiles import core_masks, stitch, tile_grid
 from bgad.tiling import image_max
+
+from .conftest import fit_command
 
 
 @given(
@@ -154,3 +161,32 @@ def test_tiling_refuses_a_foreground_mask_folder(tmp_path) -> None:
     config = BGADConfig.from_dict({**TILED, "train": {"foreground": str(tmp_path)}})
     with pytest.raises(BGADError, match="foreground"):
         BGAD(config).fit([texture(np.random.default_rng(0), 64)], progress=False)
+
+
+def test_tiled_run_from_the_command_line(tiny_dataset, tiny_config, tmp_path) -> None:
+    """fit, test, predict at the original resolution, export and predict with the ONNX engine: a tiled config."""
+    pytest.importorskip("onnxruntime")
+    config = tiny_config.to_dict()
+    config["model"] |= {"tile_size": 40, "tile_overlap": 8}
+    config_path = tmp_path / "tiled.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    assert main(fit_command(tiny_dataset, run, config_path)) == 0
+    assert json.loads((run / "metrics.json").read_text())["image_auroc"] >= 0
+    assert main(["test", "--run", str(run), "--quiet"]) == 0
+    image = tmp_path / "incoming" / "large.png"
+    image.parent.mkdir()
+    Image.open(tiny_dataset / "part" / "test" / "crack" / "000.png").resize((150, 90)).save(image)
+    scores = {}
+    for engine in ("torch", "onnx"):
+        if engine == "onnx":
+            assert main(["export", "--run", str(run), "--quiet"]) == 0
+        out = tmp_path / engine
+        assert (
+            main(["predict", "--run", str(run), "--engine", engine, "--output", str(out), str(image), "--quiet"]) == 0
+        )
+        with Image.open(out / "heatmaps" / "large.png") as heatmap:
+            assert heatmap.size == (150, 90)
+        with open(out / "scores.csv") as handle:
+            scores[engine] = float(next(csv.DictReader(handle))["score"])
+    assert scores["onnx"] == pytest.approx(scores["torch"], abs=1e-4)

@@ -48,6 +48,8 @@ class ModelConfig:
     tile_overlap: int = 32  # pixels shared by neighbouring tiles, in image pixels
 
     def __post_init__(self) -> None:
+        if self.tile_size and self.resize != "stretch":
+            raise BGADError("option model.tile_size needs model.resize: stretch (tiles are squares of the image)")
         _check(
             "model",
             self,
@@ -61,7 +63,7 @@ class ModelConfig:
             n_coupling_blocks=self.n_coupling_blocks >= 1,
             clamp_alpha=self.clamp_alpha > 0,
             score_temperature=self.score_temperature > 0,
-            tile_size=self.tile_size == 0 or (self.tile_size >= 32 and self.resize == "stretch"),
+            tile_size=self.tile_size == 0 or self.tile_size >= 32,
             tile_overlap=0 <= self.tile_overlap < max(self.tile_size, 1) // 2 or self.tile_size == 0,
         )
 
