@@ -72,11 +72,13 @@ def add_defects(image: np.ndarray, count: int, rng: np.random.Generator) -> tupl
 
 
 def peak_memory_and_time(model_dir: Path, image_path: Path) -> dict[str, float]:
-    """Load the saved model in a fresh process, predict one image twice (the second timed); peak RSS in MB."""
+    """Load the saved model in a fresh process, predict one image twice (the second timed); its peak RSS in MB
+    (VmHWM: unlike getrusage's maxrss, which a child inherits from its parent at fork, it is the process's own)."""
     code = (
-        "import resource, sys, time; from bgad import BGAD; d = BGAD.load(sys.argv[1]); d.predict(sys.argv[2]);"
-        "t = time.perf_counter(); d.predict(sys.argv[2]); s = time.perf_counter() - t;"
-        "print(s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "import re, sys, time; from pathlib import Path; from bgad import BGAD; d = BGAD.load(sys.argv[1]);"
+        "d.predict(sys.argv[2]); t = time.perf_counter(); d.predict(sys.argv[2]); s = time.perf_counter() - t;"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1);"
+        "print(s, int(hwm) / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(model_dir), str(image_path)], capture_output=True, text=True)
     seconds, rss = (float(v) for v in out.stdout.split())
