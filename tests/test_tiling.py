@@ -190,3 +190,15 @@ def test_tiled_run_from_the_command_line(tiny_dataset, tiny_config, tmp_path) ->
         with open(out / "scores.csv") as handle:
             scores[engine] = float(next(csv.DictReader(handle))["score"])
     assert scores["onnx"] == pytest.approx(scores["torch"], abs=1e-4)
+
+
+def test_tiled_recalibration_and_update_keep_scores_consistent(tiled: tuple) -> None:
+    """bgad calibrate and BGAD.update on a tiled model: their stored normal scores are what inference gives."""
+    detector, normals, spot, mask = tiled
+    calibrated = detector.calibrate(normals[1:], target_fpr=0.0)
+    scores = [p.score for p in calibrated.predict_batch(normals[1:])]
+    np.testing.assert_allclose(scores, calibrated.normal_scores_, rtol=1e-5)
+    assert calibrated.thresholds_.image == pytest.approx(max(scores))
+    updated = detector.update(normals, [spot], [mask], meta_epochs=1, progress=False)
+    np.testing.assert_allclose([p.score for p in updated.predict_batch(normals)], updated.normal_scores_, rtol=1e-5)
+    assert updated.predict(spot).anomaly_map.shape == (320, 320)
