@@ -219,8 +219,7 @@ class BGAD:
         ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.data.images.content_box` is meaningful.
         A tiled model's are its stitched maps max-pooled to S x S (:func:`bgad.tiling.input_grid`)."""
         model = self._check_is_fitted()
-        device = model.normal_max.device
-        run = lambda batch: model(batch.to(device)).cpu()  # noqa: E731
+        run = _on_device(model)
         if model.config.tile_size:
             return tiled_input_maps(run, images, model.config, batch_size, model.extractor.pad_color)
         return torch.cat([run(batch) for batch in self._batches(images, batch_size, model)])
@@ -245,9 +244,8 @@ class BGAD:
         """:meth:`predict` for many images, ``batch_size`` at a time; ``mask_every_image`` gives images judged
         good their above-threshold pixels too (by default their mask is empty, as the verdict says)."""
         model = self._check_is_fitted()
-        device = model.normal_max.device
         return predict_images(
-            lambda batch: model(batch.to(device)).cpu(),
+            _on_device(model),
             images,
             model.config,
             self.thresholds_,
@@ -312,6 +310,12 @@ class BGAD:
         detector.normal_scores_ = saved.normal_scores
         detector.train_seconds_ = saved.train_seconds
         return detector
+
+
+def _on_device(model: BGADModel) -> Callable[[Tensor], Tensor]:
+    """The model as a function of CPU batches: run on its device, maps back on the CPU."""
+    device = model.normal_max.device
+    return lambda batch: model(batch.to(device)).cpu()
 
 
 @torch.inference_mode()
