@@ -14,7 +14,7 @@ PACKAGE = Path(bgad.__file__).parent
 # Lowest first. A module may import from its own layer and the layers below it. A subpackage is listed whole
 # (its modules share its layer) or module by module.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "foundation": ("_version", "errors", "config", "serialization", "progress"),
+    "foundation": ("_version", "errors", "config", "serialization", "progress", "devices", "distributed"),
     "data": ("data",),
     "features": ("backbones", "features", "whitening"),
     "flow": ("encoding", "flow", "level"),

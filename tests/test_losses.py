@@ -5,6 +5,7 @@ import torch
 
 from bgad.config import LossConfig
 from bgad.losses import (
+    WholeBatch,
     anomaly_focal_weights,
     bgad_loss,
     bgspp_loss,
@@ -121,3 +122,31 @@ def test_bgad_loss_with_only_anomalies_is_skipped() -> None:
     log_prob = torch.tensor([-3.0, -1.0], requires_grad=True)
     terms = bgad_loss(log_prob, torch.ones(2, dtype=torch.bool), LossConfig(), semi_push_pull=True)
     assert not terms.total.requires_grad
+
+
+@pytest.mark.parametrize("semi_push_pull", [False, True])
+@pytest.mark.parametrize("cut", [0, 3, 50])
+def test_the_shares_of_a_split_batch_add_up_to_its_loss_and_gradient(semi_push_pull: bool, cut: int) -> None:
+    """Data-parallel training: chunks scored against the whole batch (WholeBatch) give the batch's loss terms and
+    gradient when summed; a chunk may hold no normal or no anomalous vector at all (cut 3: all anomalous)."""
+    generator = torch.Generator().manual_seed(0)
+    log_prob = (10 * torch.randn(100, generator=generator, dtype=torch.float64)).requires_grad_()
+    anomalous = torch.zeros(100, dtype=torch.bool)
+    anomalous[:3] = anomalous[60:70] = True
+    config = LossConfig(beta=0.1)
+    whole = bgad_loss(log_prob, anomalous, config, semi_push_pull=semi_push_pull)
+    (expected,) = torch.autograd.grad(whole.total, log_prob)
+    batch = WholeBatch(log_prob.detach(), anomalous)
+    shares = [
+        bgad_loss(log_prob[part], anomalous[part], config, semi_push_pull=semi_push_pull, whole=batch)
+        for part in (slice(0, cut), slice(cut, 100))
+    ]
+    for name in ("total", "ml", "pull", "push"):
+        summed = sum(getattr(share, name).detach() for share in shares)
+        assert float(summed) == pytest.approx(float(getattr(whole, name).detach()), rel=1e-12)
+    assert all(torch.equal(s.b_n, whole.b_n) or whole.b_n.isnan() for s in shares)
+    (got,) = torch.autograd.grad(sum(s.total for s in shares), log_prob)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15)
+    if semi_push_pull:
+        assert float(whole.pull.detach()) > 0  # both BG-SPP terms were active
+        assert float(whole.push.detach()) > 0

@@ -41,7 +41,8 @@ class TrainingState:
 
 
 def save_checkpoint(state: TrainingState, directory: Path) -> None:
-    """Write ``state`` into ``directory`` atomically, replacing the checkpoint there."""
+    """Write ``state`` into ``directory`` atomically, replacing the checkpoint there (its tensors from the CPU: a
+    checkpoint of a GPU fit resumes on the CPU too)."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {_FLOWS + key: value for key, value in state.flows.items()}
     for index, values in state.optimizer["state"].items():
@@ -49,7 +50,7 @@ def save_checkpoint(state: TrainingState, directory: Path) -> None:
     tensors[_GENERATOR] = state.generator
     # Named by the epoch, so it never overwrites the file the current training.json names.
     tensors_name = f"state-{state.next_meta_epoch:04d}.safetensors"
-    _write_atomic(directory / tensors_name, save({k: v.contiguous() for k, v in tensors.items()}))
+    _write_atomic(directory / tensors_name, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
     description = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -1,7 +1,8 @@
 """The estimator users call: ``BGAD(config).fit(normal_images, anomaly_images, anomaly_masks)``.
 
-It follows scikit-learn's contract: ``__init__`` only stores the configuration, ``fit`` validates and returns
-``self``, and fitted state ends with an underscore.
+It follows scikit-learn's contract: ``__init__`` only stores the configuration and the device (like ``n_jobs``,
+where the work runs, not what it learns: never saved with the model), ``fit`` validates and returns ``self``, and
+fitted state ends with an underscore.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from .data.images import (
     square_mask,
 )
 from .data.synthetic_pool import SyntheticAnomalies
+from .devices import resolve_device
+from .distributed import current
 from .errors import BGADError, NotFittedError
 from .features import extract_features, image_batches
 from .model import BGADModel
@@ -79,10 +82,15 @@ class BGAD:
         ((64, 64), dtype('bool'))
         >>> bool(result.score > detector.predict(normals[1]).score)
         True
+
+    ``device`` is where :meth:`fit` trains and the fitted model then runs: ``"cpu"`` (default), ``"cuda"`` or
+    ``"auto"`` (the GPU when torch sees one). Under ``torchrun``, :meth:`fit` trains data-parallel over the
+    processes (:mod:`bgad.distributed`) once the process group is initialized.
     """
 
-    def __init__(self, config: BGADConfig | None = None):
+    def __init__(self, config: BGADConfig | None = None, *, device: str = "cpu"):
         self.config = config
+        self.device = device
 
     @property
     def _config(self) -> BGADConfig:
@@ -104,7 +112,10 @@ class BGAD:
         :mod:`bgad.thresholds`), ``normal_scores_`` (the training normals' image scores), ``history_`` (one
         record per meta-epoch) and ``train_seconds_``.
         ``checkpoint`` is a folder where the training state is saved after every meta-epoch; if it holds one, fit
-        resumes from it and ends with the same model as an uninterrupted fit (same configuration and device).
+        resumes from it and ends with the same model as an uninterrupted fit (same configuration; on another
+        device, the same up to float rounding). In data-parallel training every process calls fit with the same
+        arguments; process 0 alone reads and writes ``checkpoint`` and ``log_path``, and every process ends with
+        the same fitted detector.
         """
         config = self._config
         self._train(
@@ -144,9 +155,9 @@ class BGAD:
             warmup_meta_epochs=0,
         )
         parent = self._check_is_fitted()
-        updated = BGAD(config)
+        updated = BGAD(config, device=self.device)
         updated._train(
-            lambda: copy.deepcopy(parent).cpu(),
+            lambda: copy.deepcopy(parent),
             schedule,
             normal_images,
             anomaly_images,
@@ -169,16 +180,18 @@ class BGAD:
         checkpoint: str | Path | None = None,
         progress: bool = True,
     ) -> None:
-        """Train the flows of ``make_model()`` (made under the fit's seed) with ``schedule`` and calibrate the
-        model: the body of :meth:`fit` and :meth:`update`."""
+        """Train the flows of ``make_model()`` (made under the fit's seed) with ``schedule`` on :attr:`device` and
+        calibrate the model: the body of :meth:`fit` and :meth:`update`."""
         config = self._config
         if len(normal_images) == 0:
             raise BGADError("training needs at least one normal image")
         inputs = _model_inputs(normal_images, anomaly_images, _masks_for(anomaly_images, anomaly_masks), config)
+        device, parallel = resolve_device(self.device), current()
+        progress = progress and (parallel is None or parallel.is_main)
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # seeded for repeatable fits; the caller's torch RNG is left as it was
             torch.manual_seed(config.train.seed)
-            model = make_model()
+            model = make_model().to(device)
             levels = _training_vectors(model, inputs, config, progress, fit_normalization=fit_normalization)
             self.history_ = train_flows(
                 model.levels,
@@ -190,6 +203,7 @@ class BGAD:
                 checkpoint=Path(checkpoint) if checkpoint is not None else None,
                 config=config.to_dict(),
                 progress=progress,
+                parallel=parallel,
             )
             self.thresholds_, self.normal_scores_ = _calibrate(model, levels, inputs, config)
         self.model_ = model
@@ -206,11 +220,10 @@ class BGAD:
         return self.model_
 
     def to(self, device: str | torch.device) -> BGAD:
-        """Move the fitted model to ``device`` (``"cpu"``, ``"cuda"``); images follow it automatically."""
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise BGADError("device cuda was requested but no CUDA GPU is available to torch")
-        self._check_is_fitted().to(device)
+        """Move the fitted model to ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``), which becomes :attr:`device`;
+        images follow it automatically."""
+        self._check_is_fitted().to(resolve_device(device))
+        self.device = device
         return self
 
     @torch.inference_mode()
@@ -266,21 +279,21 @@ class BGAD:
     ) -> BGAD:
         """A new detector with the same flows whose score calibration and thresholds are set again from
         ``normal_images`` (good images it has not trained on, ideally from the line) and, optionally, defects with
-        masks; ``target_fpr`` sets the image threshold that flags that fraction of those good images. This detector
-        is left as it was."""
+        masks; ``target_fpr`` sets the image threshold that flags that fraction of those good images. It runs where
+        the fitted model is; this detector is left as it was."""
         if len(normal_images) == 0:
             raise BGADError("calibration needs at least one good image")
-        model = copy.deepcopy(self._check_is_fitted()).cpu()
-        config = self._config
+        model = copy.deepcopy(self._check_is_fitted())
+        device, config = model.normal_max.device, self._config
         inputs = _model_inputs(normal_images, anomaly_images, _masks_for(anomaly_images, anomaly_masks), config)
 
         def log_probs(images: Sequence[ImageSource]) -> list[Tensor]:
             batches = self._batches(images, batch_size, model)
-            per_batch = [model.level_log_probs(model.extractor(batch)) for batch in batches]
-            return [torch.cat(level) for level in zip(*per_batch, strict=True)]
+            per_batch = [model.level_log_probs(model.extractor(batch.to(device))) for batch in batches]
+            return [torch.cat(level).cpu() for level in zip(*per_batch, strict=True)]
 
         known = log_probs(inputs.anomalies) if inputs.masks else None
-        calibrated = BGAD(config)
+        calibrated = BGAD(config, device=self.device)
         calibrated.model_ = model
         calibrated.thresholds_, calibrated.normal_scores_ = _set_calibration(
             model, log_probs(inputs.normals), known, inputs, config, target_fpr=target_fpr
@@ -508,7 +521,8 @@ def _calibrate(
     n_normal = len(inputs.normals)
 
     def maps_of(images: slice) -> list[Tensor]:
-        return [cached_log_prob_maps(level, data, images) for level, data in zip(model.levels, levels, strict=True)]
+        pairs = zip(model.levels, levels, strict=True)
+        return [cached_log_prob_maps(level, data, images).cpu() for level, data in pairs]
 
     known = maps_of(slice(n_normal, None)) if inputs.masks else None
     return _set_calibration(model, maps_of(slice(0, n_normal)), known, inputs, config)
@@ -523,18 +537,20 @@ def _set_calibration(
     *,
     target_fpr: float | None = None,
 ) -> tuple[Thresholds, np.ndarray]:
-    """Set the model's score calibration from the normals' per-level log-likelihood maps, then return the decision
-    thresholds (with the known anomalies' maps and masks, if any) and the normals' image scores."""
+    """Set the model's score calibration from the normals' per-level log-likelihood maps (on the CPU, wherever the
+    model is), then return the decision thresholds (with the known anomalies' maps and masks, if any) and the
+    normals' image scores."""
     size = (config.model.image_size, config.model.image_size)
     resize, temperature = config.model.resize, config.model.score_temperature
-    level_max, model.normal_max = calibrate(normal_log_probs, size, inputs.normal_valid, temperature)
+    level_max, normal_max = calibrate(normal_log_probs, size, inputs.normal_valid, temperature)
+    model.normal_max.copy_(normal_max)
     for level, maximum in zip(model.levels, level_max, strict=True):
         level.log_prob_max.copy_(maximum)
-    normal_maps = anomaly_map(normal_log_probs, level_max, model.normal_max, size, temperature)
+    normal_maps = anomaly_map(normal_log_probs, level_max, normal_max, size, temperature)
     normal_scores = image_max(image_scores(normal_maps, inputs.normal_valid).numpy(), inputs.normal_owner)
     known_maps = known_masks = None
     if known_log_probs is not None:
-        known_maps = anomaly_map(known_log_probs, level_max, model.normal_max, size, temperature)
+        known_maps = anomaly_map(known_log_probs, level_max, normal_max, size, temperature)
         known_masks = torch.stack([mask_to_tensor(m.numpy(), size[0], resize) for m in inputs.masks])
     thresholds = fit_thresholds(
         normal_maps,

@@ -33,14 +33,14 @@ def extract_features(
     progress: bool = True,
     desc: str = "extracting features",
 ) -> list[Tensor]:
-    """Backbone features of all ``images``: one (N, C, h, w) tensor per level."""
+    """Backbone features of all ``images``: one (N, C, h, w) tensor per level, on the extractor's device."""
     levels: list[list[Tensor]] = []
     with progress_bar(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
         batches = image_batches(
             images, image_size=image_size, batch_size=batch_size, resize=resize, fill=extractor.pad_color
         )
         for batch in batches:
-            for level, feature in enumerate(extractor(batch)):
+            for level, feature in enumerate(extractor(batch.to(extractor.mean.device))):
                 if level == len(levels):
                     levels.append([])
                 levels[level].append(feature.clone())

@@ -2,6 +2,10 @@
 
 All functions take the per-dimension log-likelihood ``log_prob`` (written ℓ below) of a fiber batch of feature
 vectors. ``normalizer`` (ν) rescales ℓ to roughly unit magnitude so that the margin ``tau`` is easy to set.
+
+In data-parallel training (:mod:`bgad.distributed`) ``log_prob`` is one process's chunk of the batch: every mean is
+then this chunk's sum divided by the count over the whole batch (the ``count`` arguments), so that the terms of all
+chunks add up to the single-process terms, and their gradients too.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from .config import LossConfig
 _FOCAL_MIN_ABS = 0.01
 
 
-def ml_loss(log_prob: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Soft negative log-likelihood ``mean(w * softplus(-ℓ))`` (the CFLOW/BGAD maximum-likelihood loss)."""
+def ml_loss(log_prob: Tensor, weights: Tensor | None = None, *, count: int | None = None) -> Tensor:
+    """Soft negative log-likelihood ``mean(w * softplus(-ℓ))`` (the CFLOW/BGAD maximum-likelihood loss); with
+    ``count``, the sum divided by it (a chunk's share of the mean over ``count`` vectors)."""
     loss = F.softplus(-log_prob)
-    return (loss if weights is None else weights * loss).mean()
+    loss = loss if weights is None else weights * loss
+    return loss.mean() if count is None else loss.sum() / count
 
 
 def explicit_boundaries(
@@ -40,11 +46,12 @@ def explicit_boundaries(
     return b_n, b_n - tau
 
 
-def _mean_over_active(values: Tensor, active: Tensor) -> Tensor:
-    """Mean of ``values`` where ``active``; zero (not NaN) when nothing is active."""
-    if not bool(active.any()):
-        return values.new_zeros(())
-    return values[active].mean()
+def _mean_over_active(values: Tensor, active: Tensor, count: int | None) -> Tensor:
+    """Mean of ``values`` where ``active``; zero (not NaN) when nothing is active. With ``count`` (the active vectors
+    of the whole batch), this chunk's share of that mean."""
+    if count is None:
+        return values[active].mean() if bool(active.any()) else values.new_zeros(())
+    return values[active].sum() / count if count else values.new_zeros(())
 
 
 def bgspp_loss(
@@ -56,11 +63,13 @@ def bgspp_loss(
     normalizer: float,
     normal_weights: Tensor | None = None,
     anomaly_weights: Tensor | None = None,
+    active_counts: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Boundary-guided semi-push-pull loss ``(L_n, L_a)``.
 
     ``L_n`` pulls normal vectors below the normal boundary up to it; ``L_a`` pushes anomalous vectors above the
-    abnormal boundary down past it. Each is a mean over its active vectors only (the reference's choice).
+    abnormal boundary down past it. Each is a mean over its active vectors only (the reference's choice); with
+    ``active_counts`` (the active normal and anomalous vectors of the whole batch), this chunk's shares of them.
     """
     s_n = normal_log_prob / normalizer
     s_a = anomaly_log_prob / normalizer
@@ -70,7 +79,8 @@ def bgspp_loss(
         pull = normal_weights * pull
     if anomaly_weights is not None:
         push = anomaly_weights * push
-    return _mean_over_active(pull, s_n.detach() <= b_n), _mean_over_active(push, s_a.detach() >= b_a)
+    n_pull, n_push = active_counts or (None, None)
+    return _mean_over_active(pull, s_n.detach() <= b_n, n_pull), _mean_over_active(push, s_a.detach() >= b_a, n_push)
 
 
 def normal_focal_weights(log_prob: Tensor, *, normalizer: float) -> Tensor:
@@ -90,8 +100,16 @@ def anomaly_focal_weights(log_prob: Tensor, *, normalizer: float) -> Tensor:
     return torch.where(s <= -1, torch.ones_like(s), hard)
 
 
+class WholeBatch(NamedTuple):
+    """The whole fiber batch, when the ``log_prob`` given to :func:`bgad_loss` is one process's chunk of it."""
+
+    log_prob: Tensor  # (M,) ℓ of every vector of the batch, without gradients
+    anomalous: Tensor  # (M,) bool
+
+
 class LossTerms(NamedTuple):
-    """The total loss of one fiber batch and its parts (boundaries are NaN where not computed)."""
+    """The total loss of one fiber batch and its parts (boundaries are NaN where not computed). For a chunk of a
+    batch (:class:`WholeBatch`), the loss terms are the chunk's shares and the boundaries the whole batch's."""
 
     total: Tensor
     ml: Tensor
@@ -101,29 +119,46 @@ class LossTerms(NamedTuple):
     b_a: Tensor
 
 
-def bgad_loss(log_prob: Tensor, anomalous: Tensor, config: LossConfig, *, semi_push_pull: bool) -> LossTerms:
+def bgad_loss(
+    log_prob: Tensor, anomalous: Tensor, config: LossConfig, *, semi_push_pull: bool, whole: WholeBatch | None = None
+) -> LossTerms:
     """The loss of one fiber batch (reference §3.5e).
 
     Phase 1 (``semi_push_pull=False``): the maximum-likelihood loss over all vectors. Phase 2: focal-weighted
     maximum likelihood over the normal vectors, plus ``λ (L_n + L_a)`` when the batch holds anomalous vectors.
     The boundary is recomputed from each fiber batch, as in the reference (its author confirms this choice).
+    With ``whole``, ``log_prob`` and ``anomalous`` are one chunk of that batch: the boundary and every count come
+    from the whole batch, and the terms are the chunk's shares (their sum over the chunks is the batch's loss).
     """
     nan = log_prob.new_tensor(float("nan"))
     zero = log_prob.new_zeros(())
+    counts = whole is not None
+    batch = whole if counts else WholeBatch(log_prob.detach(), anomalous)
     if not semi_push_pull:
-        ml = ml_loss(log_prob)
+        ml = ml_loss(log_prob, count=len(batch.log_prob) if counts else None)
         return LossTerms(ml, ml, zero, zero, nan, nan)
-    normal = log_prob[~anomalous]
-    if normal.numel() == 0:  # no normal vector to set a boundary with: nothing to learn from this batch
+    normal, batch_normal = log_prob[~anomalous], batch.log_prob[~batch.anomalous]
+    if batch_normal.numel() == 0:  # no normal vector to set a boundary with: nothing to learn from this batch
         return LossTerms(zero, zero, zero, zero, nan, nan)
     weights = normal_focal_weights(normal, normalizer=config.normalizer) if config.focal else None
-    ml = ml_loss(normal, weights)
-    if not bool(anomalous.any()):
+    ml = ml_loss(normal, weights, count=batch_normal.numel() if counts else None)
+    if not bool(batch.anomalous.any()):
         return LossTerms(ml, ml, zero, zero, nan, nan)
-    b_n, b_a = explicit_boundaries(normal, beta=config.beta, normalizer=config.normalizer, tau=config.tau)
+    b_n, b_a = explicit_boundaries(batch_normal, beta=config.beta, normalizer=config.normalizer, tau=config.tau)
     anomaly = log_prob[anomalous]
     anomaly_weights = anomaly_focal_weights(anomaly, normalizer=config.normalizer) if config.focal else None
+    active = None
+    if counts:
+        batch_anomaly = batch.log_prob[batch.anomalous] / config.normalizer
+        active = int((batch_normal / config.normalizer <= b_n).sum()), int((batch_anomaly >= b_a).sum())
     pull, push = bgspp_loss(
-        normal, anomaly, b_n, b_a, normalizer=config.normalizer, normal_weights=weights, anomaly_weights=anomaly_weights
+        normal,
+        anomaly,
+        b_n,
+        b_a,
+        normalizer=config.normalizer,
+        normal_weights=weights,
+        anomaly_weights=anomaly_weights,
+        active_counts=active,
     )
     return LossTerms(ml + config.bgspp_lambda * (pull + push), ml, pull, push, b_n, b_a)

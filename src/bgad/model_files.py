@@ -30,7 +30,8 @@ FORMAT_VERSION = 2  # 2: per-level modules with feature whitening (bgad 0.2)
 
 
 def _trained_state(model: BGADModel) -> dict:
-    return {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("extractor.")}
+    """The model's weights without the backbone's, on the CPU: a model saved from a GPU loads anywhere."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("extractor.")}
 
 
 def _weights_metadata(config: BGADConfig) -> dict[str, str]:

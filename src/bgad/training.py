@@ -7,6 +7,9 @@ Phase 1 uses normal images only with the maximum-likelihood loss; phase 2 adds t
 
 One Adam optimizer holds all levels; a step back-propagates through one level only and, with gradients set to
 None by ``zero_grad``, Adam leaves the other levels untouched (PyTorch >= 2 semantics, reference §3.2).
+
+Training runs where the flows and the cached vectors are (the CPU or a GPU). Under ``torchrun`` it is
+data-parallel (:mod:`bgad.distributed`): every process draws the same fiber batches and takes one chunk of each.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from torch import Tensor, nn
 
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .config import LossConfig, TrainConfig
+from .distributed import DataParallel
 from .errors import BGADError
 from .level import FeatureLevel
-from .losses import LossTerms, bgad_loss
+from .losses import LossTerms, WholeBatch, bgad_loss
 from .progress import Bar, log_line
 from .progress import progress as progress_bar
 
@@ -56,12 +60,12 @@ def vector_labels(masks: list[Tensor | None], shape: tuple[int, int]) -> Tensor:
 
 
 def level_data(vectors: Tensor, labels: Tensor, n_normal_images: int) -> LevelData:
-    """Pair flow inputs (N, h*w, C), positions in (y, x) order, with their (N, h, w) labels."""
+    """Pair flow inputs (N, h*w, C), positions in (y, x) order, with their (N, h, w) labels, on the vectors' device."""
     n, h, w = labels.shape
     return LevelData(
         vectors=vectors.reshape(n * h * w, -1).contiguous(),
-        positions=torch.arange(h * w).repeat(n),
-        anomalous=labels.reshape(-1),
+        positions=torch.arange(h * w, device=vectors.device).repeat(n),
+        anomalous=labels.reshape(-1).to(vectors.device),
         n_normal=n_normal_images * h * w,
     )
 
@@ -128,9 +132,10 @@ def train_flows(
     checkpoint: Path | None = None,
     config: dict | None = None,
     progress: bool = True,
+    parallel: DataParallel | None = None,
 ) -> list[dict]:
     """Train the flows of ``model_levels`` in place on the vectors of ``levels`` (one :class:`LevelData` per model
-    level); return one log record per meta-epoch (also appended to ``log_path``).
+    level, on the flows' device); return one log record per meta-epoch (also appended to ``log_path``).
 
     ``synthetic(meta_epoch)`` returns the vectors of a fresh pool of synthetic anomalies (``n_normal == 0``), or
     None if it could make none; it is called at the first phase-2 meta-epoch and every ``synthesis_refresh``
@@ -139,18 +144,27 @@ def train_flows(
     With ``checkpoint`` (a folder, see :mod:`bgad.checkpoint`), the state is saved there after every meta-epoch,
     tagged with ``config``; a checkpoint found there at the start is resumed (it must carry the same ``config``) and
     the run ends with the same flows as an uninterrupted one. Ctrl-C propagates; the last checkpoint stays complete.
+
+    With ``parallel``, every process of the group calls this with the same arguments and the same vectors, and
+    ``train_config.fiber_batch`` is the whole batch that the processes share (:func:`train_step`); process 0
+    alone reads the checkpoint (the others start from its state), writes the checkpoint and the log, and shows
+    progress.
     """
     flows = nn.ModuleList(level.flow for level in model_levels)
     generator = torch.Generator().manual_seed(train_config.seed)
     optimizer = torch.optim.Adam(flows.parameters(), lr=train_config.lr)
+    main = parallel is None or parallel.is_main
+    checkpoint, log_path = (checkpoint, log_path) if main else (None, None)
     history = _resume(checkpoint, config, flows, optimizer, generator) if checkpoint is not None else []
+    if parallel is not None:
+        history = _share_state(parallel, flows, optimizer, generator, history)
     if history and log_path is not None:  # the log may hold records the checkpoint does not: start it afresh
         log_path.write_text("".join(json.dumps(record) + "\n" for record in history))
     flows.train()
     first = len(history)
     current = levels
     initial = sum(record["steps"] for record in history)
-    with progress_bar(desc="training flows", unit="step", initial=initial, disable=not progress) as bar:
+    with progress_bar(desc="training flows", unit="step", initial=initial, disable=not (progress and main)) as bar:
         for meta_epoch in range(first, train_config.meta_epochs):
             semi_push_pull = meta_epoch >= train_config.normal_only_meta_epochs
             since_phase_2 = meta_epoch - train_config.normal_only_meta_epochs
@@ -158,7 +172,7 @@ def train_flows(
             if semi_push_pull and synthetic is not None and meta_epoch in (round_start, first):
                 current = _with_pool(levels, synthetic(round_start))  # a resumed run redraws its round's pool
             record = _meta_epoch(
-                meta_epoch, model_levels, current, optimizer, generator, train_config, loss_config, bar
+                meta_epoch, model_levels, current, optimizer, generator, train_config, loss_config, bar, parallel
             )
             history.append(record)
             loss = record["loss"]
@@ -188,16 +202,40 @@ def train_step(
     loss_config: LossConfig,
     *,
     semi_push_pull: bool,
+    parallel: DataParallel | None = None,
 ) -> LossTerms:
     """One optimizer step on one fiber batch of one level: the inner loop of :func:`train_flows` and of
-    ``bgad speed``. A batch with no term to learn from (only anomalous vectors, no boundary) changes nothing."""
+    ``bgad speed``. A batch with no term to learn from (only anomalous vectors, no boundary) changes nothing.
+
+    With ``parallel``, every process passes the same whole batch and runs the flow on its own chunk of it; the
+    boundary comes from the gathered log-likelihoods, each loss term is the chunk's share of the batch's term,
+    and the gradients and terms are summed over the processes before the step: the step and the returned terms
+    are the single-process ones, up to float rounding.
+    """
+    whole = None
+    if parallel is not None:
+        chunk = parallel.chunk(len(vectors))
+        vectors, positions, whole_anomalous, anomalous = vectors[chunk], positions[chunk], anomalous, anomalous[chunk]
     log_prob = level.log_prob(vectors, positions)
-    terms = bgad_loss(log_prob, anomalous, loss_config, semi_push_pull=semi_push_pull)
+    if parallel is not None:
+        whole = WholeBatch(parallel.gather(log_prob.detach(), len(whole_anomalous)), whole_anomalous)
+    terms = bgad_loss(log_prob, anomalous, loss_config, semi_push_pull=semi_push_pull, whole=whole)
     if terms.total.requires_grad:
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
+        if parallel is not None:
+            terms = _summed(parallel, level, terms)
         optimizer.step()
     return terms
+
+
+def _summed(parallel: DataParallel, level: FeatureLevel, terms: LossTerms) -> LossTerms:
+    """Sum the level's gradients and the chunk's loss terms over the processes (one all-reduce); the boundaries
+    are already the whole batch's."""
+    grads = [p.grad for p in level.parameters() if p.grad is not None]
+    losses = torch.stack([term.detach() for term in terms[:4]])
+    parallel.sum_([*grads, losses])
+    return LossTerms(*losses.unbind(), terms.b_n, terms.b_a)
 
 
 def _meta_epoch(
@@ -209,6 +247,7 @@ def _meta_epoch(
     train_config: TrainConfig,
     loss_config: LossConfig,
     bar: Bar,
+    parallel: DataParallel | None,
 ) -> dict:
     """Run the optimizer steps of one meta-epoch; return its log record."""
     start = time.perf_counter()
@@ -223,6 +262,7 @@ def _meta_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         data = current[index]
+        rows = rows.to(data.vectors.device)
         terms = train_step(
             model_levels[index],
             optimizer,
@@ -231,6 +271,7 @@ def _meta_epoch(
             data.anomalous[rows],
             loss_config,
             semi_push_pull=semi_push_pull,
+            parallel=parallel,
         )
         for key, value in zip(sums, terms[:4], strict=True):
             sums[key] += float(value.detach())
@@ -269,6 +310,23 @@ def _resume(
     except (RuntimeError, ValueError, KeyError) as err:
         raise BGADError(f"checkpoint {checkpoint} does not fit this model: {str(err).splitlines()[0]}") from None
     return state.history
+
+
+def _share_state(
+    parallel: DataParallel,
+    flows: nn.Module,
+    optimizer: torch.optim.Adam,
+    generator: torch.Generator,
+    history: list[dict],
+) -> list[dict]:
+    """Give every process process 0's training state (fresh, or resumed from its checkpoint); return its history."""
+    main = (flows.state_dict(), optimizer.state_dict(), generator.get_state(), history) if parallel.is_main else None
+    flow_state, optimizer_state, generator_state, history = parallel.broadcast(main)
+    if not parallel.is_main:
+        flows.load_state_dict(flow_state)
+        optimizer.load_state_dict(optimizer_state)
+        generator.set_state(generator_state)
+    return history
 
 
 def _with_pool(levels: list[LevelData], pool: list[LevelData] | None) -> list[LevelData]:

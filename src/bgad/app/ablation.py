@@ -40,14 +40,18 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
-def run_ablation(dataset: DatasetSpec, output: Path, base: BGADConfig, *, progress: bool = True) -> Path:
-    """Train every variant into ``output/<variant>`` (skipping finished ones) and write ``output/ablation.md``."""
+def run_ablation(
+    dataset: DatasetSpec, output: Path, base: BGADConfig, *, progress: bool = True, device: str = "cpu"
+) -> Path:
+    """Train every variant on ``device`` into ``output/<variant>`` (skipping finished ones) and write
+    ``output/ablation.md``."""
     rows = []
     for name, overrides in variants(base).items():
         run = output / _slug(name)
         if not (run / METRICS_JSON).is_file():
             print(f"ablation: training '{name}' into {run}", file=sys.stderr)
-            fit_run(dataset, run, BGADConfig.from_dict(overrides, base=base), overwrite=True, progress=progress)
+            variant = BGADConfig.from_dict(overrides, base=base)
+            fit_run(dataset, run, variant, overwrite=True, progress=progress, device=device)
         rows.append((name, json.loads((run / METRICS_JSON).read_text())))
     path = output / "ablation.md"
     path.write_text(_table(json.loads((run / RUN_JSON).read_text())["category"], base, rows))

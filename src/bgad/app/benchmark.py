@@ -35,6 +35,7 @@ from ..config import BGADConfig, load_config
 from ..data.layouts import DatasetSpec, load_mvtec
 from ..data.samples import GOOD, Split
 from ..detector import BGAD
+from ..devices import resolve_device
 from ..errors import BGADError, DatasetError
 from ..evaluation import evaluate
 from .baselines import GaussianBaseline, PadimBaseline
@@ -66,6 +67,7 @@ class _Task:
     baseline: bool
     threads: int | None  # torch threads in the worker; None keeps torch's default
     progress: bool
+    device: str = "cpu"  # where BGAD trains and is timed (the one-class floors run on the CPU)
 
 
 def _log(message: str) -> None:
@@ -108,9 +110,10 @@ def _run_task(task: _Task) -> dict[str, Any]:
             methods[method] = _baseline(task, method, split)
 
     dataset = DatasetSpec("mvtec", {"data_root": str(task.data_root.absolute()), "category": task.category})
-    results = fit_run(dataset, task.run_dir, task.config, overwrite=True, progress=task.progress, on_split=fit_floors)
+    options = {"progress": task.progress, "on_split": fit_floors, "device": task.device}
+    results = fit_run(dataset, task.run_dir, task.config, overwrite=True, **options)
     metrics = results.metrics.as_dict()
-    model = BGAD.load(task.run_dir).model_.eval()
+    model = BGAD.load(task.run_dir).to(task.device).model_.eval()
     speed = inference_speed(model, batch_size=1, repeats=INFERENCE_REPEATS)
     methods["bgad"] = {
         **{k: metrics[k] for k in METRICS},
@@ -277,12 +280,15 @@ def run_benchmark(
     baseline: bool = True,
     config_file: str | Path | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> Path:
     """Benchmark BGAD (and the Gaussian baseline) on ``categories`` x ``seeds``; return the path of results.md.
 
     ``categories`` defaults to every folder of ``data_root`` with ``train/good``. Settings: ``preset``, then the
     YAML ``config_file`` on top, then ``train.seed`` = each seed. Tasks already done in ``output`` are reused.
+    BGAD trains and is timed on ``device``.
     """
+    resolve_device(device)  # a missing GPU fails before any task starts
     data_root, output = Path(data_root), Path(output)
     if not seeds:
         raise BGADError("no seeds given")
@@ -304,7 +310,7 @@ def run_benchmark(
         for seed in seeds:
             config = BGADConfig.from_dict({"train": {"seed": seed}}, base=base)
             run_dir = output / "runs" / name / f"seed{seed}"
-            task = _Task(data_root, name, seed, config, run_dir, baseline, threads, progress and jobs == 1)
+            task = _Task(data_root, name, seed, config, run_dir, baseline, threads, progress and jobs == 1, device)
             stored = _stored_result(task)
             if stored is None:
                 tasks.append(task)

@@ -26,11 +26,13 @@ def calibrate_run(
     defect_dirs: Sequence[Path] = (),
     mask_dirs: Sequence[Path] = (),
     target_fpr: float | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Write a copy of the model in ``run`` calibrated on the images of ``normal_dir`` (and the defects of
-    ``defect_dirs`` with their masks) into the new folder ``output``; return what changed (``calibration.json``)."""
+    """Write a copy of the model in ``run`` calibrated on ``device`` on the images of ``normal_dir`` (and the
+    defects of ``defect_dirs`` with their masks) into the new folder ``output``; return what changed
+    (``calibration.json``)."""
     check_new_folder(output, run)
-    before = BGAD.load(run)
+    before = BGAD.load(run).to(device)
     data = load_folders(normal_dir, defect_dirs, mask_dirs, test_normal_ratio=0.0)
     if data.problems:
         raise DatasetError(data.problems)

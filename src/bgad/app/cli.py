@@ -17,6 +17,8 @@ from ..data.checks import check_dataset
 from ..data.demo import make_demo_dataset
 from ..data.layouts import DatasetSpec
 from ..detector import BGAD
+from ..devices import DEVICES, resolve_device
+from ..distributed import launched, process_group
 from ..errors import BGADError, DatasetError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES
 from ..export import ONNX_FILE, OnnxDetector, export_onnx
@@ -95,11 +97,26 @@ def _required_dataset(args: argparse.Namespace) -> DatasetSpec:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    with process_group(resolve_device(args.device)) as parallel:
+        if parallel is not None and args.cv is not None:
+            raise BGADError("--cv does not run under torchrun: run each fold's fit with torchrun, or --cv alone")
+        try:
+            return _fit(args)
+        except RuntimeError as err:  # a collective failed: another process stopped (process 0 says why)
+            if parallel is None or parallel.is_main:
+                raise
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise BGADError(f"process {parallel.rank} stopped with the launch: {reason}") from None
+
+
+def _fit(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.output is not None or args.cv is not None or _dataset_spec(args) is not None:
-            raise BGADError("--resume takes the data, options and output of the interrupted fit; give nothing else")
+            raise BGADError(
+                "--resume takes the data, options and output of the interrupted fit; give nothing else but --device"
+            )
         output = args.resume
-        results = resume_run(output, progress=not args.quiet)
+        results = resume_run(output, progress=not args.quiet, device=args.device)
     elif args.cv is not None:
         if args.output is None:
             raise BGADError("--output is required (the folder for the folds' runs and cv.md)")
@@ -112,6 +129,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             eval_size=args.eval_size,
             drop_duplicates=args.drop_duplicates,
             progress=not args.quiet,
+            device=args.device,
         )
         print(json.dumps(summary, indent=2))
         print(f"folds, cv.json and cv.md written to {args.output}", file=sys.stderr)
@@ -129,7 +147,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             eval_size=args.eval_size,
             drop_duplicates=args.drop_duplicates,
             progress=not args.quiet,
+            device=args.device,
         )
+    if results is None:  # a process other than 0 of a data-parallel fit: process 0 reports
+        return 0
     print(json.dumps(results.to_dict(), indent=2))
     print(f"model, metrics and logs written to {output}", file=sys.stderr)
     return 0
@@ -156,14 +177,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     config = _config_for(args)
-    path = run_ablation(_required_dataset(args), args.output, config, progress=not args.quiet)
+    path = run_ablation(_required_dataset(args), args.output, config, progress=not args.quiet, device=args.device)
     print(path.read_text())
     return 0
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
     results = evaluate_run(
-        args.run, _dataset_spec(args), output=args.output, eval_size=args.eval_size, progress=not args.quiet
+        args.run,
+        _dataset_spec(args),
+        output=args.output,
+        eval_size=args.eval_size,
+        progress=not args.quiet,
+        device=args.device,
     )
     print(json.dumps(results.to_dict(), indent=2))
     return 0
@@ -175,7 +201,7 @@ def _load_for_prediction(args: argparse.Namespace) -> BGAD | OnnxDetector:
         if args.compile:
             detector.model_.compile_flows()
         return detector
-    if args.device != "cpu":
+    if args.device == "cuda":
         raise BGADError("the onnx engine runs on the CPU here; use --engine torch for --device cuda")
     return OnnxDetector.load(args.run / ONNX_FILE if args.run.is_dir() else args.run)
 
@@ -245,6 +271,7 @@ def _cmd_update(args: argparse.Namespace) -> int:
         normal_dir=args.normal_dir,
         meta_epochs=args.meta_epochs,
         progress=not args.quiet,
+        device=args.device,
     )
     print(json.dumps(record, indent=2))
     print(f"updated model written to {args.output} ({args.run} is unchanged)", file=sys.stderr)
@@ -261,6 +288,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         defect_dirs=args.defect_dir,
         mask_dirs=args.mask_dir,
         target_fpr=args.target_fpr,
+        device=args.device,
     )
     print(json.dumps(summary, indent=2))
     print(f"calibrated model written to {args.output} ({args.run} is unchanged)", file=sys.stderr)
@@ -281,13 +309,13 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.preset)
         model = BGADModel(config.model)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise BGADError("device cuda was requested but no CUDA GPU is available to torch")
-    model.to(args.device).eval()
+    device = resolve_device(args.device)
+    model.to(device).eval()
     if args.compile:
         model.compile_flows()
+    cpu = f"cpu ({torch.get_num_threads()} threads)"
     report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "backbone": config.model.backbone,
         "image_size": config.model.image_size,
         "compiled_flows": args.compile,
@@ -333,6 +361,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         baseline=not args.no_baseline,
         config_file=args.config,
         progress=not args.quiet,
+        device=args.device,
     )
     print(f"benchmark results: {md} and {md.with_name('results.csv')} (runs in {md.parent / 'runs'})")
     return 0
@@ -345,7 +374,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = BGADConfig.from_dict({"train": {"seed": args.seed}}, base=load_config("fast"))
     run = args.output / "run"
     dataset = DatasetSpec("mvtec", {"data_root": str(data_root.absolute()), "category": "demo_part"})
-    results = fit_run(dataset, run, config, overwrite=True, progress=not args.quiet)
+    results = fit_run(dataset, run, config, overwrite=True, progress=not args.quiet, device=args.device)
     print(json.dumps(results.to_dict(), indent=2))
     print(
         f"demo done: data in {data_root}, model and metrics in {run} (re-test: bgad test --run {run})", file=sys.stderr
@@ -426,6 +455,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=DEVICES,
+        help="where to compute: cpu (default), cuda, or auto (cuda when torch sees a GPU, else cpu)",
+    )
+
+
 def _add_eval_size_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-size",
@@ -445,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name not in ("check", "export"):  # the two commands that compute nothing on a model's device
+            _add_device_option(sub)
         return sub
 
     fit = command("fit", _cmd_fit, "check a dataset, train on it, save the model and evaluate it")
@@ -487,7 +527,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", type=Path, required=True, help="run folder (or, with --engine onnx, an .onnx file)")
     predict.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="onnx: run RUN/model.onnx")
     predict.add_argument("--output", type=Path, required=True, help="folder for scores.csv, heatmaps/ and masks/")
-    predict.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     predict.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default 4)")
     predict.add_argument("--compile", action="store_true", help="torch.compile the flows (worth it for many images)")
     _add_threshold_options(predict)
@@ -508,7 +547,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", _cmd_serve, "serve a model: a web page and a JSON API for scoring images")
     serve.add_argument("--run", type=Path, required=True, help="run or model folder (or, with --engine onnx, a file)")
     serve.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="onnx: run RUN/model.onnx")
-    serve.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     serve.add_argument("--compile", action="store_true", help="torch.compile the flows (slower start, faster answers)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
@@ -546,7 +584,6 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--run", type=Path, help="a trained run (default: an untrained model of --preset)")
     speed.add_argument("--preset", default="default", choices=sorted(PRESETS))
     speed.add_argument("--batch-size", type=_positive_int, default=8, help="the larger batch size measured besides 1")
-    speed.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     speed.add_argument(
         "--repeats", type=_positive_int, default=10, help="timed repeats per measurement (median reported)"
     )
@@ -574,6 +611,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse has printed its one-line error (or --help)
         return int(exit_.code or 0)
     try:
+        if launched() and args.command != "fit":
+            raise BGADError(
+                f"only `bgad fit` runs under torchrun (data-parallel training): run bgad {args.command} alone"
+            )
+        if hasattr(args, "device"):
+            resolve_device(args.device)  # a missing GPU fails first, before anything is read or written
         return args.handler(args)
     except DatasetError as err:
         for problem in err.problems:

@@ -33,7 +33,7 @@ def cross_validate(
     **fit_options: Any,
 ) -> dict[str, Any]:
     """Fit the ``folds`` folds into ``output/fold<k>`` (reusing finished ones) and return the summary;
-    ``fit_options`` (``overwrite``, ``eval_size``, ``drop_duplicates``, ``progress``) go to every fold's
+    ``fit_options`` (``overwrite``, ``eval_size``, ``drop_duplicates``, ``progress``, ``device``) go to every fold's
     :func:`bgad.app.runs.fit_run`."""
     if folds < 2:
         raise BGADError(f"cross-validation needs at least 2 folds, got {folds}")

@@ -4,6 +4,9 @@ A run folder holds the model files (:mod:`bgad.model_files`), ``run.json`` (the 
 known anomalies used for training), the training log, the metrics and the HTML report. While training, all of it
 is written into ``.<name>.partial`` beside the run folder, which becomes the run folder only at the end; a fit
 stopped by Ctrl-C keeps it, with a checkpoint of every finished meta-epoch, for ``bgad fit --resume``.
+
+Under ``torchrun`` a fit or a resume is data-parallel (:mod:`bgad.distributed`): process 0 does all of the above
+and tells the other processes what to train on; they only train with it, and write nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from ..data.checks import DatasetReport, check_dataset, drop_evaluation_duplicat
 from ..data.layouts import DatasetSpec
 from ..data.samples import Category, Split, content_hash
 from ..detector import BGAD
+from ..devices import resolve_device
+from ..distributed import DataParallel, current
 from ..errors import BGADError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES, Evaluation, Metrics, evaluate, full_resolution_metrics
 from ..model_files import MODEL_JSON
@@ -160,14 +165,20 @@ def fit_run(
     drop_duplicates: bool = False,
     progress: bool = True,
     on_split: Callable[[Split], None] | None = None,
-) -> RunResults:
-    """Check the output and the dataset, then train, save and evaluate into ``output``; return what it measured.
+    device: str = "cpu",
+) -> RunResults | None:
+    """Check the output and the dataset, then train on ``device``, save and evaluate into ``output``; return what
+    it measured (None on the processes other than 0 of a data-parallel fit, which only train).
 
     ``overwrite`` replaces an earlier run in ``output`` (never any other folder). ``on_split`` is called with the
     checked dataset's split before training (the benchmark fits its floors there, on the same images). Nothing is
     left behind if the fit fails before its first checkpoint; after it, the partial folder stays for
     :func:`resume_run` (Ctrl-C, or an error in evaluation: the trained model is kept).
     """
+    resolve_device(device)  # a missing GPU fails now, not after the dataset check
+    parallel = current()
+    if parallel is not None and not parallel.is_main:
+        return _follow(parallel, device)
     _check_eval_size(eval_size)
     _make_parent(output)
     with run_lock(output):
@@ -201,7 +212,7 @@ def fit_run(
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)  # nothing trained yet: leave nothing behind
             raise
-        return _train_and_evaluate(partial, output, run, split, progress=progress)
+        return _train_and_evaluate(partial, output, run, split, progress=progress, device=device)
 
 
 def _checked(category: Category, config: BGADConfig, *, drop_duplicates: bool, progress: bool) -> DatasetReport:
@@ -221,9 +232,14 @@ def _make_parent(output: Path) -> None:
         raise BGADError(f"cannot create {output.parent} for the output: {err.strerror or err}") from None
 
 
-def resume_run(output: Path, *, progress: bool = True) -> RunResults:
+def resume_run(output: Path, *, progress: bool = True, device: str = "cpu") -> RunResults | None:
     """Finish the interrupted fit of ``output``: train on from its last checkpoint with its own dataset and
-    options, or, if training had finished, go straight to evaluation with the saved model."""
+    options, on ``device`` (any: the checkpoint is device-independent), or, if training had finished, go straight
+    to evaluation with the saved model. None on the processes other than 0 of a data-parallel resume."""
+    resolve_device(device)
+    parallel = current()
+    if parallel is not None and not parallel.is_main:
+        return _follow(parallel, device)
     partial = partial_folder(output)
     if not (partial / RUN_JSON).is_file():
         raise BGADError(f"no interrupted fit of {output} to resume ({partial / RUN_JSON} is missing)")
@@ -241,7 +257,7 @@ def resume_run(output: Path, *, progress: bool = True) -> RunResults:
             )
         if report.split.known_names != run["known_anomalies"]:
             raise BGADError(f"the known anomalies of the interrupted fit of {output} are no longer in the dataset")
-        return _train_and_evaluate(partial, output, run, report.split, progress=progress)
+        return _train_and_evaluate(partial, output, run, report.split, progress=progress, device=device)
 
 
 def read_run_json(path: Path) -> dict[str, Any]:
@@ -265,10 +281,17 @@ def read_run_json(path: Path) -> dict[str, Any]:
 
 
 def _train_and_evaluate(
-    partial: Path, output: Path, run: dict[str, Any], split: Split, *, progress: bool
+    partial: Path, output: Path, run: dict[str, Any], split: Split, *, progress: bool, device: str
 ) -> RunResults:
     config = BGADConfig.from_dict(run["config"])
-    detector = _saved_detector(partial) or _train(partial, output, config, split, progress=progress)
+    detector = _saved_detector(partial)
+    images = ([s.path for s in split.train], [s.path for s in split.known], [s.mask_path for s in split.known])
+    if (parallel := current()) is not None:  # what the other processes train on (nothing: training had finished)
+        parallel.broadcast(None if detector is not None else (run["config"], images))
+    if detector is not None:
+        detector.to(device)
+    else:
+        detector = _train(partial, output, BGAD(config, device=device), images, progress=progress)
     try:
         evaluation = evaluate(detector, split.evaluation, progress=progress)
         seconds = detector.train_seconds_
@@ -300,14 +323,23 @@ def _saved_detector(partial: Path) -> BGAD | None:
         return None  # saving was interrupted: the checkpoint retrains nothing, only recalibrates
 
 
-def _train(partial: Path, output: Path, config: BGADConfig, split: Split, *, progress: bool) -> BGAD:
-    """Train (or resume) into ``partial`` and save the model there; the folder is removed on failure unless a
-    checkpoint makes it worth resuming."""
+def _follow(parallel: DataParallel, device: str) -> None:
+    """A data-parallel fit on a process other than 0: train with the data and configuration process 0 sends
+    (nothing if its training had finished), writing nothing."""
+    job = parallel.broadcast(None)
+    if job is not None:
+        config, images = job
+        BGAD(BGADConfig.from_dict(config), device=device).fit(*images, progress=False)
+
+
+def _train(
+    partial: Path, output: Path, detector: BGAD, images: tuple[list[Path], list[Path], list[Path]], *, progress: bool
+) -> BGAD:
+    """Train (or resume) ``detector`` on ``images`` (normals, known anomalies, their masks) into ``partial`` and
+    save the model there; the folder is removed on failure unless a checkpoint makes it worth resuming."""
     try:
-        detector = BGAD(config).fit(
-            [s.path for s in split.train],
-            [s.path for s in split.known],
-            [s.mask_path for s in split.known],
+        detector.fit(
+            *images,
             log_path=partial / TRAIN_LOG,
             checkpoint=partial / CHECKPOINT,
             progress=progress,
@@ -339,10 +371,11 @@ def evaluate_run(
     output: Path | None = None,
     eval_size: str = "input",
     progress: bool = True,
+    device: str = "cpu",
 ) -> RunResults:
-    """Re-evaluate a saved run on its dataset (or another), leaving out the known anomalies it trained on; with
-    ``eval_size="full"`` also at each image's own resolution (``full_resolution``). With ``output``, the metrics
-    and the report are written there (a new or empty folder, or an earlier test's); the run is only read."""
+    """Re-evaluate a saved run on ``device`` on its dataset (or another), leaving out the known anomalies it trained
+    on; with ``eval_size="full"`` also at each image's own resolution (``full_resolution``). With ``output``, the
+    metrics and the report are written there (a new or empty folder, or an earlier test's); the run is only read."""
     _check_eval_size(eval_size)
     if output is not None:
         _check_test_output(output, run)
@@ -350,7 +383,7 @@ def evaluate_run(
     if not run_json.is_file():
         raise BGADError(f"not a bgad run: {run_json} is missing")
     info = read_run_json(run_json)
-    detector = BGAD.load(run)
+    detector = BGAD.load(run).to(device)
     stored = DatasetSpec.from_dict(info["dataset"])
     category = (dataset or stored).load()
     if info.get("drop_duplicates") is True:

@@ -30,14 +30,16 @@ def update_run(
     normal_dir: Path | None = None,
     meta_epochs: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train ``run``'s model on with its training images plus the defects of ``defect_dirs`` (masks in
-    ``mask_dirs`` or beside them) and the good images of ``normal_dir``; write it into the new folder ``output``."""
+    """Train ``run``'s model on, on ``device``, with its training images plus the defects of ``defect_dirs`` (masks
+    in ``mask_dirs`` or beside them) and the good images of ``normal_dir``; write it into the new folder
+    ``output``."""
     check_new_folder(output, run)
     if not (run / RUN_JSON).is_file():
         raise BGADError(f"not a bgad run: {run / RUN_JSON} is missing (update needs the run's training images)")
     info = read_run_json(run / RUN_JSON)
-    parent = BGAD.load(run)
+    parent = BGAD.load(run).to(device)
     category = DatasetSpec.from_dict(info["dataset"]).load()
     by_name = {category.relative(s.path): s for s in category.test + category.known}
     missing = [name for name in info["known_anomalies"] if name not in by_name]
