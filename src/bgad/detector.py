@@ -124,6 +124,8 @@ class BGAD:
         anomaly_masks: Sequence[MaskSource],
         *,
         meta_epochs: int | None = None,
+        log_path: str | Path | None = None,
+        checkpoint: str | Path | None = None,
         progress: bool = True,
     ) -> BGAD:
         """A new detector trained on from this one's flows with a short schedule, for newly labelled defects:
@@ -131,7 +133,8 @@ class BGAD:
 
         It keeps this detector's feature normalization, skips the normal-only phase and the warm-up, and runs
         ``meta_epochs`` (default ``train.update_meta_epochs``) BG-SPP meta-epochs with the cosine schedule; then the
-        score calibration and thresholds are set again. This detector is left as it was.
+        score calibration and thresholds are set again. This detector is left as it was. ``log_path`` and
+        ``checkpoint`` work as in :meth:`fit`.
         """
         config = self._config
         schedule = dataclasses.replace(
@@ -149,6 +152,8 @@ class BGAD:
             anomaly_images,
             anomaly_masks,
             fit_normalization=False,
+            log_path=log_path,
+            checkpoint=checkpoint,
             progress=progress,
         )
         return updated

@@ -14,7 +14,6 @@ serving.
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations, which name FastAPI types
 # imported inside create_app (FastAPI is an optional extra).
 import base64
-import hashlib
 import io
 import json
 import logging
@@ -33,6 +32,7 @@ from ..data.images import decode_image
 from ..detector import BGAD, Prediction
 from ..errors import BGADError
 from ..export import ONNX_FILE, OnnxDetector
+from ..model_files import model_id
 from .visualize import heatmap_overlay
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -70,7 +70,7 @@ def model_description(run: Path, detector: BGAD | OnnxDetector) -> dict[str, Any
     else:
         config, source = json.loads(detector.metadata["config"]), run / ONNX_FILE if run.is_dir() else run
     description = {
-        "model_id": hashlib.sha1(source.read_bytes()).hexdigest()[:12],
+        "model_id": model_id(source),
         "source": str(run),
         "engine": "torch" if isinstance(detector, BGAD) else "onnx",
         "bgad_version": __version__,
