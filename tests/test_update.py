@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bgad.training
-from bgad import BGAD
+from bgad import BGAD, BGADError
 from bgad.app.cli import main
 from bgad.app.runs import is_run_folder, partial_folder
 
@@ -282,3 +282,18 @@ def test_a_damaged_lineage_is_one_line(tiny_run: Path, tmp_path: Path, capsys: p
     capsys.readouterr()
     assert main(["test", "--run", str(run), "--quiet"]) == 2
     assert_one_line(capsys, "is damaged: lineage step 1: parent: 'model_id' is missing")
+
+
+def test_update_can_train_on_a_seeded_sample_of_the_normals(tiny_run: Path, tiny_dataset: Path) -> None:
+    part = tiny_dataset / "part"
+    normals = sorted((part / "train" / "good").glob("*.png"))
+    defects = sorted((part / "test" / "crack").glob("*.png"))[:2]
+    masks = [part / "ground_truth" / "crack" / f"{p.stem}_mask.png" for p in defects]
+    parent = BGAD.load(tiny_run)
+    half = [parent.update(normals, defects, masks, meta_epochs=1, normal_fraction=0.5, progress=False) for _ in "ab"]
+    assert len(half[0].normal_scores_) == len(normals) // 2  # calibrated on the sample
+    assert list(half[0].normal_scores_) == list(half[1].normal_scores_)  # the same sample each time
+    whole = parent.update(normals, defects, masks, meta_epochs=1, progress=False)
+    assert half[0].history_[0]["steps"] < whole.history_[0]["steps"]
+    with pytest.raises(BGADError, match="normal_fraction"):
+        parent.update(normals, defects, masks, normal_fraction=0, progress=False)

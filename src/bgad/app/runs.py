@@ -212,7 +212,8 @@ def start_run(
         category, removed = run_category(run)
         _check_data_outside(output, category)
         config = BGADConfig.from_dict(run["config"])
-        report = _checked(category, config, drop_duplicates=run["drop_duplicates"], progress=progress)
+        drop_duplicates = run.get("drop_duplicates") is True
+        report = _checked(category, config, drop_duplicates=drop_duplicates, progress=progress)
         split = report.split
         if on_check is not None:
             on_check(report)
@@ -227,7 +228,7 @@ def start_run(
             "known_types": split.known_types,
             # `bgad test` leaves these out by content, even on a copy of the data or another path to it.
             "known_anomaly_sha1": [report.hashes[s.path] for s in split.known],
-            "drop_duplicates": run["drop_duplicates"],
+            "drop_duplicates": drop_duplicates,
             "training_fingerprint": report.training_fingerprint(),
             "eval_size": run["eval_size"],
         } | ({LINEAGE: lineage_steps(run), EVALUATION_REMOVED: removed} if lineage_steps(run) else {})
