@@ -1,7 +1,8 @@
 """The screenshot of ``bgad serve``'s page in the README (docs/images/serve.png).
 
 Run: python docs/make_serve_screenshot.py RUN IMAGE [IMAGE ...]   (needs bgad[serve], selenium, chromium and
-chromedriver; it starts the server on a free local port, uploads the images in a headless browser and shoots)
+chromedriver; it starts the server on a free local port, uploads the images in a headless browser, lists the 3
+images nearest the threshold for review, shows the first image and shoots)
 """
 
 import shutil
@@ -34,7 +35,7 @@ def main() -> None:
         time.sleep(0.05)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,860"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(executable_path=shutil.which("chromedriver")), options=options)
     try:
@@ -43,6 +44,11 @@ def main() -> None:
         for count, image in enumerate(images, start=1):
             driver.find_element(By.ID, "files").send_keys(str(image))
             wait.until(lambda d, n=count: len(d.find_elements(By.CSS_SELECTOR, "#rows tr")) == n)
+        count = driver.find_element(By.ID, "reviewCount")
+        count.clear()
+        count.send_keys("3")
+        rows = "return [...document.querySelectorAll('#review tr')].map((r) => r.cells[2].textContent)"
+        wait.until(lambda d: d.execute_script(rows).count("near threshold") == min(3, len(images)))
         driver.find_elements(By.CSS_SELECTOR, "#rows tr")[0].click()
         output = Path(__file__).parent / "images" / "serve.png"
         driver.save_screenshot(str(output))

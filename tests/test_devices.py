@@ -43,7 +43,7 @@ def _commands(run: Path, data: Path, out: Path) -> dict[str, list[str]]:
         "serve": ["serve", "--run", str(run)],
         "speed": ["speed", "--run", str(run)],
         "calibrate": ["calibrate", "--run", str(run), "--normal-dir", folder, "--output", str(out)],
-        "update": ["update", "--run", str(run), "--defect-dir", folder, "--output", str(out)],
+        "fit --from": ["fit", "--from", str(run), "--defect-dir", folder, "--output", str(out)],
         "ablate": ["ablate", "--data-root", str(data), "--category", "part", "--output", str(out)],
         "benchmark": ["benchmark", "--data-root", str(data), "--output", str(out)],
         "demo": ["demo", "--output", str(out)],

@@ -15,7 +15,9 @@ import pytest
 from PIL import Image
 
 from bgad import BGAD
+from bgad.app.review import review_order
 from bgad.app.serve import Scorer, create_app, model_description
+from bgad.thresholds import Thresholds
 
 pytestmark = pytest.mark.slow
 testclient = pytest.importorskip("fastapi.testclient", reason="bgad serve needs its extra: pip install 'bgad[serve]'")
@@ -111,6 +113,53 @@ def test_bad_uploads_are_json_4xx_and_the_server_keeps_serving(
     assert needle in response.json()["error"]
     assert "Traceback" not in response.text
     assert client.post("/predict", content=image_bytes, headers={"content-type": "image/png"}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def checked(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Eight images of the tiny dataset (good and defective) under distinct names, as a user checks them."""
+    folder = tmp_path_factory.mktemp("checked")
+    test = tiny_dataset / "part" / "test"
+    for source in (
+        sorted(test.glob("good/*.png")) + sorted(test.glob("crack/*.png"))[:2] + sorted(test.glob("spot/*.png"))[:2]
+    ):
+        shutil.copy(source, folder / f"{source.parent.name}_{source.name}")
+    return sorted(folder.iterdir())
+
+
+def _expected_review(
+    tiny_run: Path, images: list[Path], n: int, thresholds: Thresholds | None = None
+) -> list[tuple[str, str]]:
+    """(file, reason) of the review list as bgad predict --review ranks it (bgad.app.review.review_order), at the
+    model's thresholds or ``thresholds``."""
+    detector = BGAD.load(tiny_run)
+    predictions = detector.predict_batch(images)
+    scores, peaks = [p.score for p in predictions], [float(p.anomaly_map.max()) for p in predictions]
+    order = review_order(scores, peaks, thresholds or detector.thresholds_, n)
+    return [(images[i].name, reason) for i, reason, _ in order]
+
+
+def test_review_ranks_the_checked_images_as_predict_review_does(client, tiny_run: Path, checked: list[Path]) -> None:
+    images = []
+    for path in checked:
+        result = client.post("/predict", files={"file": (path.name, path.read_bytes(), "image/png")}).json()
+        images.append({"file": path.name, "score": result["score"], "map_peak": result["map_peak"]})
+    # the model's thresholds, then every image judged good and a region above the pixel threshold in each
+    for thresholds in (None, Thresholds(image=max(i["score"] for i in images) + 1, pixel=0.0)):
+        chosen = (
+            {} if thresholds is None else {"image_threshold": thresholds.image, "pixel_threshold": thresholds.pixel}
+        )
+        response = client.post("/review", json={"images": images, "n": 2} | chosen)
+        assert response.status_code == 200, response.text
+        listed = response.json()["review"]
+        assert [(item["file"], item["reason"]) for item in listed] == _expected_review(tiny_run, checked, 2, thresholds)
+        assert all(images[item["index"]]["file"] == item["file"] for item in listed)
+    assert response.json()["thresholds"] == thresholds._asdict()
+    assert [item["reason"] for item in listed] == ["near threshold"] * 2 + ["hidden region"] * 2
+    for bad in ({"images": images, "n": 0}, {"images": [{"file": "a.png"}]}, {"n": 2}):
+        response = client.post("/review", json=bad)
+        assert response.status_code == 422
+        assert "error" in response.json()
 
 
 def test_too_many_pixels_and_tiny_images_are_refused(client) -> None:
@@ -211,6 +260,49 @@ def test_the_page_scores_an_upload_and_the_slider_changes_the_verdict(
         with Image.open(screenshot) as shot:
             pixels = np.asarray(shot.convert("RGB"))
         assert pixels.std() > 10  # the page drew something: the image, the heatmap, the controls
+        logs = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not logs, json.dumps(logs)
+    finally:
+        driver.quit()
+
+
+def test_the_page_lists_what_to_review_in_the_order_of_predict_review(
+    server: str, tiny_run: Path, checked: list[Path], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def listed(d) -> list[tuple[str, str]]:  # read in one script: the list is redrawn while thresholds change
+        rows = "return [...document.querySelectorAll('#review tr')].map((r) => [...r.cells].map((c) => c.textContent))"
+        return [(cells[1], cells[2]) for cells in d.execute_script(rows)]
+
+    driver = _browser()
+    try:
+        driver.get(server)
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: "model " in d.find_element(By.ID, "model").text)
+        for count, image in enumerate(checked, start=1):
+            driver.find_element(By.ID, "files").send_keys(str(image))
+            wait.until(lambda d, n=count: len(d.find_elements(By.CSS_SELECTOR, "#rows tr")) == n)
+        count = driver.find_element(By.ID, "reviewCount")
+        count.clear()
+        count.send_keys("2")
+        expected = _expected_review(tiny_run, checked, 2)
+        wait.until(lambda d: listed(d) == expected, message=f"expected {expected}")
+        # every image judged good, a region above the pixel threshold in each: the hidden regions are listed too
+        driver.find_element(By.ID, "imageThreshold").send_keys(Keys.END)
+        driver.find_element(By.ID, "pixelThreshold").send_keys(Keys.HOME)
+        read = "return [+arguments[0].value, +arguments[1].value]"
+        sliders = [driver.find_element(By.ID, name) for name in ("imageThreshold", "pixelThreshold")]
+        image_threshold, pixel_threshold = driver.execute_script(read, *sliders)
+        expected = _expected_review(tiny_run, checked, 2, Thresholds(image_threshold, pixel_threshold))
+        assert [reason for _, reason in expected] == ["near threshold"] * 2 + ["hidden region"] * 2
+        wait.until(lambda d: listed(d) == expected, message=f"expected {expected}")
+        driver.find_elements(By.CSS_SELECTOR, "#review tr")[-1].click()
+        wait.until(lambda d: d.find_element(By.ID, "scoreline").text.startswith(expected[-1][0]))
+        assert driver.find_element(By.ID, "error").text == ""
+        driver.save_screenshot(str(tmp_path / "review.png"))
         logs = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not logs, json.dumps(logs)
     finally:

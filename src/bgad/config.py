@@ -115,7 +115,7 @@ class TrainConfig:
     synthesis_refresh: int = 1  # draw a new synthetic pool every this many meta-epochs
     foreground: str = "auto"  # where pastes may land: "auto" (estimated per image), "full", or a folder of masks
     extract_batch_size: int = 4  # images per backbone forward; larger is slower per image on CPU
-    update_meta_epochs: int = 3  # BGAD.update / bgad update: BG-SPP meta-epochs from the parent's flows
+    update_meta_epochs: int = 3  # BGAD.update / bgad fit --from: BG-SPP meta-epochs from the parent's flows
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from ._version import __version__
 from .config import BGADConfig
+from .data.samples import content_hash
 from .errors import BGADError
 from .serialization import read_description
 from .thresholds import Thresholds
@@ -81,6 +82,12 @@ def save_model(
         "train_seconds": train_seconds,
     }
     (directory / MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")
+
+
+def model_id(path: Path) -> str:
+    """A short name for a saved model: the first 12 hex digits of the SHA-1 of its description (``model.json``, or
+    an ``.onnx`` file), as ``bgad serve`` reports it and a run's ``run.json`` names its parent."""
+    return content_hash(path)[:12]
 
 
 def load_model(directory: Path) -> SavedModel:

@@ -30,7 +30,7 @@ from .calibration import calibrate_run
 from .crossval import cross_validate
 from .prediction import SCORES_CSV, collect_images, predict_folder
 from .review import REVIEW_CSV, REVIEW_SHEET, review_queue, write_review
-from .runs import evaluate_run, fit_run, resume_run
+from .runs import RunResults, evaluate_run, fit_run, resume_run
 from .speed import inference_speed, training_speed
 from .update import update_run
 
@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _config_for(args: argparse.Namespace) -> BGADConfig:
-    config = load_config(args.preset, args.config)
+    config = load_config(args.preset or "default", args.config)
     overrides = {
         "num_anomalies": args.num_anomalies,
         "seed": args.seed,
@@ -65,10 +65,11 @@ def _dataset_spec(args: argparse.Namespace) -> DatasetSpec | None:
         raise BGADError("--data-root and --category go together")
     if not given:
         return None
-    unmasked = args.unmasked_defects
+    unmasked = args.unmasked_defects or "error"
     if args.data_root is not None:
         return DatasetSpec(
-            args.layout, {"data_root": _absolute(args.data_root), "category": args.category, "unmasked": unmasked}
+            args.layout or "mvtec",
+            {"data_root": _absolute(args.data_root), "category": args.category, "unmasked": unmasked},
         )
     if args.manifest is not None:
         return DatasetSpec("manifest", {"manifest": _absolute(args.manifest), "unmasked": unmasked})
@@ -79,7 +80,7 @@ def _dataset_spec(args: argparse.Namespace) -> DatasetSpec | None:
             "defect_dirs": [_absolute(p) for p in args.defect_dir],
             "mask_dirs": [_absolute(p) for p in args.mask_dir],
             "test_normal_dirs": [_absolute(p) for p in args.test_normal_dir],
-            "test_normal_ratio": args.test_normal_ratio,
+            "test_normal_ratio": 0.2 if args.test_normal_ratio is None else args.test_normal_ratio,
             "unmasked": unmasked,
         },
     )
@@ -96,10 +97,60 @@ def _required_dataset(args: argparse.Namespace) -> DatasetSpec:
     return spec
 
 
+# fit's options that --from cannot take (RUN's data and options are used), as (attribute, option).
+_NOT_WITH_FROM = [
+    (name, "--" + name.replace("_", "-"))
+    for name in (
+        "resume",
+        "cv",
+        "data_root",
+        "category",
+        "layout",
+        "manifest",
+        "test_normal_dir",
+        "test_normal_ratio",
+        "unmasked_defects",
+        "num_anomalies",
+        "seed",
+        "anomaly_sampling",
+        "resize",
+        "preset",
+        "config",
+        "synthesis",
+        "overwrite",
+        "drop_duplicates",
+    )
+]
+
+
+def _fit_from(args: argparse.Namespace) -> RunResults:
+    """``bgad fit --from RUN``: one line for every option it cannot take, then the update."""
+    given = [option for name, option in _NOT_WITH_FROM if getattr(args, name) not in (None, False, [])]
+    if given:
+        raise BGADError(
+            f"--from RUN trains on with RUN's data and options, so {', '.join(given)} cannot go with it "
+            "(it takes --defect-dir, --mask-dir, --normal-dir, --meta-epochs, --eval-size and --output)"
+        )
+    if args.output is None:
+        raise BGADError("--output is required (the new run folder to create; RUN is left unchanged)")
+    return update_run(
+        args.parent,
+        args.output,
+        args.defect_dir,
+        args.mask_dir,
+        normal_dir=args.normal_dir,
+        meta_epochs=args.meta_epochs,
+        eval_size=args.eval_size,
+        progress=not args.quiet,
+        device=args.device,
+    )
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     with process_group(resolve_device(args.device)) as parallel:
-        if parallel is not None and args.cv is not None:
-            raise BGADError("--cv does not run under torchrun: run each fold's fit with torchrun, or --cv alone")
+        if parallel is not None and (args.cv is not None or args.parent is not None):
+            option = "--cv" if args.cv is not None else "--from"
+            raise BGADError(f"{option} does not run under torchrun: run it as one process")
         try:
             return _fit(args)
         except RuntimeError as err:  # a collective failed: another process stopped (process 0 says why)
@@ -110,7 +161,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    if args.resume is not None:
+    if args.meta_epochs is not None and args.parent is None:
+        raise BGADError("--meta-epochs goes with --from RUN (the update's schedule); a fit takes train.meta_epochs")
+    if args.parent is not None:
+        output = args.output
+        results = _fit_from(args)
+    elif args.resume is not None:
         if args.output is not None or args.cv is not None or _dataset_spec(args) is not None:
             raise BGADError(
                 "--resume takes the data, options and output of the interrupted fit; give nothing else but --device"
@@ -126,7 +182,7 @@ def _fit(args: argparse.Namespace) -> int:
             _config_for(args),
             args.cv,
             overwrite=args.overwrite,
-            eval_size=args.eval_size,
+            eval_size=args.eval_size or "input",
             drop_duplicates=args.drop_duplicates,
             progress=not args.quiet,
             device=args.device,
@@ -144,7 +200,7 @@ def _fit(args: argparse.Namespace) -> int:
             output,
             config,
             overwrite=args.overwrite,
-            eval_size=args.eval_size,
+            eval_size=args.eval_size or "input",
             drop_duplicates=args.drop_duplicates,
             progress=not args.quiet,
             device=args.device,
@@ -187,7 +243,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
         args.run,
         _dataset_spec(args),
         output=args.output,
-        eval_size=args.eval_size,
+        eval_size=args.eval_size or "input",
         progress=not args.quiet,
         device=args.device,
     )
@@ -259,22 +315,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     scorer = Scorer(detector, model_description(args.run, detector), max_pixels=args.max_pixels)
     print(f"bgad serve: http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
     serve(scorer, host=args.host, port=args.port)
-    return 0
-
-
-def _cmd_update(args: argparse.Namespace) -> int:
-    record = update_run(
-        args.run,
-        args.output,
-        args.defect_dir,
-        args.mask_dir,
-        normal_dir=args.normal_dir,
-        meta_epochs=args.meta_epochs,
-        progress=not args.quiet,
-        device=args.device,
-    )
-    print(json.dumps(record, indent=2))
-    print(f"updated model written to {args.output} ({args.run} is unchanged)", file=sys.stderr)
     return 0
 
 
@@ -396,7 +436,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resize", choices=RESIZE_MODES, help="non-square images: stretch to a square (default) or pad (keep)"
     )
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="default, paper or fast (default: default)")
     parser.add_argument("--config", type=Path, help="YAML file with model/loss/train options over the preset")
 
 
@@ -407,7 +447,7 @@ def _add_data_options(parser: argparse.ArgumentParser, default_help: str = "") -
     )
     group.add_argument("--data-root", type=Path, help="folder holding the category folders of a benchmark layout")
     group.add_argument("--category", help="category (VisA: object) to use")
-    group.add_argument("--layout", default="mvtec", choices=["mvtec", "btad", "visa"], help="default mvtec")
+    group.add_argument("--layout", choices=["mvtec", "btad", "visa"], help="default mvtec")
     group.add_argument("--normal-dir", type=Path, help="folder of good images")
     group.add_argument("--defect-dir", type=Path, action="append", default=[], help="folder of defect images (repeat)")
     group.add_argument("--mask-dir", type=Path, action="append", default=[], help="folder of masks (repeat)")
@@ -415,12 +455,11 @@ def _add_data_options(parser: argparse.ArgumentParser, default_help: str = "") -
         "--test-normal-dir", type=Path, action="append", default=[], help="good images kept for evaluation (repeat)"
     )
     group.add_argument(
-        "--test-normal-ratio", type=float, default=0.2, help="without --test-normal-dir: good images held out (0.2)"
+        "--test-normal-ratio", type=float, help="without --test-normal-dir: good images held out (default 0.2)"
     )
     group.add_argument("--manifest", type=Path, help="CSV with path,label,mask,split[,defect_type]")
     group.add_argument(
         "--unmasked-defects",
-        default="error",
         choices=["error", "image-only"],
         help="a defect image without a mask is an error (default) or evaluated at image level only",
     )
@@ -467,10 +506,9 @@ def _add_device_option(parser: argparse.ArgumentParser) -> None:
 def _add_eval_size_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-size",
-        default="input",
         choices=EVAL_SIZES,
-        help="pixel metrics on the model's input grid (default) or, with full, also at each image's resolution "
-        "against the original masks (metrics.json: full_resolution)",
+        help="pixel metrics on the model's input grid (default; fit --from: RUN's) or, with full, also at each "
+        "image's resolution against the original masks (metrics.json: full_resolution)",
     )
 
 
@@ -490,6 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit = command("fit", _cmd_fit, "check a dataset, train on it, save the model and evaluate it")
     _add_data_options(fit)
     fit.add_argument("--output", type=Path, help="run folder to create")
+    update = fit.add_argument_group(
+        "train on from a run",
+        "--from RUN --defect-dir NEW [--mask-dir M] [--normal-dir NEW_GOOD] --output RUN2: RUN's model trained on "
+        "with its own training images and the new ones, into a new run (RUN is never changed)",
+    )
+    update.add_argument("--from", dest="parent", type=Path, metavar="RUN", help="the run to start from")
+    update.add_argument(
+        "--meta-epochs", type=_positive_int, help="with --from: BG-SPP meta-epochs (default train.update_meta_epochs)"
+    )
     fit.add_argument("--resume", type=Path, metavar="RUN", help="continue the interrupted fit of RUN (alone)")
     _add_training_options(fit)
     fit.add_argument("--synthesis", choices=SYNTHESES, help="synthetic anomalies (default cutpaste)")
@@ -554,16 +601,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels", type=_positive_int, default=50_000_000, help="larger uploads are refused (default 50 MP)"
     )
     _add_threshold_options(serve)
-
-    update = command("update", _cmd_update, "train a run on with newly labelled defects (minutes, not a full fit)")
-    update.add_argument("--run", type=Path, required=True, help="the run to start from (left unchanged)")
-    update.add_argument("--defect-dir", type=Path, action="append", required=True, help="new defect images")
-    update.add_argument("--mask-dir", type=Path, action="append", default=[], help="their masks (repeatable)")
-    update.add_argument("--normal-dir", type=Path, help="new good images to train on as well")
-    update.add_argument(
-        "--meta-epochs", type=_positive_int, help="BG-SPP meta-epochs (default train.update_meta_epochs)"
-    )
-    update.add_argument("--output", type=Path, required=True, help="the new model folder to create")
 
     calibrate = command(
         "calibrate", _cmd_calibrate, "set thresholds and score calibration again from new good images (no retraining)"

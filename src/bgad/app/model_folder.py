@@ -1,5 +1,5 @@
-"""New model folders made from a run without retraining it from scratch (``bgad calibrate``, ``bgad update``):
-the model files plus a JSON record of how they were made, written whole or not at all, never over the source."""
+"""New model folders made from a run without retraining it (``bgad calibrate``): the model files plus a JSON
+record of how they were made, written whole or not at all, never over the source."""
 
 from __future__ import annotations
 

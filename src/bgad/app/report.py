@@ -7,6 +7,7 @@ caller's backend and global state are left alone. The output depends only on the
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -295,11 +296,13 @@ def write_report(
     title: str,
     thresholds: Thresholds | None = None,
     decisions: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
     gallery_size: int = 6,
 ) -> Path:
     """Writes directory/report.html plus its PNG figures (in directory/report_files/) and returns the HTML path.
 
-    ``thresholds`` mark the verdicts in the figures; ``decisions`` (:meth:`Evaluation.decisions`) get a table.
+    ``thresholds`` mark the verdicts in the figures; ``decisions`` (:meth:`Evaluation.decisions`) get a table;
+    ``notes`` are paragraphs under the title (how the model was made, images left out of the evaluation).
     PNG files left in ``report_files/`` by an earlier report are deleted first.
     """
     image_threshold = None if thresholds is None else thresholds.image
@@ -319,6 +322,7 @@ def write_report(
         f"<h1>{_e(title)}</h1>",
         f'<p class="lead">Evaluated on {n} images: {n - n_bad} good and {n_bad} anomalous '
         f"({len(types)} defect type{'s' * (len(types) != 1)}{': ' * bool(types)}{_e(', '.join(types))}).</p>",
+        *(f'<p class="note">{_e(note)}</p>' for note in notes),
         "<h2>Metrics</h2><table>",
     ]
     body.append('<tr><th>metric</th><th class="n">value</th><th>what it measures</th></tr>')

@@ -1,6 +1,7 @@
-"""``bgad predict --review N``: the images worth a human look, to decide what to label next.
+"""``bgad predict --review N`` and the review list of ``bgad serve``'s page: the images worth a human look, to
+decide what to label next.
 
-Two kinds, in ``review.csv`` and on a contact sheet (``review.png``):
+Two kinds, in ``review.csv`` and on a contact sheet (``review.png``), or in the page's list:
 
 - **near the threshold**: the N images whose score is closest to the image threshold (relative distance
   ``|score / threshold - 1|``), on either side: the model is least sure of them;
@@ -21,6 +22,7 @@ from PIL import Image, ImageDraw
 from ..thresholds import Thresholds
 
 REVIEW_CSV, REVIEW_SHEET = "review.csv", "review.png"
+NEAR, HIDDEN = "near threshold", "hidden region"
 THUMBNAIL = 224  # pixels, the long side of each image on the contact sheet
 COLUMNS = 4
 
@@ -40,21 +42,30 @@ class Scored:
 @dataclass(frozen=True)
 class ReviewItem:
     image: Scored
-    reason: str  # "near threshold" or "hidden region"
+    reason: str  # NEAR or HIDDEN
     distance: float  # near threshold: |score / threshold - 1|; hidden region: how far the peak is above the pixel
 
 
-def review_queue(scored: Sequence[Scored], thresholds: Thresholds, n: int) -> list[ReviewItem]:
-    """The review list (see the module docstring): near-threshold images first, then hidden regions not already
-    listed."""
+def review_order(
+    scores: Sequence[float], peaks: Sequence[float], thresholds: Thresholds, n: int
+) -> list[tuple[int, str, float]]:
+    """The review list (see the module docstring) of images given by their score and their map's peak, as
+    ``(index, reason, distance)``: near-threshold images first, then hidden regions not already listed. An image
+    is judged anomalous when its score is above the image threshold; ties keep the input order."""
     scale = abs(thresholds.image) or 1.0
-    near = sorted(scored, key=lambda s: abs(s.score - thresholds.image) / scale)[:n]
-    items = [ReviewItem(s, "near threshold", abs(s.score - thresholds.image) / scale) for s in near]
-    listed = {s.path for s in near}
-    hidden = [s for s in scored if not s.is_anomalous and s.map_peak > thresholds.pixel and s.path not in listed]
-    hidden.sort(key=lambda s: s.map_peak, reverse=True)
-    items += [ReviewItem(s, "hidden region", s.map_peak - thresholds.pixel) for s in hidden[:n]]
-    return items
+    distance = [abs(score - thresholds.image) / scale for score in scores]
+    near = sorted(range(len(scores)), key=distance.__getitem__)[:n]
+    hidden = [
+        i for i in range(len(scores)) if scores[i] <= thresholds.image and peaks[i] > thresholds.pixel and i not in near
+    ]
+    hidden.sort(key=peaks.__getitem__, reverse=True)
+    return [(i, NEAR, distance[i]) for i in near] + [(i, HIDDEN, peaks[i] - thresholds.pixel) for i in hidden[:n]]
+
+
+def review_queue(scored: Sequence[Scored], thresholds: Thresholds, n: int) -> list[ReviewItem]:
+    """:func:`review_order` of predicted images."""
+    order = review_order([s.score for s in scored], [s.map_peak for s in scored], thresholds, n)
+    return [ReviewItem(scored[i], reason, distance) for i, reason, distance in order]
 
 
 def write_review(output: Path, items: Sequence[ReviewItem]) -> None:

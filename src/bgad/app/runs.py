@@ -24,13 +24,14 @@ from ..checkpoint import STATE_JSON
 from ..config import BGADConfig
 from ..data.checks import DatasetReport, check_dataset, drop_evaluation_duplicates
 from ..data.layouts import DatasetSpec
-from ..data.samples import Category, Split, content_hash
+from ..data.samples import Category, Split
 from ..detector import BGAD
 from ..devices import resolve_device
 from ..distributed import DataParallel, current
 from ..errors import BGADError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES, Evaluation, Metrics, evaluate, full_resolution_metrics
 from ..model_files import MODEL_JSON
+from .lineage import EVALUATION_REMOVED, LINEAGE, evaluation_samples, lineage_steps, report_notes, run_category, trainer
 from .locking import run_lock
 from .report import write_report
 
@@ -86,13 +87,26 @@ def _results(
     return RunResults(evaluation.metrics(), n_known, per_type, train_seconds, full, decisions)
 
 
-def _write_report(evaluation: Evaluation, results: RunResults, directory: Path, detector: BGAD, category: str) -> None:
+def _write_report(
+    evaluation: Evaluation,
+    results: RunResults,
+    directory: Path,
+    detector: BGAD,
+    category: str,
+    notes: list[str],
+) -> None:
     """Write the HTML report; a failure to draw it is a warning, never the end of a fit or a test."""
     title = f"bgad evaluation: {category}"
     scalars = {key: value for key, value in results.to_dict().items() if not isinstance(value, dict)}
     try:
         write_report(
-            evaluation, scalars, directory, title=title, thresholds=detector.thresholds_, decisions=results.decisions
+            evaluation,
+            scalars,
+            directory,
+            title=title,
+            thresholds=detector.thresholds_,
+            decisions=results.decisions,
+            notes=notes,
         )
     except Exception as err:
         print(f"bgad: warning: the report could not be written: {err!r}", file=sys.stderr)
@@ -175,35 +189,61 @@ def fit_run(
     left behind if the fit fails before its first checkpoint; after it, the partial folder stays for
     :func:`resume_run` (Ctrl-C, or an error in evaluation: the trained model is kept).
     """
+    run = {
+        "bgad_version": __version__,
+        "dataset": dataset.to_dict(),
+        "config": config.to_dict(),
+        "drop_duplicates": drop_duplicates,
+        "eval_size": eval_size,
+    }
+    on_check = None if on_split is None else lambda report: on_split(report.split)
+    return start_run(run, output, overwrite=overwrite, progress=progress, on_check=on_check, device=device)
+
+
+def start_run(
+    run: dict[str, Any],
+    output: Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_check: Callable[[DatasetReport], None] | None = None,
+    device: str = "cpu",
+) -> RunResults | None:
+    """The body of :func:`fit_run` and of ``bgad fit --from`` (:func:`bgad.app.update.update_run`): ``run`` gives
+    the dataset, the configuration, ``drop_duplicates``, ``eval_size`` and, for a run trained on from another, its
+    lineage (:mod:`bgad.app.lineage`); the rest of ``run.json`` (the known anomalies, the fingerprint) comes from
+    the dataset check, after which ``on_check`` may still refuse the fit."""
     resolve_device(device)  # a missing GPU fails now, not after the dataset check
     parallel = current()
     if parallel is not None and not parallel.is_main:
         return _follow(parallel, device)
-    _check_eval_size(eval_size)
+    _check_eval_size(run["eval_size"])
     _make_parent(output)
     with run_lock(output):
         _check_output(output, overwrite=overwrite)
-        category = dataset.load()
+        category, removed = run_category(run)
         _check_data_outside(output, category)
+        config = BGADConfig.from_dict(run["config"])
+        drop_duplicates = run.get("drop_duplicates") is True
         report = _checked(category, config, drop_duplicates=drop_duplicates, progress=progress)
         split = report.split
-        if on_split is not None:
-            on_split(split)
+        if on_check is not None:
+            on_check(report)
         partial = partial_folder(output)
         shutil.rmtree(partial, ignore_errors=True)
         run = {
             "bgad_version": __version__,
-            "dataset": dataset.to_dict(),
+            "dataset": run["dataset"],
             "category": category.name,
-            "config": config.to_dict(),
+            "config": run["config"],
             "known_anomalies": split.known_names,
             "known_types": split.known_types,
             # `bgad test` leaves these out by content, even on a copy of the data or another path to it.
             "known_anomaly_sha1": [report.hashes[s.path] for s in split.known],
             "drop_duplicates": drop_duplicates,
             "training_fingerprint": report.training_fingerprint(),
-            "eval_size": eval_size,
-        }
+            "eval_size": run["eval_size"],
+        } | ({LINEAGE: lineage_steps(run), EVALUATION_REMOVED: removed} if lineage_steps(run) else {})
         try:
             partial.mkdir()
             _write_json(partial / RUN_JSON, run)
@@ -245,7 +285,7 @@ def resume_run(output: Path, *, progress: bool = True, device: str = "cpu") -> R
         raise BGADError(f"no interrupted fit of {output} to resume ({partial / RUN_JSON} is missing)")
     with run_lock(output):
         run = read_run_json(partial / RUN_JSON)
-        category = DatasetSpec.from_dict(run["dataset"]).load()
+        category, _ = run_category(run)
         _check_data_outside(output, category)
         config = BGADConfig.from_dict(run["config"])
         report = _checked(category, config, drop_duplicates=run.get("drop_duplicates") is True, progress=progress)
@@ -277,21 +317,28 @@ def read_run_json(path: Path) -> dict[str, Any]:
     names = run["known_anomalies"] + run["known_types"] + run.get("known_anomaly_sha1", [])
     if not isinstance(run.get("known_anomaly_sha1", []), list) or not all(isinstance(name, str) for name in names):
         raise BGADError(f"{path} is damaged: the known anomalies are not a list of names")
+    try:
+        lineage_steps(run)
+    except BGADError as err:
+        raise BGADError(f"{path} is damaged: {err}") from None
     return run
 
 
 def _train_and_evaluate(
     partial: Path, output: Path, run: dict[str, Any], split: Split, *, progress: bool, device: str
 ) -> RunResults:
-    config = BGADConfig.from_dict(run["config"])
     detector = _saved_detector(partial)
     images = ([s.path for s in split.train], [s.path for s in split.known], [s.mask_path for s in split.known])
     if (parallel := current()) is not None:  # what the other processes train on (nothing: training had finished)
+        if lineage_steps(run):
+            raise BGADError("fit --from does not run under torchrun: run it as one process")
         parallel.broadcast(None if detector is not None else (run["config"], images))
     if detector is not None:
         detector.to(device)
     else:
-        detector = _train(partial, output, BGAD(config, device=device), images, progress=progress)
+        detector = _train(
+            partial, output, trainer(run, BGADConfig.from_dict(run["config"]), device), images, progress=progress
+        )
     try:
         evaluation = evaluate(detector, split.evaluation, progress=progress)
         seconds = detector.train_seconds_
@@ -299,7 +346,8 @@ def _train_and_evaluate(
         eval_size = run.get("eval_size", "input")
         results = _results(evaluation, detector, len(split.known), split.known_types, eval_size, seconds)
         _write_json(partial / METRICS_JSON, results.to_dict())
-        _write_report(evaluation, results, partial, detector, split.category.name)
+        notes = report_notes(run, run.get(EVALUATION_REMOVED, []))
+        _write_report(evaluation, results, partial, detector, split.category.name, notes)
         _install(partial, output)
     except KeyboardInterrupt:
         raise TrainingInterrupted(
@@ -333,12 +381,18 @@ def _follow(parallel: DataParallel, device: str) -> None:
 
 
 def _train(
-    partial: Path, output: Path, detector: BGAD, images: tuple[list[Path], list[Path], list[Path]], *, progress: bool
+    partial: Path,
+    output: Path,
+    train: Callable[..., BGAD],
+    images: tuple[list[Path], list[Path], list[Path]],
+    *,
+    progress: bool,
 ) -> BGAD:
-    """Train (or resume) ``detector`` on ``images`` (normals, known anomalies, their masks) into ``partial`` and
-    save the model there; the folder is removed on failure unless a checkpoint makes it worth resuming."""
+    """Train (or resume) with ``train`` (a fit, or an update of the parent: :func:`bgad.app.lineage.trainer`) on
+    ``images`` (normals, known anomalies, their masks) into ``partial`` and save the model there; the folder is
+    removed on failure unless a checkpoint makes it worth resuming."""
     try:
-        detector.fit(
+        detector = train(
             *images,
             log_path=partial / TRAIN_LOG,
             checkpoint=partial / CHECKPOINT,
@@ -392,14 +446,7 @@ def evaluate_run(
             print(
                 f"bgad: note: {dropped} evaluation image(s) identical to a training image were dropped", file=sys.stderr
             )
-    used_names = set(info["known_anomalies"]) if dataset in (None, stored) else set()
-    used_content = set(info.get("known_anomaly_sha1", ()))
-    samples = [
-        s
-        for s in category.test
-        if category.relative(s.path) not in used_names
-        and not (s.is_anomalous and used_content and content_hash(s.path) in used_content)
-    ]
+    samples, removed = evaluation_samples(category, info, same_dataset=dataset in (None, stored))
     evaluation = evaluate(detector, samples, progress=progress)
     results = _results(evaluation, detector, len(info["known_anomalies"]), info["known_types"], eval_size)
     if (left_out := len(category.test) - len(samples)) and dataset not in (None, stored):
@@ -409,7 +456,7 @@ def evaluate_run(
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         _write_json(output / METRICS_JSON, results.to_dict())
-        _write_report(evaluation, results, output, detector, category.name)
+        _write_report(evaluation, results, output, detector, category.name, report_notes(info, removed))
     return results
 
 

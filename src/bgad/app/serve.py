@@ -6,15 +6,17 @@ with the standard ASGI stack integrators already run; the model stays a plain :c
 
 Concurrency: uploads are received and decoded in the server's thread pool, several at a time; the model runs one
 request at a time behind a lock, because a forward pass already uses every core and, on CPU, EfficientNet is slower
-per image in larger batches (docs/performance.md), so merging requests into batches would not help. ``/health`` and
-``/model`` never wait for the model. Every bad upload is a 4xx with a JSON ``{"error": ...}``; the server keeps
-serving.
+per image in larger batches (docs/performance.md), so merging requests into batches would not help. ``/health``,
+``/model`` and ``/review`` never wait for the model. Every bad upload is a 4xx with a JSON ``{"error": ...}``; the
+server keeps serving.
+
+The page's review list comes from ``POST /review``, which ranks the scores the page already has by the rule of
+``bgad predict --review`` (:func:`bgad.app.review.review_order`): the rule lives in one place.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations, which name FastAPI types
 # imported inside create_app (FastAPI is an optional extra).
 import base64
-import hashlib
 import io
 import json
 import logging
@@ -33,11 +35,15 @@ from ..data.images import decode_image
 from ..detector import BGAD, Prediction
 from ..errors import BGADError
 from ..export import ONNX_FILE, OnnxDetector
+from ..model_files import model_id
+from ..thresholds import Thresholds, normalized_score
+from .review import review_order
 from .visualize import heatmap_overlay
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_PIXELS = 50_000_000  # 50 megapixels: larger images are refused before their pixels are decoded
 MAX_FILES = 64  # per batch request
+MAX_REVIEWED = 100_000  # images in one review request (a session's checked images)
 RAW_MAP_SIDE = 320  # the longest side of the anomaly map returned with maps=raw (the page thresholds it)
 IMAGE_TYPES = ("image/", "application/octet-stream")
 Maps = Literal["none", "png", "raw"]
@@ -70,7 +76,7 @@ def model_description(run: Path, detector: BGAD | OnnxDetector) -> dict[str, Any
     else:
         config, source = json.loads(detector.metadata["config"]), run / ONNX_FILE if run.is_dir() else run
     description = {
-        "model_id": hashlib.sha1(source.read_bytes()).hexdigest()[:12],
+        "model_id": model_id(source),
         "source": str(run),
         "engine": "torch" if isinstance(detector, BGAD) else "onnx",
         "bgad_version": __version__,
@@ -124,6 +130,7 @@ class Scorer:
             "score": prediction.score,
             "normalized_score": prediction.normalized_score,
             "is_anomalous": prediction.is_anomalous,
+            "map_peak": float(prediction.anomaly_map.max()),  # for the review list (POST /review)
             "thresholds": self.detector.thresholds_._asdict(),
             "image": {"width": picture.width, "height": picture.height},
             "model": {"id": self.description["model_id"], "bgad_version": __version__},
@@ -153,6 +160,7 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
+    from pydantic import BaseModel, Field
     from starlette.exceptions import HTTPException
 
     app = fastapi.FastAPI(
@@ -247,6 +255,43 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
     async def model() -> dict[str, Any]:
         """The model's identity, configuration, thresholds and (for a run folder) training metrics."""
         return scorer.description
+
+    class CheckedImage(BaseModel):
+        file: str = Field(max_length=1000)
+        score: float = Field(allow_inf_nan=False)
+        map_peak: float = Field(allow_inf_nan=False, description="the largest anomaly-map value (/predict: map_peak)")
+
+    class ReviewRequest(BaseModel):
+        images: list[CheckedImage] = Field(max_length=MAX_REVIEWED)
+        n: int = Field(5, ge=1, le=MAX_REVIEWED, description="images near the threshold; as many hidden regions")
+        image_threshold: float | None = Field(None, allow_inf_nan=False, description="default: the model's")
+        pixel_threshold: float | None = Field(None, allow_inf_nan=False, description="default: the model's")
+
+    @app.post("/review")
+    async def review(body: ReviewRequest) -> dict[str, Any]:
+        """What to label next among images already scored (their ``score`` and ``map_peak`` from /predict), by the
+        rule of ``bgad predict --review``: the ``n`` nearest the image threshold, then those judged good whose map
+        rises above the pixel threshold, highest peaks first."""
+        model = scorer.detector.thresholds_
+        thresholds = Thresholds(
+            image=model.image if body.image_threshold is None else body.image_threshold,
+            pixel=model.pixel if body.pixel_threshold is None else body.pixel_threshold,
+        )
+        images = body.images
+        order = review_order([i.score for i in images], [i.map_peak for i in images], thresholds, body.n)
+        listed = [
+            {
+                "index": index,
+                "file": images[index].file,
+                "reason": reason,
+                "distance": distance,
+                "score": images[index].score,
+                "normalized_score": normalized_score(images[index].score, thresholds.image),
+                "is_anomalous": images[index].score > thresholds.image,
+            }
+            for index, reason, distance in order
+        ]
+        return {"thresholds": thresholds._asdict(), "review": listed}
 
     @app.post("/predict", openapi_extra=upload_body)
     async def predict(request: Request, maps: Maps = "none") -> dict[str, Any]:

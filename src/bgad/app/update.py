@@ -1,8 +1,9 @@
-"""``bgad update``: add newly labelled defects (and good images) to a trained run in minutes.
+"""``bgad fit --from RUN``: add newly labelled defects (and good images) to a trained run in minutes.
 
-The run's own training images (its normals and known anomalies, from its ``run.json``) and the new ones train the
-parent's flows on with a short BG-SPP schedule (:meth:`bgad.BGAD.update`); the result is a new model folder with
-``update.json`` recording its lineage. The parent run is never modified.
+RUN's training images (its normals and known anomalies, and what its own lineage added) and the new ones train
+RUN's flows on with a short BG-SPP schedule (:meth:`bgad.BGAD.update`). The result is an ordinary run folder
+(model, ``run.json`` with the lineage, metrics, report), evaluated on RUN's evaluation images minus any image that
+was added for training. RUN is never modified; the output must be a new or empty folder.
 """
 
 from __future__ import annotations
@@ -11,72 +12,67 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.images import IMAGE_SUFFIXES
-from ..data.layouts import DatasetSpec, labelled_defects
-from ..detector import BGAD
+from ..config import BGADConfig
+from ..data.checks import DatasetReport
+from ..data.layouts import labelled_defects
+from ..data.layouts.files import existing_folder, image_files
 from ..errors import BGADError, DatasetError
-from .model_folder import check_new_folder, write_model_folder
-from .runs import RUN_JSON, read_run_json
+from .lineage import LINEAGE, lineage_steps, new_step
+from .runs import RUN_JSON, RunResults, read_run_json, start_run
 
-UPDATE_JSON = "update.json"
+INHERITED = ("dataset", "config", "known_anomalies", "known_anomaly_sha1", "drop_duplicates", "eval_size")
 
 
 def update_run(
-    run: Path,
+    parent: Path,
     output: Path,
-    defect_dirs: Sequence[Path],
+    defect_dirs: Sequence[Path] = (),
     mask_dirs: Sequence[Path] = (),
     *,
     normal_dir: Path | None = None,
     meta_epochs: int | None = None,
+    eval_size: str | None = None,
     progress: bool = True,
     device: str = "cpu",
-) -> dict[str, Any]:
-    """Train ``run``'s model on, on ``device``, with its training images plus the defects of ``defect_dirs`` (masks
-    in ``mask_dirs`` or beside them) and the good images of ``normal_dir``; write it into the new folder
-    ``output``."""
-    check_new_folder(output, run)
-    if not (run / RUN_JSON).is_file():
-        raise BGADError(f"not a bgad run: {run / RUN_JSON} is missing (update needs the run's training images)")
-    info = read_run_json(run / RUN_JSON)
-    parent = BGAD.load(run).to(device)
-    category = DatasetSpec.from_dict(info["dataset"]).load()
-    by_name = {category.relative(s.path): s for s in category.test + category.known}
-    missing = [name for name in info["known_anomalies"] if name not in by_name]
-    if missing:
-        raise BGADError(f"known anomaly {missing[0]} of {run} is no longer in its dataset")
-    known = [by_name[name] for name in info["known_anomalies"]]
+) -> RunResults:
+    """Train ``parent``'s model on with its training images plus the defects of ``defect_dirs`` (masks in
+    ``mask_dirs`` or beside them) and the good images of ``normal_dir`` (searched recursively), for ``meta_epochs``
+    (default ``train.update_meta_epochs``) on ``device``; write the new run into ``output`` and return its metrics.
+    ``eval_size`` defaults to the parent's."""
+    if not (parent / RUN_JSON).is_file():
+        raise BGADError(f"not a bgad run: {parent / RUN_JSON} is missing (fit --from trains on with its images)")
+    if output.resolve().is_relative_to(parent.resolve()):
+        raise BGADError(f"output {output} is the run {parent} or inside it (fit --from never changes it): name another")
+    if output.is_dir() and any(output.iterdir()):
+        raise BGADError(f"output {output} is not empty: fit --from writes a new run into a new or empty folder")
+    info = read_run_json(parent / RUN_JSON)
     added, problems = labelled_defects(defect_dirs, mask_dirs)
     if problems:
         raise DatasetError(problems)
-    if not added:
-        raise BGADError("no new defect images given")
-    new_normals = _images(normal_dir) if normal_dir is not None else []
-    anomalies = known + added
-    updated = parent.update(
-        [s.path for s in category.train] + new_normals,
-        [s.path for s in anomalies],
-        [s.mask_path for s in anomalies],
-        meta_epochs=meta_epochs,
-        progress=progress,
-    )
-    record = {
-        "parent_run": str(run.resolve()),
-        "parent_known_anomalies": info["known_anomalies"],
-        "added_anomalies": [str(s.path.resolve()) for s in added],
-        "added_normals": [str(p.resolve()) for p in new_normals],
-        "meta_epochs": len(updated.history_),
-        "train_seconds": round(updated.train_seconds_, 1),
-        "thresholds": updated.thresholds_._asdict(),
-    }
-    write_model_folder(updated, output, run, UPDATE_JSON, record)
-    return record
+    normals = [] if normal_dir is None else image_files(existing_folder(normal_dir, "normal folder"), recursive=True)
+    if normal_dir is not None and not normals:
+        raise BGADError(f"no images in normal folder {normal_dir}")
+    if not added and not normals:
+        raise BGADError("nothing to add: give new defect images (--defect-dir) or good images (--normal-dir)")
+    epochs = meta_epochs or BGADConfig.from_dict(info["config"]).train.update_meta_epochs
+    run = {key: info[key] for key in INHERITED if key in info}
+    run["eval_size"] = eval_size or info.get("eval_size", "input")
+    run[LINEAGE] = [*lineage_steps(info), new_step(parent, added, normals, epochs)]
+    return start_run(run, output, progress=progress, on_check=lambda report: _check_new(report, run), device=device)
 
 
-def _images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise BGADError(f"normal folder not found: {folder}")
-    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise BGADError(f"no images in normal folder {folder}")
-    return images
+def _check_new(report: DatasetReport, run: dict[str, Any]) -> None:
+    """Refuse an added image whose content is already in the training set (one of RUN's, or another new one)."""
+    step = lineage_steps(run)[-1]
+    split = report.split
+    # run_category puts the step's additions last, in order
+    n_train, n_known = len(split.train) - len(step["added_normals"]), len(split.known) - len(step["added_anomalies"])
+    first = {report.hashes[s.path]: s.path for s in reversed(split.train[:n_train] + split.known[:n_known])}
+    problems = []
+    for sample in split.train[n_train:] + split.known[n_known:]:
+        digest = report.hashes[sample.path]
+        if digest in first:
+            problems.append(f"{sample.path} is already in the training set (same content as {first[digest]})")
+        first.setdefault(digest, sample.path)
+    if problems:
+        raise DatasetError(problems)
