@@ -1,4 +1,6 @@
+import contextlib
 import csv
+import io
 import json
 import os
 import signal
@@ -101,9 +103,107 @@ def test_benchmark_refuses_results_of_another_config(
     assert "another config" in err
 
 
+def _csv_metrics(path: Path) -> list[tuple[str, ...]]:
+    """The rows of a results.csv without its cost columns (timings and memory differ from run to run)."""
+    with open(path, newline="") as handle:
+        return [(r["category"], r["seed"], r["method"], *(r[k] for k in METRICS)) for r in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def two_shards(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Shard 0/2, --collect (shard 1 missing), shard 1/2, --collect again, into one output folder: what each step
+    left behind."""
+    output = tmp_path_factory.mktemp("shards") / "out"
+    steps: dict = {"output": output}
+    collect = ["benchmark", "--collect", "--output", str(output)]
+    assert _benchmark(tiny_dataset, output, "--config", str(config_file), "--shard", "0/2")[0] == 0
+    steps["after_shard_0"] = sorted(str(p.relative_to(output)) for p in output.rglob("benchmark.json"))
+    steps["table_after_shard_0"] = (output / "results.csv").exists()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        steps["partial_code"] = main(collect)
+    steps["partial_err"] = err.getvalue().strip()
+    steps["partial_md"] = (output / "results.md").read_text()
+    steps["partial_csv"] = _csv_metrics(output / "results.csv")
+    assert _benchmark(tiny_dataset, output, "--config", str(config_file), "--shard", "1/2")[0] == 0
+    steps["code"] = main(collect)
+    return steps
+
+
+def test_each_shard_runs_only_its_tasks_and_writes_no_table(two_shards: dict) -> None:
+    assert two_shards["after_shard_0"] == [str(Path("runs", "part", "seed0", "benchmark.json"))]
+    assert not two_shards["table_after_shard_0"]
+
+
+def test_two_shards_collected_give_the_unsharded_table(two_shards: dict, benchmark: tuple[Path, float]) -> None:
+    unsharded, _ = benchmark
+    output = two_shards["output"]
+    assert two_shards["code"] == 0
+    rows = _csv_metrics(output / "results.csv")
+    assert len(rows) == 6  # 2 seeds x (bgad, gaussian, padim)
+    assert rows == _csv_metrics(unsharded / "results.csv")
+    markdown = (output / "results.md").read_text()
+    assert "Incomplete" not in markdown
+    assert "collected from 2 shard(s)" in markdown
+
+    def method_tables(text: str) -> list[str]:  # the table rows, without the cost columns
+        return [line.split(" | ")[:6] for line in text.splitlines() if line.startswith("| part |")]
+
+    assert method_tables(markdown) == method_tables((unsharded / "results.md").read_text())
+
+
+def test_collect_with_a_shard_missing_writes_what_finished_and_fails(two_shards: dict) -> None:
+    assert two_shards["partial_code"] == 2
+    err = two_shards["partial_err"]
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("bgad: error: 1 of 2 task(s) have no result (part seed 1); rerun shard(s) 1/2")
+    assert "**Incomplete: 1 of 2 task(s) have no result**" in two_shards["partial_md"]
+    assert "part seed 1. The tables" in two_shards["partial_md"]
+    assert sorted({(row[1], row[2]) for row in two_shards["partial_csv"]}) == [
+        ("0", "bgad"),
+        ("0", "gaussian"),
+        ("0", "padim"),
+    ]
+
+
+def test_shards_split_the_tasks_whatever_the_order_of_the_lists(tmp_path: Path, tiny_config: BGADConfig) -> None:
+    def shards(names: list[str], seeds: list[int], count: int) -> list[list[tuple[str, int]]]:
+        tasks = bgad.app.benchmark._tasks(
+            tmp_path, names, seeds, tiny_config, tmp_path, False, threads=1, progress=False
+        )
+        return [[(t.category, t.seed) for t in bgad.app.benchmark._shard_of(tasks, (k, count))] for k in range(count)]
+
+    split = shards(["b", "a", "c"], [1, 0], 4)
+    assert split == shards(["a", "c", "b"], [0, 1], 4)
+    assert split == [[("a", 0), ("c", 0)], [("a", 1), ("c", 1)], [("b", 0)], [("b", 1)]]
+
+
+def test_collect_refuses_other_settings_and_a_folder_without_a_benchmark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    collect = ["benchmark", "--collect", "--output", str(tmp_path)]
+    for extra, needle in [(["--data-root", str(tmp_path)], "drop --data-root"), ([], "plan.json not found")]:
+        assert main([*collect, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith("bgad: error:"), err
+        assert needle in err, err
+    assert main(["benchmark", "--output", str(tmp_path)]) == 2
+    assert "--data-root is required" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "needle"),
-    [("--seeds", "0,x", "argument --seeds"), ("--seeds", "0,,1", "argument --seeds"), ("--jobs", "0", "--jobs")],
+    [
+        ("--seeds", "0,x", "argument --seeds"),
+        ("--seeds", "0,,1", "argument --seeds"),
+        ("--jobs", "0", "--jobs"),
+        ("--shard", "2/2", "argument --shard: a shard is I/N with 0 <= I < N"),
+        ("--shard", "0/0", "argument --shard: a shard is I/N"),
+        ("--shard", "1", "argument --shard: a shard is I/N"),
+        ("--shard", "a/2", "argument --shard: a shard is I/N"),
+        ("--shard", "-1/2", "argument --shard"),
+    ],
 )
 def test_benchmark_bad_arguments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, needle: str

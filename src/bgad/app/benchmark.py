@@ -6,6 +6,11 @@ times its inference and, optionally, fits and evaluates the floors of :mod:`bgad
 ``padim``) on the same category with the same known anomalies left out of the evaluation. Its result is written last, as
 ``benchmark.json`` in the run folder; a task whose result exists is skipped on the next call (resume).
 ``OUTPUT/results.csv`` and ``OUTPUT/results.md`` are rewritten from all results at the end.
+
+Many machines: the tasks, sorted by (category, seed), are split round-robin into shards; a call with
+``shard=(i, n)`` runs only the tasks whose index mod n is i and writes no table (shards run at once into one shared
+output folder). Every call writes the whole benchmark's settings to ``OUTPUT/plan.json`` before its tasks run;
+from it, :func:`collect_benchmark` rebuilds the task list and writes the tables from the stored results.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from .runs import fit_run
 from .speed import inference_speed, median_seconds
 
 RESULT_JSON = "benchmark.json"
+PLAN_JSON = "plan.json"
 BASELINES = {"gaussian": GaussianBaseline, "padim": PadimBaseline}  # one-class floors, see bgad.app.baselines
 METHODS = ("bgad", *BASELINES)
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap")
@@ -269,6 +275,56 @@ def usable_cpus() -> int:
     return max(1, cpus)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)``: shard i (0-based) of n, as a job array's index and size give it."""
+    index, slash, count = text.partition("/")
+    if not (slash and index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        raise BGADError(f"a shard is I/N with 0 <= I < N (e.g. 0/4 ... 3/4), got {text!r}")
+    return int(index), int(count)
+
+
+def _tasks(
+    data_root: Path, names: list[str], seeds: Sequence[int], base: BGADConfig, output: Path, baseline: bool, **run: Any
+) -> list[_Task]:
+    """Every (category, seed) task of a benchmark, in table order (``run``: the worker's threads and progress)."""
+    tasks = []
+    for name in names:
+        for seed in seeds:
+            config = BGADConfig.from_dict({"train": {"seed": seed}}, base=base)
+            tasks.append(_Task(data_root, name, seed, config, output / "runs" / name / f"seed{seed}", baseline, **run))
+    return tasks
+
+
+def _shard_of(tasks: list[_Task], shard: tuple[int, int]) -> list[_Task]:
+    """The tasks of shard ``(i, n)``: those whose index in (category, seed) order is i mod n. The order does not
+    depend on the order of ``--categories`` or ``--seeds``, so shards given the same lists in another order agree."""
+    index, count = shard
+    ordered = sorted(tasks, key=lambda task: (task.category, task.seed))
+    return [task for k, task in enumerate(ordered) if k % count == index]
+
+
+def _write_plan(output: Path, plan: dict[str, Any]) -> None:
+    """Write ``plan.json`` atomically: the shards of one benchmark write the same plan at the same time."""
+    output.mkdir(parents=True, exist_ok=True)
+    temporary = output / f".{PLAN_JSON}.{platform.node()}.{os.getpid()}"  # one per process, even across machines
+    temporary.write_text(json.dumps(plan, indent=2) + "\n")
+    os.replace(temporary, output / PLAN_JSON)
+
+
+def _read_plan(output: Path) -> dict[str, Any]:
+    path = output / PLAN_JSON
+    if not path.is_file():
+        raise BGADError(f"{path} not found: no benchmark was started in {output} (run bgad benchmark --output there)")
+    try:
+        plan = json.loads(path.read_text())
+        keys = {"data_root", "categories", "seeds", "preset", "config", "baseline", "shards"}
+        if not isinstance(plan, dict) or not keys <= set(plan):
+            raise ValueError
+        return plan
+    except ValueError:
+        raise BGADError(f"{path} is damaged; rerun one shard (or the whole benchmark) to rewrite it") from None
+
+
 def run_benchmark(
     data_root: str | Path,
     output: str | Path,
@@ -279,14 +335,16 @@ def run_benchmark(
     jobs: int = 1,
     baseline: bool = True,
     config_file: str | Path | None = None,
+    shard: tuple[int, int] = (0, 1),
     progress: bool = True,
     device: str = "cpu",
-) -> Path:
+) -> Path | None:
     """Benchmark BGAD (and the Gaussian baseline) on ``categories`` x ``seeds``; return the path of results.md.
 
     ``categories`` defaults to every folder of ``data_root`` with ``train/good``. Settings: ``preset``, then the
     YAML ``config_file`` on top, then ``train.seed`` = each seed. Tasks already done in ``output`` are reused.
-    BGAD trains and is timed on ``device``.
+    With ``shard=(i, n)``, n > 1, only shard i's tasks run and no table is written (None is returned): once every
+    shard has finished, :func:`collect_benchmark` writes it. BGAD trains and is timed on ``device``.
     """
     resolve_device(device)  # a missing GPU fails before any task starts
     data_root, output = Path(data_root), Path(output)
@@ -296,44 +354,105 @@ def run_benchmark(
         raise BGADError(f"seeds repeat: {', '.join(map(str, seeds))}")
     if jobs < 1:
         raise BGADError(f"jobs must be at least 1, got {jobs}")
+    index, count = parse_shard(f"{shard[0]}/{shard[1]}")
     base = load_config(preset, config_file)
     names = find_categories(data_root) if categories is None else list(dict.fromkeys(categories))
     if not names:
         raise BGADError("no categories given")
     threads = max(1, usable_cpus() // jobs) if jobs > 1 else None
-    results: dict[tuple[str, int], dict[str, Any]] = {}
-    tasks = []
-    for name in names:
+    run = {"threads": threads, "progress": progress and jobs == 1, "device": device}
+    every = _tasks(data_root, names, seeds, base, output, baseline, **run)
+    mine = _shard_of(every, (index, count))
+    for name in dict.fromkeys(task.category for task in mine):
         category = load_mvtec(data_root, name)  # fail early, before any process starts
         if category.problems:
             raise DatasetError(category.problems)
-        for seed in seeds:
-            config = BGADConfig.from_dict({"train": {"seed": seed}}, base=base)
-            run_dir = output / "runs" / name / f"seed{seed}"
-            task = _Task(data_root, name, seed, config, run_dir, baseline, threads, progress and jobs == 1, device)
-            stored = _stored_result(task)
-            if stored is None:
-                tasks.append(task)
-            else:
-                results[(name, seed)] = stored
-                _log(f"{name} seed {seed}: already done, reusing {run_dir / RESULT_JSON}")
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    tasks = []
+    for task in mine:
+        stored = _stored_result(task)
+        if stored is None:
+            tasks.append(task)
+        else:
+            results[(task.category, task.seed)] = stored
+            _log(f"{task.category} seed {task.seed}: already done, reusing {task.run_dir / RESULT_JSON}")
+    plan = {
+        "data_root": str(data_root.resolve()),
+        "categories": names,
+        "seeds": list(seeds),
+        "preset": preset + (f" + {config_file}" if config_file else ""),
+        "config": base.to_dict(),
+        "baseline": baseline,
+        "shards": count,
+    }
+    _write_plan(output, plan)  # after every check: a refused call leaves the plan of the last accepted one
+    if count > 1:
+        _log(f"shard {index}/{count}: {len(mine)} of the {len(every)} tasks, {len(tasks)} to run")
     failures = _execute(tasks, jobs, results) if tasks else []
-    output.mkdir(parents=True, exist_ok=True)
-    methods = [m for m in METHODS if baseline or m == "bgad"]
+    if count > 1:
+        if failures:
+            raise BGADError(
+                f"shard {index}/{count}: {len(failures)} of {len(mine)} task(s) failed (first: {failures[0]}); "
+                f"the others' results are in {output / 'runs'}"
+            )
+        return None
+    jobs_note = f"{jobs} (tasks ran side by side: timings include that contention)" if jobs > 1 else "1"
+    md, _ = _write_tables(output, plan, results, {"jobs": jobs_note})
+    if failures:
+        raise BGADError(f"{len(failures)} of {len(every)} task(s) failed (first: {failures[0]}); the rest are in {md}")
+    return md
+
+
+def collect_benchmark(output: str | Path) -> Path:
+    """Write ``results.csv`` and ``results.md`` of the benchmark started in ``output`` (by any number of shards)
+    from the results its tasks stored; return the path of results.md.
+
+    Tasks without a result are listed in results.md and left out of the tables; then this raises a
+    :class:`BGADError` naming them (and their shards) after writing, so a script never takes a partial table for a
+    whole one, while a person still sees everything that finished.
+    """
+    output = Path(output)
+    plan = _read_plan(output)
+    base = BGADConfig.from_dict(plan["config"])
+    data_root, baseline = Path(plan["data_root"]), plan["baseline"]
+    every = _tasks(data_root, plan["categories"], plan["seeds"], base, output, baseline, threads=None, progress=False)
+    results = {(task.category, task.seed): result for task in every if (result := _stored_result(task)) is not None}
+    count = plan["shards"]
+    md, missing = _write_tables(output, plan, results, {"tasks": f"collected from {count} shard(s)"})
+    if missing:
+        absent = set(missing)
+        shards = [k for k in range(count) if any((t.category, t.seed) in absent for t in _shard_of(every, (k, count)))]
+        names = ", ".join(f"{name} seed {seed}" for name, seed in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        if count > 1:
+            which = ", ".join(f"{k}/{count}" for k in shards)
+            rerun = f"rerun shard(s) {which} (finished tasks are reused), then --collect"
+        else:
+            rerun = "rerun the benchmark (finished tasks are reused)"
+        raise BGADError(
+            f"{len(missing)} of {len(every)} task(s) have no result ({names}); {rerun}; the rest are in {md}"
+        )
+    return md
+
+
+def _write_tables(
+    output: Path, plan: dict[str, Any], results: dict[tuple[str, int], dict[str, Any]], notes: dict[str, str]
+) -> tuple[Path, list[tuple[str, int]]]:
+    """results.csv and results.md of the plan's tasks that have a result; returns results.md and the tasks
+    without one."""
+    names, seeds = plan["categories"], plan["seeds"]
+    methods = [m for m in METHODS if plan["baseline"] or m == "bgad"]
     ordered = [results[(n, s)] for n in names for s in seeds if (n, s) in results]
+    missing = [(n, s) for n in names for s in seeds if (n, s) not in results]
     _write_csv(output / "results.csv", ordered, methods)
     settings = {
-        "data root": str(data_root.resolve()),
-        "preset": preset + (f" + {config_file}" if config_file else ""),
+        "data root": plan["data_root"],
+        "preset": plan["preset"],
         "seeds": ", ".join(map(str, seeds)),
-        "jobs": f"{jobs} (tasks ran side by side: timings include that contention)" if jobs > 1 else "1",
+        **notes,
     }
     md = output / "results.md"
-    md.write_text(_markdown(ordered, names, methods, settings))
-    if failures:
-        total = len(names) * len(seeds)
-        raise BGADError(f"{len(failures)} of {total} task(s) failed (first: {failures[0]}); the rest are in {md}")
-    return md
+    md.write_text(_markdown(ordered, names, methods, settings, missing))
+    return md, missing
 
 
 def _write_csv(path: Path, results: list[dict[str, Any]], methods: list[str]) -> None:
@@ -420,7 +539,13 @@ def _threads(results: list[dict[str, Any]]) -> str:
     return "/".join(map(str, counts)) if counts else "?"
 
 
-def _markdown(results: list[dict[str, Any]], names: list[str], methods: list[str], settings: dict[str, Any]) -> str:
+def _markdown(
+    results: list[dict[str, Any]],
+    names: list[str],
+    methods: list[str],
+    settings: dict[str, Any],
+    missing: list[tuple[str, int]],
+) -> str:
     processor = platform.processor() or platform.machine()
     machine = (
         f"{processor}, {usable_cpus()} usable CPUs, torch {torch.__version__} with {_threads(results)} thread(s) "
@@ -435,6 +560,13 @@ def _markdown(results: list[dict[str, Any]], names: list[str], methods: list[str
         f"- written: {now} (bgad {__version__}); machine: {machine}",
         "",
     ]
+    if missing:
+        lines += [
+            f"**Incomplete: {len(missing)} of {len(results) + len(missing)} task(s) have no result** (failed, not run "
+            f"yet, or in a shard that has not finished): {', '.join(f'{n} seed {s}' for n, s in missing)}. The "
+            "tables and their means cover the finished tasks only.",
+            "",
+        ]
     if not results:
         return "\n".join([*lines, "No task has finished yet.", ""])
     known = sorted({r["n_known_anomalies"] for r in results})

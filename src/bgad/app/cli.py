@@ -25,7 +25,7 @@ from ..export import ONNX_FILE, OnnxDetector, export_onnx
 from ..model import BGADModel
 from ..thresholds import override_thresholds
 from .ablation import run_ablation
-from .benchmark import run_benchmark
+from .benchmark import collect_benchmark, parse_shard, run_benchmark
 from .calibration import calibrate_run
 from .crossval import cross_validate
 from .prediction import SCORES_CSV, collect_images, predict_folder
@@ -390,19 +390,52 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except BGADError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    md = run_benchmark(
-        args.data_root,
-        args.output,
-        categories=args.categories,
-        preset=args.preset,
-        seeds=args.seeds,
-        jobs=args.jobs,
-        baseline=not args.no_baseline,
-        config_file=args.config,
-        progress=not args.quiet,
-        device=args.device,
-    )
+    if args.collect:
+        settings = {
+            "--data-root": args.data_root,
+            "--categories": args.categories,
+            "--preset": args.preset,
+            "--seeds": args.seeds,
+            "--jobs": args.jobs,
+            "--no-baseline": args.no_baseline or None,
+            "--config": args.config,
+            "--shard": args.shard,
+        }
+        given = [flag for flag, value in settings.items() if value is not None]
+        if given:
+            raise BGADError(f"--collect takes --output only (the settings are in its plan.json); drop {given[0]}")
+        md = collect_benchmark(args.output)
+    elif args.data_root is None:
+        raise BGADError("--data-root is required (or --collect, to gather the results of --shard runs)")
+    else:
+        shard = args.shard or (0, 1)
+        md = run_benchmark(
+            args.data_root,
+            args.output,
+            categories=args.categories,
+            preset=args.preset or "default",
+            seeds=args.seeds or [0],
+            jobs=args.jobs or 1,
+            baseline=not args.no_baseline,
+            config_file=args.config,
+            shard=shard,
+            progress=not args.quiet,
+            device=args.device,
+        )
+        if md is None:
+            print(
+                f"shard {shard[0]}/{shard[1]} done, its results are in {args.output / 'runs'}; once every shard has "
+                f"finished: bgad benchmark --collect --output {args.output}"
+            )
+            return 0
     print(f"benchmark results: {md} and {md.with_name('results.csv')} (runs in {md.parent / 'runs'})")
     return 0
 
@@ -627,14 +660,26 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--compile", action="store_true", help="torch.compile the flows before measuring")
 
     bench = command("benchmark", _cmd_benchmark, "BGAD and two one-class floors, categories x seeds: results.md/csv")
-    bench.add_argument("--data-root", type=Path, required=True, help="folder holding the category folders")
+    bench.add_argument(
+        "--data-root", type=Path, help="folder holding the category folders (required but for --collect)"
+    )
     bench.add_argument("--output", type=Path, required=True, help="results folder (resumes the tasks done there)")
     bench.add_argument("--categories", type=_comma_list, help="comma list (default: every folder with train/good)")
-    bench.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    bench.add_argument("--seeds", type=_seed_list, default=[0], help="comma list of seeds (default 0)")
-    bench.add_argument("--jobs", type=_positive_int, default=1, help="tasks run at once, each in its own process")
+    bench.add_argument("--preset", choices=sorted(PRESETS), help="default: default")
+    bench.add_argument("--seeds", type=_seed_list, help="comma list of seeds (default 0)")
+    bench.add_argument("--jobs", type=_positive_int, help="tasks run at once, each in its own process (default 1)")
     bench.add_argument("--no-baseline", action="store_true", help="skip the one-class floors (gaussian, padim)")
     bench.add_argument("--config", type=Path, help="YAML file with model/loss/train options over the preset")
+    bench.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="run only shard I of N (0-based; tasks sorted by category, seed, dealt round-robin) into a shared "
+        "--output, writing no table; e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",
+    )
+    bench.add_argument(
+        "--collect", action="store_true", help="write results.md/csv of OUTPUT from its shards' stored results"
+    )
 
     demo = command("demo", _cmd_demo, "generate a small synthetic dataset, then fit and test on it")
     demo.add_argument("--output", type=Path, required=True)
