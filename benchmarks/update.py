@@ -1,13 +1,13 @@
 """Adding labelled defects to a trained model: BGAD.update against a fresh fit, on the same evaluation images.
 
 For each category: the default 10 known anomalies (stratified, seed 0) are split into two halves of 5 (alternating
-in (type, path) order). (c) is a fresh fit on the first 5; (a) is (c) updated with all 10 (BGAD.update, by default
-on all training normals for 3 BG-SPP meta-epochs; ``--variants`` adds others: the fraction of the training normals
-the update trains on, a seeded sample, and its meta-epochs); (b) is a fresh fit on all 10. All are evaluated on the
-images the 10-anomaly split leaves for evaluation. Run on an idle machine:
+in (type, path) order). (c) is a fresh fit on the first 5; (a) is (c) updated with all 10 (BGAD.update with the
+default ``train.update_normal_fraction`` and ``train.update_meta_epochs``; ``--variants`` gives others: the fraction
+of the training normals the update trains on, a seeded sample, and its BG-SPP meta-epochs); (b) is a fresh fit on
+all 10. All are evaluated on the images the 10-anomaly split leaves for evaluation. Run on an idle machine:
 
     python benchmarks/update.py --data-root ../shared/data/mvtec_ad --categories bottle,transistor \
-        [--variants 1:3,0.5:3,0.25:3,1:2]
+        [--variants 1:3,0.5:6]
 """
 
 import argparse
@@ -28,9 +28,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--categories", default="bottle,transistor")
-    parser.add_argument("--variants", type=_variants, default=[(1.0, 3)], help="FRACTION:META_EPOCHS,... (1:3)")
+    parser.add_argument("--variants", type=_variants, help="FRACTION:META_EPOCHS,... (default: the configuration's)")
     args = parser.parse_args()
     config = load_config("default")
+    variants = args.variants or [(config.train.update_normal_fraction, config.train.update_meta_epochs)]
     print("| data | model | known anomalies | train s | image AUROC | pixel AUROC | AUPRO |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name in args.categories.split(","):
@@ -45,7 +46,7 @@ def main() -> None:
         _, aupro_c = _row(name, "(c) fit, 5", c, 5, split.evaluation)
         b = BGAD(config).fit(normals, anomalies, masks, progress=False)
         seconds_b, aupro_b = _row(name, "(b) fit, 10", b, 10, split.evaluation)
-        for fraction, meta_epochs in args.variants:
+        for fraction, meta_epochs in variants:
             a = c.update(normals, anomalies, masks, meta_epochs=meta_epochs, normal_fraction=fraction, progress=False)
             label = f"(a) update, +5 ({fraction:.0%} of the normals, {meta_epochs} meta-epochs)"
             seconds_a, aupro_a = _row(name, label, a, 10, split.evaluation)

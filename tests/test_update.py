@@ -75,7 +75,7 @@ def updated(tiny_run: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPat
     parent_unchanged = snapshot(tiny_run) == before
     child_before = snapshot(child)
     grandchild = work / "grandchild"
-    assert main(_from(child, grandchild, _new_defects(part, work / "more", second))) == 0
+    assert main([*_from(child, grandchild, _new_defects(part, work / "more", second)), "--normal-fraction", "1"]) == 0
     return {
         "part": part,
         "first": first,
@@ -105,6 +105,9 @@ def test_fit_from_writes_a_run_with_its_lineage(updated: dict, tiny_run: Path) -
     assert [a["mask"] for a in step["added_anomalies"]] == [str(p.resolve()) for p in sorted((new / "masks").iterdir())]
     assert [n["image"] for n in step["added_normals"]] == [str((updated["part"] / "test/good/000.png").resolve())]
     assert step["meta_epochs"] == 1
+    assert step["normal_fraction"] == 0.5  # train.update_normal_fraction
+    # half of the parent's 12 training normals, and the new one, which is never left out of the sample
+    assert len(BGAD.load(child).normal_scores_) == 6 + 1
     assert run["known_anomalies"] == parent_run["known_anomalies"] + [str(p.resolve()) for p in added]
     assert run["dataset"] == parent_run["dataset"]
     assert run["config"] == parent_run["config"]
@@ -163,6 +166,8 @@ def test_a_chained_update_keeps_the_whole_lineage(updated: dict, tiny_run: Path)
     assert second["lineage"][0] == first["lineage"][0]
     assert second["lineage"][1]["parent"]["run"] == str(child.resolve())
     assert len(second["lineage"][1]["added_anomalies"]) == 1
+    assert second["lineage"][1]["normal_fraction"] == 1.0
+    assert len(BGAD.load(grandchild).normal_scores_) == 12 + 1  # every normal: the first run's and the one added
     assert second["known_anomalies"][:-1] == first["known_anomalies"]
     removed = {entry["image"] for entry in second["evaluation_removed"]}
     assert removed == {entry["image"] for entry in first["evaluation_removed"]} | {f"test/{updated['second'][0]}.png"}
@@ -251,6 +256,7 @@ def test_bad_fit_from_requests_are_one_line_and_change_nothing(
     cases = [
         (_from(tiny_run, out, again), "already in the training set"),
         (_from(tiny_run, out, unmasked), "has no mask"),
+        ([*_from(tiny_run, out, fresh), "--normal-fraction", "0"], "must be in (0, 1]"),
         (_from(tiny_run, tiny_run, fresh), "or inside it"),
         (_from(tiny_run, tiny_run / "child", fresh), "or inside it"),
         (_from(tiny_run, busy, fresh), "is not empty"),
@@ -259,7 +265,7 @@ def test_bad_fit_from_requests_are_one_line_and_change_nothing(
         (["fit", "--from", str(tiny_run), "--defect-dir", str(fresh / "defects")], "--output is required"),
         (
             ["fit", "--data-root", str(tiny_dataset), "--category", "part", "--meta-epochs", "2", "--output", str(out)],
-            "--meta-epochs goes with --from",
+            "--meta-epochs and --normal-fraction go with --from",
         ),
     ]
     capsys.readouterr()
@@ -277,7 +283,8 @@ def test_a_damaged_lineage_is_one_line(tiny_run: Path, tmp_path: Path, capsys: p
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     description = json.loads((run / "run.json").read_text())
-    description["lineage"] = [{"parent": {"run": "x"}, "added_anomalies": [], "added_normals": [], "meta_epochs": 1}]
+    step = {"parent": {"run": "x"}, "added_anomalies": [], "added_normals": [], "meta_epochs": 1}
+    description["lineage"] = [step | {"normal_fraction": 1.0}]
     (run / "run.json").write_text(json.dumps(description))
     capsys.readouterr()
     assert main(["test", "--run", str(run), "--quiet"]) == 2
@@ -293,7 +300,10 @@ def test_update_can_train_on_a_seeded_sample_of_the_normals(tiny_run: Path, tiny
     half = [parent.update(normals, defects, masks, meta_epochs=1, normal_fraction=0.5, progress=False) for _ in "ab"]
     assert len(half[0].normal_scores_) == len(normals) // 2  # calibrated on the sample
     assert list(half[0].normal_scores_) == list(half[1].normal_scores_)  # the same sample each time
-    whole = parent.update(normals, defects, masks, meta_epochs=1, progress=False)
+    new = part / "test" / "good" / "000.png"
+    more = parent.update(normals, defects, masks, new_normal_images=[new], meta_epochs=1, progress=False)
+    assert len(more.normal_scores_) == len(normals) // 2 + 1  # train.update_normal_fraction, and the new image
+    whole = parent.update(normals, defects, masks, meta_epochs=1, normal_fraction=1, progress=False)
     assert half[0].history_[0]["steps"] < whole.history_[0]["steps"]
     with pytest.raises(BGADError, match="normal_fraction"):
         parent.update(normals, defects, masks, normal_fraction=0, progress=False)

@@ -115,7 +115,10 @@ class TrainConfig:
     synthesis_refresh: int = 1  # draw a new synthetic pool every this many meta-epochs
     foreground: str = "auto"  # where pastes may land: "auto" (estimated per image), "full", or a folder of masks
     extract_batch_size: int = 4  # images per backbone forward; larger is slower per image on CPU
-    update_meta_epochs: int = 3  # BGAD.update / bgad fit --from: BG-SPP meta-epochs from the parent's flows
+    # BGAD.update / bgad fit --from: BG-SPP meta-epochs from the parent's flows, on a seeded sample of this fraction
+    # of the parent's training normals (the new images are always trained on); docs/deployment.md measures them.
+    update_meta_epochs: int = 6
+    update_normal_fraction: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -133,6 +136,7 @@ class TrainConfig:
             anomaly_repeats=self.anomaly_repeats >= 1,
             extract_batch_size=self.extract_batch_size >= 1,
             update_meta_epochs=self.update_meta_epochs >= 1,
+            update_normal_fraction=0 < self.update_normal_fraction <= 1,
             anomaly_sampling=self.anomaly_sampling in ("stratified", "random")
             or self.anomaly_sampling.startswith("type:")
             or fold_of(self.anomaly_sampling) is not None,

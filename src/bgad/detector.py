@@ -137,22 +137,28 @@ class BGAD:
         anomaly_images: Sequence[ImageSource],
         anomaly_masks: Sequence[MaskSource],
         *,
+        new_normal_images: Sequence[ImageSource] = (),
         meta_epochs: int | None = None,
-        normal_fraction: float = 1.0,
+        normal_fraction: float | None = None,
         log_path: str | Path | None = None,
         checkpoint: str | Path | None = None,
         progress: bool = True,
     ) -> BGAD:
-        """A new detector trained on from this one's flows with a short schedule, for newly labelled defects:
-        give every labelled image (the old known anomalies and the new ones) and the normals.
+        """A new detector trained on from this one's flows with a short schedule, for newly labelled images: give
+        every labelled defect (the old known anomalies and the new ones), the normals this detector trained on and
+        any new good images.
 
         It keeps this detector's feature normalization, skips the normal-only phase and the warm-up, and runs
-        ``meta_epochs`` (default ``train.update_meta_epochs``) BG-SPP meta-epochs with the cosine schedule; then the
-        score calibration and thresholds are set again. This detector is left as it was. ``normal_fraction`` < 1
-        trains and calibrates on a sample of the normals (seeded by ``train.seed``): faster, at some cost in AUPRO
-        on MVTec transistor (docs/deployment.md). ``log_path`` and ``checkpoint`` work as in :meth:`fit`.
+        ``meta_epochs`` (default ``train.update_meta_epochs``) BG-SPP meta-epochs with the cosine schedule on a
+        sample of ``normal_fraction`` (default ``train.update_normal_fraction``, seeded by ``train.seed``) of
+        ``normal_images``, all of ``new_normal_images`` and every defect; then the score calibration and
+        thresholds are set again on those normals. This detector is left as it was. ``log_path`` and
+        ``checkpoint`` work as in :meth:`fit`.
         """
         config = self._config
+        fraction = config.train.update_normal_fraction if normal_fraction is None else normal_fraction
+        if not 0 < fraction <= 1:
+            raise BGADError(f"normal_fraction must be in (0, 1], got {fraction}")
         schedule = dataclasses.replace(
             config.train,
             meta_epochs=meta_epochs or config.train.update_meta_epochs,
@@ -160,17 +166,13 @@ class BGAD:
             warmup_meta_epochs=0,
         )
         parent = self._check_is_fitted()
-        if not 0 < normal_fraction <= 1:
-            raise BGADError(f"normal_fraction must be in (0, 1], got {normal_fraction}")
-        if normal_fraction < 1:
-            rng = np.random.default_rng(config.train.seed)
-            count = max(1, round(normal_fraction * len(normal_images)))
-            normal_images = [normal_images[i] for i in sorted(rng.choice(len(normal_images), count, replace=False))]
+        count = max(1, round(fraction * len(normal_images))) if normal_images else 0
+        sample = sorted(np.random.default_rng(config.train.seed).choice(len(normal_images), count, replace=False))
         updated = BGAD(config, device=self.device)
         updated._train(
             lambda: copy.deepcopy(parent),
             schedule,
-            normal_images,
+            [normal_images[i] for i in sample] + list(new_normal_images),
             anomaly_images,
             anomaly_masks,
             fit_normalization=False,

@@ -129,7 +129,7 @@ def _fit_from(args: argparse.Namespace) -> RunResults:
     if given:
         raise BGADError(
             f"--from RUN trains on with RUN's data and options, so {', '.join(given)} cannot go with it "
-            "(it takes --defect-dir, --mask-dir, --normal-dir, --meta-epochs, --eval-size and --output)"
+            "(it takes --defect-dir, --mask-dir, --normal-dir, --meta-epochs, --normal-fraction, --eval-size, --output)"
         )
     if args.output is None:
         raise BGADError("--output is required (the new run folder to create; RUN is left unchanged)")
@@ -140,6 +140,7 @@ def _fit_from(args: argparse.Namespace) -> RunResults:
         args.mask_dir,
         normal_dir=args.normal_dir,
         meta_epochs=args.meta_epochs,
+        normal_fraction=args.normal_fraction,
         eval_size=args.eval_size,
         progress=not args.quiet,
         device=args.device,
@@ -161,8 +162,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    if args.meta_epochs is not None and args.parent is None:
-        raise BGADError("--meta-epochs goes with --from RUN (the update's schedule); a fit takes train.meta_epochs")
+    if (args.meta_epochs is not None or args.normal_fraction is not None) and args.parent is None:
+        raise BGADError("--meta-epochs and --normal-fraction go with --from RUN (the update's schedule)")
     if args.parent is not None:
         output = args.output
         results = _fit_from(args)
@@ -536,6 +537,16 @@ def _add_device_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def _add_eval_size_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-size",
@@ -569,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--from", dest="parent", type=Path, metavar="RUN", help="the run to start from")
     update.add_argument(
         "--meta-epochs", type=_positive_int, help="with --from: BG-SPP meta-epochs (default train.update_meta_epochs)"
+    )
+    update.add_argument(
+        "--normal-fraction",
+        type=_share,
+        help="with --from: share of RUN's good images trained on, a seeded sample; the new ones always are "
+        "(default train.update_normal_fraction)",
     )
     fit.add_argument("--resume", type=Path, metavar="RUN", help="continue the interrupted fit of RUN (alone)")
     _add_training_options(fit)

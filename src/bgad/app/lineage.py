@@ -11,7 +11,6 @@ content) and the model whose flows it trains on. A run without a lineage is an o
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,13 @@ from ..model_files import MODEL_JSON, MODEL_WEIGHTS, model_id
 LINEAGE = "lineage"
 EVALUATION_REMOVED = "evaluation_removed"
 _FIELDS = {
-    "step": {"parent": dict, "added_anomalies": list, "added_normals": list, "meta_epochs": int},
+    "step": {
+        "parent": dict,
+        "added_anomalies": list,
+        "added_normals": list,
+        "meta_epochs": int,
+        "normal_fraction": float,
+    },
     "parent": {"run": str, "model_id": str, "weights_sha1": str},
     "added_anomalies": {"image": str, "mask": str, "defect_type": str, "sha1": str},
     "added_normals": {"image": str, "sha1": str},
@@ -56,9 +61,11 @@ def _check_fields(record: object, kind: str, where: str) -> None:
             raise BGADError(f"{where}: {key!r} is missing or not a {expected.__name__}")
 
 
-def new_step(parent: Path, anomalies: Sequence[Sample], normals: Sequence[Path], meta_epochs: int) -> dict[str, Any]:
+def new_step(
+    parent: Path, anomalies: Sequence[Sample], normals: Sequence[Path], meta_epochs: int, normal_fraction: float
+) -> dict[str, Any]:
     """The lineage step of a run trained on from ``parent`` with ``anomalies`` (each with its mask) and
-    ``normals``."""
+    ``normals``, for ``meta_epochs`` on ``normal_fraction`` of the parent's normals."""
     for name in (MODEL_JSON, MODEL_WEIGHTS):
         if not (parent / name).is_file():
             raise BGADError(f"not a bgad run: {parent / name} is missing")
@@ -82,6 +89,7 @@ def new_step(parent: Path, anomalies: Sequence[Sample], normals: Sequence[Path],
         ],
         "added_normals": [{"image": str(p.resolve()), "sha1": content_hash(p)} for p in normals],
         "meta_epochs": meta_epochs,
+        "normal_fraction": float(normal_fraction),
     }
 
 
@@ -150,8 +158,9 @@ def run_category(run: dict[str, Any]) -> tuple[Category, list[dict[str, str]]]:
 
 
 def trainer(run: dict[str, Any], config: BGADConfig, device: str = "cpu") -> Callable[..., BGAD]:
-    """What trains a run on ``device``: :meth:`BGAD.fit` for an ordinary fit, else the parent's :meth:`BGAD.update`
-    with the last step's meta-epochs (the parent's files must be the ones the step recorded)."""
+    """What trains a run on ``device``, called as :meth:`BGAD.fit` is: that for an ordinary fit, else the parent's
+    :meth:`BGAD.update` as the last step says (its new good images always trained on, a sample of the others); the
+    parent's files must be the ones the step recorded."""
     steps = lineage_steps(run)
     if not steps:
         return BGAD(config, device=device).fit
@@ -167,7 +176,20 @@ def trainer(run: dict[str, Any], config: BGADConfig, device: str = "cpu") -> Cal
             f"the parent run {parent} is gone or its model changed since this run started from model "
             f"{recorded['model_id']}: start again with bgad fit --from"
         )
-    return functools.partial(BGAD.load(parent).to(device).update, meta_epochs=step["meta_epochs"])
+    detector, new = BGAD.load(parent).to(device), {Path(entry["image"]) for entry in step["added_normals"]}
+
+    def update(normals: Sequence[Path], anomalies: Sequence[Path], masks: Sequence[Path], **options: Any) -> BGAD:
+        return detector.update(
+            [p for p in normals if p not in new],
+            anomalies,
+            masks,
+            new_normal_images=[p for p in normals if p in new],
+            meta_epochs=step["meta_epochs"],
+            normal_fraction=step["normal_fraction"],
+            **options,
+        )
+
+    return update
 
 
 def report_notes(run: dict[str, Any], removed: Sequence[dict[str, str]]) -> list[str]:
@@ -176,7 +198,7 @@ def report_notes(run: dict[str, Any], removed: Sequence[dict[str, str]]) -> list
     notes = [
         f"Generation {index + 1}: trained on from {step['parent']['run']} (model {step['parent']['model_id']}) with "
         f"{len(step['added_anomalies'])} more defect image(s) and {len(step['added_normals'])} more good image(s), "
-        f"{step['meta_epochs']} BG-SPP meta-epoch(s)."
+        f"{step['meta_epochs']} BG-SPP meta-epoch(s) on {step['normal_fraction']:.0%} of the earlier good images."
         for index, step in enumerate(lineage_steps(run))
     ]
     if removed:

@@ -231,7 +231,7 @@ def start_run(
             on_check(report)
         partial = partial_folder(output)
         shutil.rmtree(partial, ignore_errors=True)
-        run = {
+        description = {
             "bgad_version": __version__,
             "dataset": run["dataset"],
             "category": category.name,
@@ -243,16 +243,18 @@ def start_run(
             "drop_duplicates": drop_duplicates,
             "training_fingerprint": report.training_fingerprint(),
             "eval_size": run["eval_size"],
-        } | ({LINEAGE: lineage_steps(run), EVALUATION_REMOVED: removed} if lineage_steps(run) else {})
+        }
+        if steps := lineage_steps(run):
+            description |= {LINEAGE: steps, EVALUATION_REMOVED: removed}
         try:
             partial.mkdir()
-            _write_json(partial / RUN_JSON, run)
-            names = "".join(f"{name}\n" for name in run["known_anomalies"])
+            _write_json(partial / RUN_JSON, description)
+            names = "".join(f"{name}\n" for name in description["known_anomalies"])
             (partial / KNOWN_ANOMALIES).write_text(names, encoding="utf-8", errors="surrogateescape")
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)  # nothing trained yet: leave nothing behind
             raise
-        return _train_and_evaluate(partial, output, run, split, progress=progress, device=device)
+        return _train_and_evaluate(partial, output, description, split, progress=progress, device=device)
 
 
 def _checked(category: Category, config: BGADConfig, *, drop_duplicates: bool, progress: bool) -> DatasetReport:

@@ -31,13 +31,15 @@ def update_run(
     *,
     normal_dir: Path | None = None,
     meta_epochs: int | None = None,
+    normal_fraction: float | None = None,
     eval_size: str | None = None,
     progress: bool = True,
     device: str = "cpu",
 ) -> RunResults:
     """Train ``parent``'s model on with its training images plus the defects of ``defect_dirs`` (masks in
     ``mask_dirs`` or beside them) and the good images of ``normal_dir`` (searched recursively), for ``meta_epochs``
-    (default ``train.update_meta_epochs``) on ``device``; write the new run into ``output`` and return its metrics.
+    (default ``train.update_meta_epochs``) on ``normal_fraction`` (default ``train.update_normal_fraction``) of RUN's
+    own normals, on ``device``; write the new run into ``output`` and return its metrics.
     ``eval_size`` defaults to the parent's."""
     if not (parent / RUN_JSON).is_file():
         raise BGADError(f"not a bgad run: {parent / RUN_JSON} is missing (fit --from trains on with its images)")
@@ -54,10 +56,12 @@ def update_run(
         raise BGADError(f"no images in normal folder {normal_dir}")
     if not added and not normals:
         raise BGADError("nothing to add: give new defect images (--defect-dir) or good images (--normal-dir)")
-    epochs = meta_epochs or BGADConfig.from_dict(info["config"]).train.update_meta_epochs
+    train = BGADConfig.from_dict(info["config"]).train
     run = {key: info[key] for key in INHERITED if key in info}
     run["eval_size"] = eval_size or info.get("eval_size", "input")
-    run[LINEAGE] = [*lineage_steps(info), new_step(parent, added, normals, epochs)]
+    fraction = train.update_normal_fraction if normal_fraction is None else normal_fraction
+    step = new_step(parent, added, normals, meta_epochs or train.update_meta_epochs, fraction)
+    run[LINEAGE] = [*lineage_steps(info), step]
     return start_run(run, output, progress=progress, on_check=lambda report: _check_new(report, run), device=device)
 
 
