@@ -72,7 +72,7 @@ def model_description(run: Path, detector: BGAD | OnnxDetector) -> dict[str, Any
     description = {
         "model_id": hashlib.sha1(source.read_bytes()).hexdigest()[:12],
         "source": str(run),
-        "engine": "torch" if isinstance(detector, BGAD) else "onnx",
+        "engine": "torch" if isinstance(detector, BGAD) else detector.engine,
         "bgad_version": __version__,
         "config": config,
         "thresholds": detector.thresholds_._asdict(),
