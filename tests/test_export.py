@@ -1,5 +1,6 @@
 """ONNX export: the exported graph reproduces the torch model's anomaly maps on real image files."""
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -41,11 +42,18 @@ def exported(fitted: tuple[BGAD, list[Path]], tmp_path_factory: pytest.TempPathF
     return export_onnx(fitted[0], tmp_path_factory.mktemp("onnx") / "model.onnx")
 
 
+OPENVINO = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+
+
+@pytest.mark.parametrize("engine", ["onnx", pytest.param("openvino", marks=OPENVINO)])
 @pytest.mark.parametrize("batch_size", [1, 5])
-def test_onnx_maps_match_torch(fitted: tuple[BGAD, list[Path]], exported: Path, batch_size: int) -> None:
+def test_onnx_maps_match_torch(fitted: tuple[BGAD, list[Path]], exported: Path, batch_size: int, engine: str) -> None:
+    """Both runtimes of the exported file give torch's maps (OpenVINO in float32: its bf16 default would not)."""
     detector, images = fitted
-    onnx_detector = OnnxDetector.load(exported)
+    onnx_detector = OnnxDetector.load(exported, engine=engine)
+    assert onnx_detector.engine == engine
     assert onnx_detector.image_size == 64
+    assert onnx_detector.thresholds_ == detector.thresholds_
     expected = detector.anomaly_maps(images[:5], batch_size=batch_size)
     actual = onnx_detector.anomaly_maps(images[:5], batch_size=batch_size)
     assert actual.shape == expected.shape == (5, 64, 64)
@@ -54,11 +62,14 @@ def test_onnx_maps_match_torch(fitted: tuple[BGAD, list[Path]], exported: Path, 
 
 
 def test_scores_are_map_maxima_and_metadata_is_stored(fitted: tuple[BGAD, list[Path]], exported: Path) -> None:
+    import onnxruntime
+
     detector, images = fitted
     onnx_detector = OnnxDetector.load(exported)
-    assert onnx_detector._session.get_inputs()[0].shape == ["batch", 3, 64, 64]
+    session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 3, 64, 64]
     batch = next(image_batches(images[:3], image_size=64, batch_size=3))
-    maps, scores = onnx_detector._session.run(None, {"images": batch.numpy()})
+    maps, scores = session.run(None, {"images": batch.numpy()})
     assert scores.shape == (3,)
     torch.testing.assert_close(torch.from_numpy(scores), torch.from_numpy(maps).flatten(1).amax(dim=1), rtol=0, atol=0)
     meta = onnx_detector.metadata
@@ -84,17 +95,24 @@ def test_missing_onnx_packages_give_an_install_hint(
         OnnxDetector.load(tmp_path / "model.onnx")
 
 
-def test_missing_or_corrupt_onnx_file_fails_clearly(exported: Path, tmp_path: Path) -> None:
+def test_missing_openvino_gives_an_install_hint(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(BGADError, match=r"^the openvino engine needs OpenVINO: pip install 'bgad\[openvino\]'"):
+        OnnxDetector.load(exported, engine="openvino")
+
+
+@pytest.mark.parametrize("engine", ["onnx", pytest.param("openvino", marks=OPENVINO)])
+def test_missing_or_corrupt_onnx_file_fails_clearly(exported: Path, tmp_path: Path, engine: str) -> None:
     with pytest.raises(BGADError, match="not found"):
-        OnnxDetector.load(tmp_path / "absent.onnx")
+        OnnxDetector.load(tmp_path / "absent.onnx", engine=engine)
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(exported.read_bytes()[:999])
     with pytest.raises(BGADError, match="cannot load ONNX model"):
-        OnnxDetector.load(truncated)
+        OnnxDetector.load(truncated, engine=engine)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_text("not a model")
     with pytest.raises(BGADError, match="cannot load ONNX model"):
-        OnnxDetector.load(garbage)
+        OnnxDetector.load(garbage, engine=engine)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "bottle").is_dir(), reason="MVTec AD bottle not in ../shared")

@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "losses": ("losses",),
     "training": ("training", "checkpoint"),
     "scoring": ("metrics", "scoring", "tiling", "model", "thresholds"),
-    "estimator": ("model_files", "detector", "export"),
+    "estimator": ("model_files", "detector", "export", "engines"),
     "evaluation": ("evaluation",),
     "application": ("app", "__main__"),
 }

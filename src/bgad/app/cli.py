@@ -19,6 +19,7 @@ from ..data.layouts import DatasetSpec
 from ..detector import BGAD
 from ..devices import DEVICES, resolve_device
 from ..distributed import launched, process_group
+from ..engines import ENGINES, choose_engine, load_detector
 from ..errors import BGADError, DatasetError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES
 from ..export import ONNX_FILE, OnnxDetector, export_onnx
@@ -253,14 +254,19 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
 
 def _load_for_prediction(args: argparse.Namespace) -> BGAD | OnnxDetector:
-    if args.engine == "torch":
-        detector = BGAD.load(args.run).to(args.device)
-        if args.compile:
-            detector.model_.compile_flows()
-        return detector
-    if args.device == "cuda":
-        raise BGADError("the onnx engine runs on the CPU here; use --engine torch for --device cuda")
-    return OnnxDetector.load(args.run / ONNX_FILE if args.run.is_dir() else args.run)
+    engine, device = args.engine, resolve_device(args.device).type  # auto: cuda or cpu
+    if args.compile and engine not in ("auto", "torch"):
+        raise BGADError(f"--compile applies to the torch engine, not {engine}")
+    if args.compile:
+        engine = "torch"
+    elif engine == "auto":
+        engine, why = choose_engine(args.run, device=device)
+        if not args.quiet:
+            print(f"bgad: engine {engine} ({why})", file=sys.stderr)
+    detector = load_detector(args.run, engine, device=device)
+    if args.compile:
+        detector.model_.compile_flows()
+    return detector
 
 
 def _apply_thresholds(args: argparse.Namespace, detector: BGAD | OnnxDetector) -> None:
@@ -367,6 +373,16 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     report.update(training_speed(model, config.train, config.loss, steps=args.repeats))
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _add_engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINES,
+        help="onnx (onnxruntime) and openvino run RUN/model.onnx (bgad export); auto (default): the fastest of "
+        "those that is installed when RUN/model.onnx exists, else torch",
+    )
 
 
 def _comma_list(text: str) -> list[str]:
@@ -621,8 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(test, default_help="default: the data the run was trained on")
 
     predict = command("predict", _cmd_predict, "score new images: scores.csv, heatmaps and masks at original size")
-    predict.add_argument("--run", type=Path, required=True, help="run folder (or, with --engine onnx, an .onnx file)")
-    predict.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="onnx: run RUN/model.onnx")
+    predict.add_argument("--run", type=Path, required=True, help="run folder or an exported .onnx file")
+    _add_engine_option(predict)
     predict.add_argument("--output", type=Path, required=True, help="folder for scores.csv, heatmaps/ and masks/")
     predict.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default 4)")
     predict.add_argument("--compile", action="store_true", help="torch.compile the flows (worth it for many images)")
@@ -642,8 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
 
     serve = command("serve", _cmd_serve, "serve a model: a web page and a JSON API for scoring images")
-    serve.add_argument("--run", type=Path, required=True, help="run or model folder (or, with --engine onnx, a file)")
-    serve.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="onnx: run RUN/model.onnx")
+    serve.add_argument("--run", type=Path, required=True, help="run or model folder, or an exported .onnx file")
+    _add_engine_option(serve)
     serve.add_argument("--compile", action="store_true", help="torch.compile the flows (slower start, faster answers)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000)

@@ -78,7 +78,7 @@ def model_description(run: Path, detector: BGAD | OnnxDetector) -> dict[str, Any
     description = {
         "model_id": model_id(source),
         "source": str(run),
-        "engine": "torch" if isinstance(detector, BGAD) else "onnx",
+        "engine": "torch" if isinstance(detector, BGAD) else detector.engine,
         "bgad_version": __version__,
         "config": config,
         "thresholds": detector.thresholds_._asdict(),

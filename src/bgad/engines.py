@@ -1,0 +1,65 @@
+"""Which inference engine scores a saved model: torch, or its exported ONNX file on onnxruntime or OpenVINO.
+
+``engine="auto"`` (the default of ``bgad predict`` and ``bgad serve``) takes the fastest engine whose maps match
+torch's (docs/performance.md measures them) among those that can run here without surprises: the run's exported
+``model.onnx`` (written by ``bgad export``, never on the fly: nothing is written into a run folder unasked), not
+older than the model, and the runtime's package installed. Anything else is torch, the reference engine, which
+needs neither an export nor an extra package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from .detector import BGAD
+from .errors import BGADError
+from .export import ONNX_FILE, RUNTIMES, OnnxDetector
+
+ENGINES = ("auto", "torch", *RUNTIMES)
+# Fastest first (benchmarks/engines.py on the trained bottle model, 2 cores: OpenVINO FP32 10.6 / 8.6 ms per image
+# at batch 1 / 8, onnxruntime 11.7 / 9.8, torch 34.2 / 32.7). Both give torch's maps within 1e-3 (measured 2.5e-5).
+# Not engines: OpenVINO in bf16 (maps off by up to 0.42) and NNCF INT8 (AUPRO 0.968 -> 0.22), docs/performance.md.
+FASTEST_FIRST = ("openvino", "onnx")
+_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+def installed(engine: str) -> bool:
+    """Whether the package ``engine`` (``"onnx"`` or ``"openvino"``) needs is importable, without importing it."""
+    return importlib.util.find_spec(_PACKAGES[engine]) is not None
+
+
+def choose_engine(path: Path, *, device: str = "cpu") -> tuple[str, str]:
+    """The engine ``auto`` runs ``path`` (a run folder or an ``.onnx`` file) with, and why, in a few words."""
+    runtimes = [engine for engine in FASTEST_FIRST if installed(engine)]
+    if path.is_file():  # an exported file has no torch model: the fastest runtime installed, or onnx's install hint
+        return (runtimes or ["onnx"])[0], "an exported file"
+    if device != "cpu":
+        return "torch", f"device {device}"
+    exported, weights = path / ONNX_FILE, path / "model.safetensors"
+    if not exported.is_file():
+        return "torch", f"no {ONNX_FILE} in the run; `bgad export --run {path}` enables the faster engines"
+    if weights.is_file() and exported.stat().st_mtime < weights.stat().st_mtime:
+        return "torch", f"{exported} is older than the model; export again to use it"
+    if not runtimes:
+        return "torch", f"{ONNX_FILE} found but neither openvino nor onnxruntime is installed"
+    return runtimes[0], f"{exported}"
+
+
+def load_detector(path: str | Path, engine: str = "auto", *, device: str = "cpu") -> BGAD | OnnxDetector:
+    """A fitted detector for a run folder or an exported ``.onnx`` file, on ``engine`` (one of :data:`ENGINES`).
+
+    ``"torch"`` loads the run's model onto ``device``; ``"onnx"`` and ``"openvino"`` run ``RUN/model.onnx`` (or
+    the file given) on the CPU; ``"auto"``: :func:`choose_engine`. Both kinds predict alike
+    (``predict``/``predict_batch``/``anomaly_maps``).
+    """
+    path = Path(path)
+    if engine not in ENGINES:
+        raise BGADError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        engine = choose_engine(path, device=device)[0]
+    if engine == "torch":
+        return BGAD.load(path).to(device)
+    if device != "cpu":
+        raise BGADError(f"the {engine} engine runs on the CPU here; use --engine torch for --device {device}")
+    return OnnxDetector.load(path / ONNX_FILE if path.is_dir() else path, engine=engine)
