@@ -15,6 +15,7 @@ from pathlib import Path
 from .detector import BGAD
 from .errors import BGADError
 from .export import ONNX_FILE, RUNTIMES, OnnxDetector
+from .model_files import MODEL_WEIGHTS
 
 ENGINES = ("auto", "torch", *RUNTIMES)
 # Fastest first (benchmarks/engines.py on the trained bottle model, 2 cores: OpenVINO FP32 10.6 / 8.6 ms per image
@@ -36,7 +37,7 @@ def choose_engine(path: Path, *, device: str = "cpu") -> tuple[str, str]:
         return (runtimes or ["onnx"])[0], "an exported file"
     if device != "cpu":
         return "torch", f"device {device}"
-    exported, weights = path / ONNX_FILE, path / "model.safetensors"
+    exported, weights = path / ONNX_FILE, path / MODEL_WEIGHTS
     if not exported.is_file():
         return "torch", f"no {ONNX_FILE} in the run; `bgad export --run {path}` enables the faster engines"
     if weights.is_file() and exported.stat().st_mtime < weights.stat().st_mtime:
