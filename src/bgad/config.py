@@ -150,16 +150,21 @@ class TrainConfig:
 class ThresholdConfig:
     """How the image and pixel decision thresholds are set after training (never from the test set)."""
 
-    image_quantile: float = 0.99  # quantile of the training normals' image scores
-    pixel_quantile: float = 0.999  # quantile of the training normals' pixel scores
+    # The share of new good parts the image threshold may flag (its false-alarm rate), estimated on out-of-sample
+    # normal scores (bgad.crossfit); the known anomalies may raise it within the estimate's sampling error.
+    target_fpr: float = 0.01
+    pixel_quantile: float = 0.999  # quantile of the out-of-sample normals' pixel scores
     refine_with_anomalies: bool = True  # move the thresholds towards the known anomalies' scores
+    # Folds of the training normals for out-of-sample scores (bgad.crossfit); 0 or 1: in-sample (bgad 0.2).
+    calibration_folds: int = 5
 
     def __post_init__(self) -> None:
         _check(
             "threshold",
             self,
-            image_quantile=0 <= self.image_quantile <= 1,
+            target_fpr=0 < self.target_fpr < 1,
             pixel_quantile=0 <= self.pixel_quantile <= 1,
+            calibration_folds=self.calibration_folds >= 0,
         )
 
 

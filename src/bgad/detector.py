@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from .config import BGADConfig, ModelConfig, TrainConfig
+from .crossfit import calibration_folds
 from .data.images import (
     BLACK,
     Color,
@@ -43,7 +44,7 @@ from .features import extract_features, image_batches
 from .model import BGADModel
 from .model_files import load_model, save_model
 from .scoring import anomaly_map, calibrate, image_scores, resize_maps
-from .thresholds import Thresholds, fit_thresholds, normalized_score
+from .thresholds import NormalTail, Thresholds, fit_thresholds, normalized_score
 from .tiling import image_max, input_grid, stitched_map, tile_images
 from .training import LevelData, cached_log_prob_maps, level_data, train_flows, vector_labels
 
@@ -54,11 +55,14 @@ MaskSource = str | Path | np.ndarray
 class Prediction:
     """The result for one image; maps and masks are at the image's original resolution."""
 
-    score: float  # maximum of the anomaly map at the model's input size (content box); higher = more anomalous
+    score: float  # maximum of the anomaly map (bgad.scoring): at the model's input size, tiled: at full size
     anomaly_map: np.ndarray  # (H, W) float32
     mask: np.ndarray  # (H, W) bool: anomaly_map above the pixel threshold; empty when the image is judged good
     is_anomalous: bool  # score above the image threshold
     normalized_score: float  # the score in [0, 1], 0.5 at the image threshold (bgad.thresholds.normalized_score)
+    # The estimated share of good parts scoring this high or higher (out of sample, bgad.thresholds.NormalTail):
+    # 0.001 is 1 good part in 1,000; None when the model stores no normal scores.
+    normal_share: float | None = None
 
 
 class BGAD:
@@ -277,6 +281,7 @@ class BGAD:
             images,
             model.config,
             self.thresholds_,
+            self.normal_scores_,
             batch_size,
             fill=model.extractor.pad_color,
             mask_every_image=mask_every_image,
@@ -352,12 +357,14 @@ def predict_images(
     images: Sequence[ImageSource],
     config: ModelConfig,
     thresholds: Thresholds,
+    normal_scores: np.ndarray | None,
     batch_size: int,
     *,
     fill: Color = BLACK,
     mask_every_image: bool = False,
 ) -> list[Prediction]:
-    """Predictions for ``images`` given a function from input batches (B, 3, S, S) to anomaly maps (B, S, S).
+    """Predictions for ``images`` given a function from input batches (B, 3, S, S) to anomaly maps (B, S, S), with
+    ``normal_scores`` (out-of-sample scores of good images) for the normalized score and the normal share.
 
     Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.export`). Each map is cropped to the
     image's content box (the whole map with ``resize="stretch"``), scored, and resized to the image's resolution;
@@ -365,6 +372,7 @@ def predict_images(
     empty mask unless ``mask_every_image``.
     """
     predictions = []
+    tail = None if normal_scores is None else NormalTail(normal_scores)
     for start in range(0, len(images), batch_size):
         pictures = [read_image(image) for image in images[start : start + batch_size]]
         for score, full in _scored_maps(anomaly_maps, pictures, config, batch_size, fill):
@@ -375,7 +383,8 @@ def predict_images(
                     anomaly_map=full,
                     mask=(full > thresholds.pixel) & (is_anomalous or mask_every_image),
                     is_anomalous=is_anomalous,
-                    normalized_score=normalized_score(score, thresholds.image),
+                    normalized_score=normalized_score(score, thresholds.image, normal_scores),
+                    normal_share=None if tail is None else tail.share(score),
                 )
             )
     return predictions
@@ -468,7 +477,8 @@ def _training_vectors(
     model: BGADModel, inputs: _ModelInputs, config: BGADConfig, progress: bool, *, fit_normalization: bool = True
 ) -> list[LevelData]:
     """Extract every training image's features once; fit the normalization (unless the model has one to keep);
-    label every vector."""
+    label every vector. The normals' vectors are cross-fitted (:mod:`bgad.crossfit`) unless
+    ``threshold.calibration_folds`` < 2."""
     features = extract_features(
         model.extractor,
         inputs.normals + inputs.anomalies,
@@ -480,11 +490,14 @@ def _training_vectors(
     n = len(inputs.normals)
     if fit_normalization:
         model.fit_normalization([f[:n] for f in features])
+    folds = calibration_folds(n, config.threshold.calibration_folds, config.train.seed, inputs.normal_owner)
     labels = [None] * n + [square_mask(mask, config.model.resize) for mask in inputs.masks]
-    return [
-        level_data(level.vectors(f), vector_labels(labels, level.grid), n)
-        for level, f in zip(model.levels, features, strict=True)
-    ]
+    levels = []
+    for level, f in zip(model.levels, features, strict=True):
+        normals = level.vectors(f[:n]) if folds is None else level.cross_fitted_vectors(f[:n], folds)
+        vectors = torch.cat([normals, level.vectors(f[n:])])
+        levels.append(level_data(vectors, vector_labels(labels, level.grid), n))
+    return levels
 
 
 def _synthetic_source(

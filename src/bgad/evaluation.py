@@ -149,6 +149,35 @@ class Evaluation:
         return out
 
 
+DECISIONS = (
+    "good_images",
+    "good_flagged",
+    "good_flagged_rate",
+    "recall",
+    "image_f1",
+    "f1_gap",
+    "good_with_masks",
+    "mask_iou",
+)
+
+
+def decision_summary(decisions: dict[str, Any]) -> dict[str, float | int]:
+    """The verdicts a user acts on, from :meth:`Evaluation.decisions`, as flat numbers (:data:`DECISIONS`): good
+    images flagged (count and rate), defect recall, image F1 at the threshold and its gap to the best F1 any
+    threshold reaches, good images given a mask, and the mean per-image mask IoU."""
+    image = decisions["image"]
+    return {
+        "good_images": int(image["fp"] + image["tn"]),
+        "good_flagged": int(image["fp"]),
+        "good_flagged_rate": float(image["fpr"]),
+        "recall": float(image["recall"]),
+        "image_f1": float(image["f1"]),
+        "f1_gap": float(decisions["image_f1_max"] - image["f1"]),
+        "good_with_masks": int(decisions["good_images_with_masks"]),
+        "mask_iou": float(decisions["mask_iou"]),
+    }
+
+
 def evaluate(
     detector: AnomalyMapper, samples: Sequence[Sample], *, batch_size: int = 4, progress: bool = True
 ) -> Evaluation:

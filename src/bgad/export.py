@@ -285,6 +285,7 @@ class OnnxDetector:
             images,
             self.model_config,
             self.thresholds_,
+            self.normal_scores_,
             batch_size,
             fill=self.pad_color,
             mask_every_image=mask_every_image,

@@ -64,27 +64,41 @@ class FeatureLevel(nn.Module):
 
     def fit_normalization(self, features: Tensor) -> None:
         """Set the normalization statistics from the features (N, C, h, w) of normal images."""
-        if self.normalization == "none":
-            return
-        self.channel_mean.copy_(features.mean(dim=(0, 2, 3)))
-        self.channel_std.copy_(features.std(dim=(0, 2, 3)).clamp_min(1e-6))
-        if self.normalization == "position":
-            mean, whitener = fit_whitening(self._standardized(features))
-            self.position_mean.copy_(mean)
-            self.whitener.copy_(whitener)
+        for name, value in self._statistics(features).items():
+            getattr(self, name).copy_(value)
 
-    def _standardized(self, features: Tensor) -> Tensor:
-        """(B, C, h, w) -> (B, h*w, C), each channel standardized."""
-        vectors = features.flatten(2).transpose(1, 2)
-        return (vectors - self.channel_mean) / self.channel_std
+    def _statistics(self, features: Tensor) -> dict[str, Tensor]:
+        """The normalization statistics of normal features (N, C, h, w), by the name of the buffer they fill."""
+        if self.normalization == "none":
+            return {}
+        mean, std = features.mean(dim=(0, 2, 3)), features.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        statistics = {"channel_mean": mean, "channel_std": std}
+        if self.normalization == "position":
+            position_mean, whitener = fit_whitening(_standardized(features, mean, std))
+            statistics |= {"position_mean": position_mean, "whitener": whitener}
+        return statistics
 
     def vectors(self, features: Tensor) -> Tensor:
         """The flow's inputs (B, h*w, C), positions in (y, x) order, from backbone features (B, C, h, w)."""
+        return self._normalized(features, dict(self.named_buffers(recurse=False)))
+
+    def cross_fitted_vectors(self, features: Tensor, folds: Tensor) -> Tensor:
+        """:meth:`vectors` of normal images (N, C, h, w), each normalized with statistics fitted on the images of
+        the other ``folds`` (N,) only: vectors distributed as an unseen good image's are under statistics fitted
+        on every image (:mod:`bgad.crossfit`)."""
+        out = torch.empty(len(features), self.positions, self.channels, dtype=features.dtype, device=features.device)
+        for fold in folds.unique():
+            held = folds == fold
+            out[held] = self._normalized(features[held], self._statistics(features[~held]))
+        return out
+
+    def _normalized(self, features: Tensor, statistics: dict[str, Tensor]) -> Tensor:
+        vectors = features.flatten(2).transpose(1, 2)
         if self.normalization == "none":
-            return features.flatten(2).transpose(1, 2)
-        vectors = self._standardized(features)
+            return vectors
+        vectors = (vectors - statistics["channel_mean"]) / statistics["channel_std"]
         if self.normalization == "position":
-            vectors = whiten(vectors, self.position_mean, self.whitener)
+            vectors = whiten(vectors, statistics["position_mean"], statistics["whitener"])
         return vectors
 
     def log_prob(self, vectors: Tensor, positions: Tensor | None = None) -> Tensor:
@@ -101,3 +115,8 @@ class FeatureLevel(nn.Module):
         """:meth:`log_prob` of many cached vectors (M, C) at ``positions`` (M,), in chunks (no gradients)."""
         chunks = [self.log_prob(v, p) for v, p in zip(vectors.split(_CHUNK), positions.split(_CHUNK), strict=True)]
         return torch.cat(chunks) if chunks else vectors.new_empty(0)
+
+
+def _standardized(features: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """(B, C, h, w) -> (B, h*w, C), each channel standardized."""
+    return (features.flatten(2).transpose(1, 2) - mean) / std

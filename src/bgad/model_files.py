@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
 FORMAT = "bgad-model"
-FORMAT_VERSION = 2  # 2: per-level modules with feature whitening (bgad 0.2)
+# 2: per-level modules with feature whitening (bgad 0.2); 3: log-scale scores, out-of-sample calibration (bgad 0.3)
+FORMAT_VERSION = 3
 
 
 def _trained_state(model: BGADModel) -> dict:

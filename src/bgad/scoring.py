@@ -1,10 +1,13 @@
-"""From per-level log-likelihood maps to anomaly maps (reference §5), calibrated on training normals only.
+"""From per-level log-likelihood maps to anomaly maps (reference §5), calibrated on normal images only.
 
 Per level, ``exp((ℓ - max_l) / T)`` is a normality map in (0, ~1] (T, the score temperature, is 1 in the
-reference); maps are upsampled bilinearly and summed over levels, and the anomaly map is ``normal_max - sum``.
-The reference takes ``max_l`` and the final constant from the test set, so an image's score depends on which
-other images are scored with it; here both constants come from the training normals and are stored with the
-model. Higher scores mean more anomalous.
+reference); maps are upsampled bilinearly and summed over levels. The reference's anomaly map is
+``normal_max - sum``, which is bounded: every clear defect scores about the number of levels and thresholds sit on a
+saturated scale. bgad's is ``T log(normal_max / sum)``, a strictly increasing function of the reference's map
+(every ranking, so AUROC and AUPRO, is the same) that does not saturate: with one level it is ``max_l - ℓ``, the
+per-dimension negative log-likelihood above the most normal calibration vector, in nats. The reference takes
+``max_l`` and ``normal_max`` from the test set, so an image's score depends on which other images are scored with
+it; here both come from the calibration normals and are stored with the model. Higher scores mean more anomalous.
 """
 
 from __future__ import annotations
@@ -13,14 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# exp(-80) ≈ 1.8e-35 is a normal float32: scores saturate only where ℓ - max_l < -80 T at every level in reach.
+LOG_NORMALITY_FLOOR = -80.0
+
 
 def normality_map(
     level_log_probs: list[Tensor], level_max: Tensor, size: tuple[int, int], temperature: float = 1.0
 ) -> Tensor:
-    """Sum over levels of the upsampled ``exp((ℓ - max_l) / T)``: (B, h_l, w_l) per level -> (B, *size)."""
+    """Sum over levels of the upsampled ``exp((ℓ - max_l) / T)``: (B, h_l, w_l) per level -> (B, *size).
+
+    The exponent is floored at :data:`LOG_NORMALITY_FLOOR` so that the sum never underflows to 0 in float32."""
     total = None
     for log_prob, offset in zip(level_log_probs, level_max, strict=True):
-        normality = torch.exp((log_prob - offset) / temperature)
+        normality = torch.exp(((log_prob - offset) / temperature).clamp_min(LOG_NORMALITY_FLOOR))
         up = F.interpolate(normality[:, None], size=size, mode="bilinear", align_corners=True)
         total = up[:, 0] if total is None else total + up[:, 0]
     return total
@@ -33,8 +41,10 @@ def anomaly_map(
     size: tuple[int, int],
     temperature: float = 1.0,
 ) -> Tensor:
-    """The anomaly map (B, *size); higher means more anomalous."""
-    return normal_max - normality_map(level_log_probs, level_max, size, temperature)
+    """The anomaly map (B, *size): ``T log(normal_max / normality)``; higher means more anomalous, 0 is the most
+    normal calibration pixel."""
+    normality = normality_map(level_log_probs, level_max, size, temperature)
+    return temperature * (torch.log(normal_max) - torch.log(normality))
 
 
 def image_scores(anomaly_maps: Tensor, valid: Tensor | None = None) -> Tensor:

@@ -1,8 +1,12 @@
-"""Decision thresholds chosen without the test set: from normal images, refined with the known anomalies.
+"""Decision thresholds and what a score means, from out-of-sample normal scores (never from the test set).
 
-Training normals score lower than unseen normals (the flows were fitted on them), so a threshold set on them
-alone is optimistic; the known anomalies, when there are some, move it up towards where defects really score.
-``bgad calibrate`` sets them again from good images the model has never seen.
+The normals' scores come from cross-fitting (:mod:`bgad.crossfit`) or, after ``bgad calibrate``, from good images
+the model never saw: they are distributed as a new good part's score. :class:`NormalTail` estimates from them the
+share of good parts that score at least as high as a given score (an empirical survival function with an
+exponential tail beyond the top scores, so that it works with 30 normals and with 5,000); the image threshold is
+the score whose share is ``threshold.target_fpr``. The known anomalies, when they all score above it, may raise it
+towards them, but never so far that the expected false-alarm rate leaves the target by more than its sampling
+error.
 
 Masks follow the verdict: an image judged good gets an empty mask, so the pixel threshold only has to separate
 defect pixels from normal ones on flagged images. It is the one that makes the best masks (mean per-image F1) on
@@ -11,6 +15,7 @@ the known anomalies and the flagged normals, never lower than the normals' pixel
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -24,6 +29,8 @@ from .scoring import image_scores
 from .tiling import image_max
 
 _PIXEL_CANDIDATES = 128  # pixel thresholds tried: quantiles of the known anomalies' defect-pixel values
+_MIN_TAIL = 10  # the exponential tail is fitted to the top max(_MIN_TAIL, _TAIL_SHARE x N) normal scores
+_TAIL_SHARE = 0.1
 
 
 class Thresholds(NamedTuple):
@@ -31,35 +38,94 @@ class Thresholds(NamedTuple):
     pixel: float  # a pixel of an anomalous image belongs to the defect mask when its map value is above this
 
 
-def normalized_score(score: float | np.ndarray, threshold: float) -> float | np.ndarray:
-    """A score mapped to [0, 1] with the image threshold at 0.5: ``clip(score / (2 threshold), 0, 1)``.
+class NormalTail:
+    """The share of good parts scoring at least ``s``, estimated from out-of-sample normal scores.
 
-    Calibrated scores start at 0 (the most normal training pixel), so 0 is as normal as training, 0.5 is the
-    threshold and 1 is twice the threshold or more (anomalib's ``pred_score`` convention: above 0.5 is anomalous).
+    Up to the top ``k`` scores it is the empirical survival function with plotting positions (the i-th highest of
+    N scores has share i / (N + 1)), log-linearly interpolated; above, an exponential tail fitted to the top ``k``
+    excesses (the peaks-over-threshold model for maxima of light-tailed maps), so that shares below 1 / (N + 1)
+    can be estimated at all: "1 in 10,000" from 200 images is an extrapolation, and says so in the docs.
 
-    >>> normalized_score(np.array([0.0, 1.0, 2.0, 5.0]), threshold=2.0)
-    array([0.  , 0.25, 0.5 , 1.  ])
+    >>> tail = NormalTail(np.arange(1.0, 100.0))
+    >>> round(tail.share(50.0), 3), round(tail.score_at(0.5), 3)
+    (0.5, 50.0)
+    >>> bool(tail.share(200.0) < 1e-3)
+    True
+    """
+
+    def __init__(self, normal_scores: np.ndarray):
+        scores = np.sort(np.asarray(normal_scores, dtype=np.float64))
+        if len(scores) == 0 or not np.isfinite(scores).all():
+            raise BGADError("normal scores must be a non-empty array of finite numbers")
+        n = len(scores)
+        self.n = n
+        self._scores = scores
+        self._log_shares = np.log(np.arange(n, 0, -1) / (n + 1))  # share of the i-th lowest: (N - i + 1) / (N + 1)
+        k = min(max(_MIN_TAIL, math.ceil(_TAIL_SHARE * n)), n - 1)
+        self._start = n - 1 - k  # index of the tail's start u
+        excess = scores[self._start + 1 :] - scores[self._start]
+        spread = float(scores[-1] - scores[0])
+        self._scale = max(float(excess.mean()) if k else 0.0, 1e-6 * spread, 1e-12)
+
+    def share(self, score: float | np.ndarray) -> float | np.ndarray:
+        """The estimated share of good parts scoring ``score`` or higher, in (0, 1]."""
+        s = np.asarray(score, dtype=np.float64)
+        u, log_u = self._scores[self._start], self._log_shares[self._start]
+        body = np.interp(s, self._scores[: self._start + 1], self._log_shares[: self._start + 1], left=0.0)
+        tail = log_u - (s - u) / self._scale
+        out = np.exp(np.where(s > u, tail, body))
+        return out if out.ndim else float(out)
+
+    def score_at(self, share: float) -> float:
+        """The score that this share of good parts reaches or exceeds (the inverse of :meth:`share`)."""
+        if not 0 < share < 1:
+            raise BGADError(f"the target false-positive rate must be in (0, 1), got {share}")
+        u, log_u = self._scores[self._start], self._log_shares[self._start]
+        log_share = math.log(share)
+        if log_share <= log_u:
+            return float(u + self._scale * (log_u - log_share))
+        body = self._log_shares[: self._start + 1]
+        return float(np.interp(log_share, body[::-1], self._scores[: self._start + 1][::-1]))
+
+    def sampling_error(self, share: float) -> float:
+        """The binomial standard error of a share estimated from these N scores."""
+        return math.sqrt(share * (1 - share) / self.n)
+
+
+def normalized_score(
+    score: float | np.ndarray, threshold: float, normal_scores: np.ndarray | None
+) -> float | np.ndarray:
+    """A score mapped to [0, 1] by how rare it is among good parts, with the image threshold at 0.5:
+    ``log(share(score)) / (2 log(share(threshold)))``, clipped, where ``share`` is :meth:`NormalTail.share`.
+
+    0 is a score every good part reaches, 0.5 the threshold, and 1 a score as rare as the threshold's share
+    squared (with a 1 % threshold: 1 good part in 10,000); anomalib's ``pred_score`` convention (above 0.5 is
+    anomalous). Without normal scores, or with a threshold below every normal score, the verdict alone (0 or 1).
+
+    >>> normals = np.arange(1.0, 100.0)
+    >>> normalized_score(np.array([0.0, 99.0]), threshold=99.0, normal_scores=normals)
+    array([0. , 0.5])
     """
     scores = np.asarray(score, dtype=np.float64)
-    # A threshold of 0 or below (every normal scored 0) is degenerate: the verdict alone.
-    out = np.clip(scores / (2 * threshold), 0.0, 1.0) if threshold > 0 else (scores > threshold).astype(np.float64)
+    tail = None if normal_scores is None else NormalTail(normal_scores)
+    at_threshold = 1.0 if tail is None else tail.share(threshold)
+    if at_threshold >= 1.0:
+        out = (scores > threshold).astype(np.float64)
+    else:
+        out = np.clip(np.log(tail.share(scores)) / (2 * math.log(at_threshold)), 0.0, 1.0) + 0.0  # no -0.0
     return out if out.ndim else float(out)
 
 
 def threshold_for_fpr(normal_scores: np.ndarray, fpr: float) -> float:
-    """The image threshold that flags (score above it) at most a fraction ``fpr`` of ``normal_scores``, and as
-    close to it as the scores allow.
+    """The image threshold expected to flag a share ``fpr`` of good parts, from out-of-sample ``normal_scores``
+    (:class:`NormalTail`).
 
-    >>> threshold_for_fpr(np.arange(100.0), 0.05)
-    94.0
+    >>> round(threshold_for_fpr(np.arange(1.0, 100.0), 0.05), 3)
+    95.0
     """
-    if not 0 <= fpr < 1:
-        raise BGADError(f"the target false-positive rate must be in [0, 1), got {fpr}")
     if len(normal_scores) == 0:
         raise BGADError("no normal scores to set a threshold from")
-    ranked = np.sort(np.asarray(normal_scores, dtype=np.float64))[::-1]
-    allowed = int(np.floor(fpr * len(ranked) + 1e-9))  # how many may be flagged
-    return float(ranked[min(allowed, len(ranked) - 1)])  # the highest score not flagged
+    return NormalTail(normal_scores).score_at(fpr)
 
 
 def fit_thresholds(
@@ -74,27 +140,29 @@ def fit_thresholds(
     anomaly_owner: np.ndarray | None = None,
     target_fpr: float | None = None,
 ) -> Thresholds:
-    """Thresholds from anomaly maps (N, S, S) of normal images and, optionally, of known anomalies + masks.
+    """Thresholds from out-of-sample anomaly maps (N, S, S) of normal images and, optionally, of known anomalies
+    + masks.
 
-    Image: the ``image_quantile`` of the normals' scores (or the threshold flagging ``target_fpr`` of them); if
-    every known anomaly scores above it, the midpoint between it and the lowest known-anomaly score (not with
-    ``target_fpr``, which the user asked for). Pixel: the ``pixel_quantile`` of the normals' pixels; with known
-    anomalies, the threshold giving the best mean per-image mask F1 on them and on the flagged normals if that is
-    higher. ``normal_valid`` and ``anomaly_valid`` (bool, shaped as the maps) restrict everything to those pixels.
-    With a tiled model the maps are tiles' and ``*_owner`` give each tile's image: image scores are maxima over an
+    Image: the score expected to flag ``target_fpr`` (default ``config.target_fpr``) of good parts
+    (:func:`threshold_for_fpr`); if every known anomaly scores above it, the midpoint between it and the lowest
+    known-anomaly score, capped where the expected rate would fall below the target by more than its sampling error
+    (and never below half the target). Pixel: the ``pixel_quantile`` of the normals' pixels; with known anomalies,
+    the threshold giving the best mean per-image mask F1 on them and on the flagged normals if that is higher.
+    ``normal_valid`` and ``anomaly_valid`` (bool, shaped as the maps) restrict everything to those pixels. With a
+    tiled model the maps are tiles' and ``*_owner`` give each tile's image: image scores are maxima over an
     image's tiles, and a tile of a flagged image gets a mask (mask F1 is then per tile).
     """
     normal_scores = image_max(image_scores(normal_maps, normal_valid).numpy(), normal_owner)
-    if target_fpr is None:
-        image = float(np.quantile(normal_scores, config.image_quantile))
-    else:
-        image = threshold_for_fpr(normal_scores, target_fpr)
+    tail = NormalTail(normal_scores)
+    fpr = config.target_fpr if target_fpr is None else target_fpr
+    image = tail.score_at(fpr)
     pixel = float(np.quantile(_pixels(normal_maps, normal_valid), config.pixel_quantile))
     if anomaly_maps is None or len(anomaly_maps) == 0 or not config.refine_with_anomalies:
         return Thresholds(image, pixel)
     anomaly_scores = image_max(image_scores(anomaly_maps, anomaly_valid).numpy(), anomaly_owner)
-    if target_fpr is None and anomaly_scores.min() > image:
-        image = (image + float(anomaly_scores.min())) / 2
+    if anomaly_scores.min() > image:
+        highest = tail.score_at(max(fpr - tail.sampling_error(fpr), fpr / 2))
+        image = min((image + float(anomaly_scores.min())) / 2, highest)
     anomaly_content, normal_content = _content(anomaly_valid, anomaly_maps), _content(normal_valid, normal_maps)
     defect_pixels = anomaly_maps[anomaly_masks & anomaly_content].numpy()
     if defect_pixels.size:
@@ -149,13 +217,13 @@ def override_thresholds(
     target_fpr: float | None = None,
 ) -> Thresholds:
     """The thresholds a user asked for at inference: an explicit ``image`` and/or ``pixel`` threshold, or the
-    image threshold that flags ``target_fpr`` of the stored ``normal_scores`` (the good images the model was last
-    calibrated on); what is not given stays as ``thresholds``."""
+    image threshold expected to flag ``target_fpr`` of good parts, from the stored out-of-sample ``normal_scores``
+    (:func:`threshold_for_fpr`); what is not given stays as ``thresholds``."""
     if image is not None and target_fpr is not None:
         raise BGADError("give an image threshold or a target false-positive rate, not both")
     if target_fpr is not None:
         if normal_scores is None:
-            raise BGADError("this model stores no normal scores (saved by an older bgad): run `bgad calibrate` first")
+            raise BGADError("this model stores no normal scores: run `bgad calibrate` first")
         image = threshold_for_fpr(normal_scores, target_fpr)
     for name, value in (("image", image), ("pixel", pixel)):
         if value is not None and not np.isfinite(value):

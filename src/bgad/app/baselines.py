@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..backbones import create_backbone
 from ..config import BGADConfig
+from ..crossfit import calibration_folds
 from ..data.images import ImageSource
 from ..errors import BGADError
 from ..features import extract_features, image_batches
@@ -70,7 +71,7 @@ class GaussianBaseline:
     """Per-position Gaussian of each backbone level, distances summed over levels; same API as BGAD's maps.
 
     Fitted state: ``extractor_``, ``means_`` (per level (P, C)), ``precisions_`` (per level (P, C, C)),
-    ``train_seconds_``.
+    ``normal_maps_`` (N, S, S), ``train_seconds_``.
     """
 
     strides: tuple[int, ...] = (4, 8, 16)
@@ -90,7 +91,8 @@ class GaussianBaseline:
         return self._config.model.resize
 
     def fit(self, normal_images: Sequence[ImageSource], *, progress: bool = False) -> GaussianBaseline:
-        """Fit one Gaussian per level and position on the features of normal images."""
+        """Fit one Gaussian per level and position on the features of normal images; ``normal_maps_`` are the
+        normals' out-of-fold maps (:mod:`bgad.crossfit`), for thresholds set as BGAD's are."""
         if len(normal_images) == 0:
             raise BGADError("fit needs at least one normal image")
         config = self._config
@@ -106,21 +108,38 @@ class GaussianBaseline:
                 progress=progress,
             )
         )
-        gaussians = [_fit_gaussians(_positions_last(f), self.epsilon) for f in features]
-        self.means_ = [mean for mean, _ in gaussians]
-        self.precisions_ = [precision for _, precision in gaussians]
+        self.means_, self.precisions_ = self._gaussians(features)
+        folds = calibration_folds(len(normal_images), config.threshold.calibration_folds, config.train.seed)
+        size = (config.model.image_size, config.model.image_size)
+        if folds is None:
+            self.normal_maps_ = self._maps(features, self.means_, self.precisions_, size)
+        else:
+            self.normal_maps_ = torch.empty(len(normal_images), *size)
+            for fold in folds.unique():
+                held = folds == fold
+                means, precisions = self._gaussians([f[~held] for f in features])
+                self.normal_maps_[held] = self._maps([f[held] for f in features], means, precisions, size)
         self.train_seconds_ = time.perf_counter() - start
         return self
+
+    def _gaussians(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Means and precisions, one per level, of features (N, C, h, w)."""
+        gaussians = [_fit_gaussians(_positions_last(f), self.epsilon) for f in features]
+        return [mean for mean, _ in gaussians], [precision for _, precision in gaussians]
 
     @torch.inference_mode()
     def maps_from_tensor(self, images: Tensor) -> Tensor:
         """Images (B, 3, S, S) in [0, 1] -> anomaly maps (B, S, S); higher = more anomalous."""
         if not hasattr(self, "means_"):
             raise BGADError("this GaussianBaseline is not fitted yet: call fit() first")
-        size = images.shape[-2:]
-        total = None
         features = self._levels(self.extractor_(images))
-        for feature, mean, precision in zip(features, self.means_, self.precisions_, strict=True):
+        return self._maps(features, self.means_, self.precisions_, images.shape[-2:])
+
+    def _maps(
+        self, features: list[Tensor], means: list[Tensor], precisions: list[Tensor], size: tuple[int, int]
+    ) -> Tensor:
+        total = None
+        for feature, mean, precision in zip(features, means, precisions, strict=True):
             b, c, h, w = feature.shape
             distance = _mahalanobis(_positions_last(feature), mean, precision).view(b, 1, h, w) / math.sqrt(c)
             up = F.interpolate(distance, size=size, mode="bilinear", align_corners=True)[:, 0]

@@ -129,6 +129,7 @@ class Scorer:
             "file": name,
             "score": prediction.score,
             "normalized_score": prediction.normalized_score,
+            "normal_share": prediction.normal_share,
             "is_anomalous": prediction.is_anomalous,
             "map_peak": float(prediction.anomaly_map.max()),  # for the review list (POST /review)
             "thresholds": self.detector.thresholds_._asdict(),
@@ -286,7 +287,9 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
                 "reason": reason,
                 "distance": distance,
                 "score": images[index].score,
-                "normalized_score": normalized_score(images[index].score, thresholds.image),
+                "normalized_score": normalized_score(
+                    images[index].score, thresholds.image, scorer.detector.normal_scores_
+                ),
                 "is_anomalous": images[index].score > thresholds.image,
             }
             for index, reason, distance in order
