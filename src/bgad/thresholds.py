@@ -120,8 +120,8 @@ def threshold_for_fpr(normal_scores: np.ndarray, fpr: float) -> float:
     """The image threshold expected to flag a share ``fpr`` of good parts, from out-of-sample ``normal_scores``
     (:class:`NormalTail`).
 
-    >>> round(threshold_for_fpr(np.arange(1.0, 100.0), 0.05), 3)
-    95.0
+    >>> round(threshold_for_fpr(np.arange(1.0, 100.0), 0.2), 3)  # 20 of 99 scores, plotting position 20 / 100
+    80.0
     """
     if len(normal_scores) == 0:
         raise BGADError("no normal scores to set a threshold from")
