@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -199,7 +200,12 @@ def fold_of(sampling: str) -> tuple[int, int] | None:
 
 def _check(section: str, values: Any, **valid: bool) -> None:
     """Raise :class:`BGADError` naming the first option of ``section`` whose check is False. Every section checks
-    itself when it is made, so a config is valid however it was built (YAML, JSON, a preset or Python)."""
+    itself when it is made, so a config is valid however it was built (YAML, JSON, a preset or Python). A float
+    option that is not finite (``.inf`` in YAML, ``Infinity`` in JSON) is never valid."""
+    for option in dataclasses.fields(values):
+        value = getattr(values, option.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BGADError(f"option {section}.{option.name} must be a finite number, got {value!r}")
     for name, ok in valid.items():
         if not ok:
             raise BGADError(f"option {section}.{name} has an invalid value {getattr(values, name)!r}")

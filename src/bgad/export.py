@@ -33,6 +33,7 @@ from .detector import BGAD, Prediction, predict_images, tiled_input_maps
 from .errors import BGADError
 from .features import image_batches
 from .model import BGADModel
+from .model_checks import finite_maps
 from .scoring import image_scores
 from .thresholds import Thresholds
 
@@ -256,7 +257,7 @@ class OnnxDetector:
         return tuple(json.loads(self.metadata["pad_color"]))
 
     def _run(self, batch: Tensor) -> Tensor:
-        return torch.from_numpy(self._runtime.run(batch.numpy()))
+        return finite_maps(torch.from_numpy(self._runtime.run(batch.numpy())))
 
     @property
     def model_config(self) -> ModelConfig:

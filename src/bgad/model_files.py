@@ -18,6 +18,7 @@ from ._version import __version__
 from .config import BGADConfig
 from .data.samples import content_hash
 from .errors import BGADError
+from .model_checks import check_scores, check_state
 from .serialization import read_description
 from .thresholds import Thresholds
 
@@ -129,6 +130,8 @@ def load_model(directory: Path) -> SavedModel:
     expected = _trained_state(model)
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
         raise BGADError(f"model weights {weights_path} do not match {json_path} (different or damaged model)")
+    check_state(state, expected, weights_path)
     model.load_state_dict(state, strict=False)
     model.eval()
+    check_scores(model, config.model.image_size, weights_path)
     return SavedModel(model, config, thresholds, normal_scores, train_seconds)

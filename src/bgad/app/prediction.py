@@ -21,6 +21,7 @@ from ..data.images import IMAGE_SUFFIXES, read_image
 from ..detector import BGAD, Prediction
 from ..errors import BGADError
 from ..export import OnnxDetector
+from ..model_checks import ScoringError
 from ..progress import progress as progress_bar
 from .review import Scored
 from .visualize import heatmap_overlay
@@ -142,9 +143,12 @@ def predict_folder(
             for error in errors:
                 problems.append(error)
                 print(f"bgad: error: {error}", file=sys.stderr)
-            predictions = detector.predict_batch(
-                list(readable.values()), batch_size=batch_size, mask_every_image=mask_every_image
-            )
+            try:
+                predictions = detector.predict_batch(
+                    list(readable.values()), batch_size=batch_size, mask_every_image=mask_every_image
+                )
+            except ScoringError as err:
+                raise ScoringError(f"{', '.join(map(str, readable))}: {err}") from None
             finish(writing)  # the previous batch: its files were written while this one was scored
             writing = []
             for (image, picture), prediction in zip(readable.items(), predictions, strict=True):

@@ -8,7 +8,7 @@ Concurrency: uploads are received and decoded in the server's thread pool, sever
 request at a time behind a lock, because a forward pass already uses every core and, on CPU, EfficientNet is slower
 per image in larger batches (docs/performance.md), so merging requests into batches would not help. ``/health``,
 ``/model`` and ``/review`` never wait for the model. Every bad upload is a 4xx with a JSON ``{"error": ...}``; the
-server keeps serving.
+server keeps serving. A score that is not a finite number is a 500 with a JSON error, never a verdict.
 
 The page's review list comes from ``POST /review``, which ranks the scores the page already has by the rule of
 ``bgad predict --review`` (:func:`bgad.app.review.review_order`): the rule lives in one place.
@@ -35,6 +35,7 @@ from ..data.images import decode_image
 from ..detector import BGAD, Prediction
 from ..errors import BGADError
 from ..export import ONNX_FILE, OnnxDetector
+from ..model_checks import ScoringError
 from ..model_files import model_id
 from ..thresholds import Thresholds, normalized_score
 from .review import review_order
@@ -123,7 +124,10 @@ class Scorer:
         decoded = time.perf_counter()
         with self._lock:
             inference_start = time.perf_counter()
-            prediction: Prediction = self.detector.predict(picture)
+            try:
+                prediction: Prediction = self.detector.predict(picture)
+            except ScoringError as err:
+                raise ScoringError(f"{name}: {err}") from None
             inference_end = time.perf_counter()
         result = {
             "file": name,
@@ -195,6 +199,11 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, err: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(err.detail)}, status_code=err.status_code)
+
+    @app.exception_handler(ScoringError)
+    async def cannot_score(_: Request, err: ScoringError) -> JSONResponse:
+        log.error("%s", err)  # the model, not the request, is at fault: a server error, never a verdict
+        return JSONResponse({"error": str(err)}, status_code=500)
 
     @app.exception_handler(Exception)
     async def failed(_: Request, err: Exception) -> JSONResponse:
