@@ -7,18 +7,46 @@ not a finite number is an error, never a verdict (a NaN is above no threshold, s
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .errors import BGADError
+from .thresholds import Thresholds
 
 _ROTATION_TOLERANCE = 1e-4  # |R R^T - I|; a float32 rotation drawn by bgad.flow.random_rotation is within 1e-6
 
 
 class ScoringError(BGADError):
     """The model gave a score that is not a finite number: it cannot score (damaged or hand-edited files)."""
+
+
+def checked_thresholds(values: object, source: Path) -> Thresholds:
+    """:class:`Thresholds` from their stored mapping (``model.json``, an ONNX file's metadata): numbers, all
+    finite; anything else is a one-line :class:`BGADError` naming ``source``."""
+    names = Thresholds._fields
+    if not isinstance(values, dict) or set(values) != set(names) or not all(_is_number(values[n]) for n in names):
+        raise BGADError(f"{source} is damaged: thresholds must be a mapping of {', '.join(names)} to numbers")
+    thresholds = Thresholds(**{name: float(values[name]) for name in names})
+    if not all(math.isfinite(value) for value in thresholds):
+        raise BGADError(f"{source} is damaged: thresholds must be finite numbers, got {thresholds._asdict()}")
+    return thresholds
+
+
+def checked_scores(values: object, source: Path) -> np.ndarray | None:
+    """The stored image scores of the normals (None: not stored): a non-empty list of finite numbers."""
+    if values is None:
+        return None
+    if not isinstance(values, list) or not values or not all(_is_number(v) and math.isfinite(v) for v in values):
+        raise BGADError(f"{source} is damaged: normal_image_scores must be finite numbers")
+    return np.array(values, dtype=np.float64)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check_state(state: dict[str, Tensor], expected: dict[str, Tensor], source: Path) -> None:

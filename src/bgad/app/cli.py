@@ -24,6 +24,7 @@ from ..errors import BGADError, DatasetError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES
 from ..export import ONNX_FILE, OnnxDetector, export_onnx
 from ..model import BGADModel
+from ..model_files import model_digest
 from ..thresholds import override_thresholds
 from .ablation import run_ablation
 from .benchmark import collect_benchmark, parse_shard, run_benchmark
@@ -344,7 +345,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     output = args.output or args.run / ONNX_FILE
-    export_onnx(BGAD.load(args.run), output)
+    export_onnx(BGAD.load(args.run), output, source_digest=model_digest(args.run))
     print(f"exported {args.run} to {output}", file=sys.stderr)
     return 0
 
