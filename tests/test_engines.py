@@ -1,6 +1,7 @@
 """The engine ``bgad predict``/``serve`` use by default, and the one-line errors of an engine that cannot run."""
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -8,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bgad import BGAD
@@ -18,6 +20,8 @@ from bgad.export import SOURCE_DIGEST, OnnxDetector, read_metadata
 from bgad.model_files import model_digest
 
 from .conftest import assert_one_line
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
@@ -210,3 +214,18 @@ def test_the_metadata_reader_reads_what_onnx_writes(tmp_path: Path) -> None:
     path.write_bytes(model.SerializeToString()[:-5])  # truncated
     with pytest.raises(BGADError, match="is not an ONNX file"):
         read_metadata(path)
+
+
+def test_the_engines_benchmark_skips_the_int8_rows_without_nncf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    spec = importlib.util.spec_from_file_location("engines_benchmark", BENCHMARKS / "engines.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    without(monkeypatch, "nncf")
+    engines, results = benchmark.int8_engines(tmp_path / "model.onnx", np.zeros((1, 3, 64, 64), np.float32), tmp_path)
+    assert engines == []
+    assert results == {"int8_quantize_s": None, "int8_backbone_quantize_s": None, "notes": [benchmark.NO_NNCF]}
+    assert "the OpenVINO INT8 rows are skipped" in capsys.readouterr().err
