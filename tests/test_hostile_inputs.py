@@ -2,15 +2,26 @@
 never a traceback, a verdict from a model that cannot score, or a file of the user's overwritten
 (docs/reliability.md lists them)."""
 
+import csv
+import errno
 import io
+import json
+import re
+import shutil
+import subprocess
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bgad.app.cli import main
+from bgad.app.csv_cells import safe_cell
 from bgad.data.images import decode_image, read_image, read_mask
 from bgad.errors import BGADError
+
+from .conftest import assert_one_line, snapshot
 
 PROMISED = ["PNG", "JPEG", "BMP", "TIFF"]
 REFUSED = ["GIF", "WEBP", "PPM", "TGA", "PCX", "SGI", "JPEG2000", "DDS", "EPS", "QOI"]
@@ -50,3 +61,72 @@ def test_a_decompression_bomb_names_the_file_once(monkeypatch: pytest.MonkeyPatc
         decode_image(_encoded("PNG"), "big.png")
     assert str(raised.value).count("big.png") == 1
     assert "too large to read safely" in str(raised.value)
+
+
+CELLS = ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "\tx", "\rx", "plain.png", "/abs/=x.png", "a=b"]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_prefixed() -> None:
+    assert [safe_cell(c) for c in CELLS[:6]] == ["'" + c for c in CELLS[:6]]
+    assert [safe_cell(c) for c in CELLS[6:]] == CELLS[6:]
+
+
+def test_the_pages_csv_download_prefixes_the_same_cells() -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node to run the page's script")
+    page = resources.files("bgad.app").joinpath("static/index.html").read_text(encoding="utf-8")
+    function = re.search(r"^function csvCell\(value\) \{.*\}$", page, re.MULTILINE).group(0)
+    script = f"{function}\nconsole.log(JSON.stringify({json.dumps(CELLS)}.map(csvCell)));"
+    output = subprocess.run([node, "-e", script], capture_output=True, text=True, check=True).stdout
+    expected = ['"' + safe_cell(c).replace('"', '""') + '"' for c in CELLS]
+    assert json.loads(output) == expected
+
+
+@pytest.mark.slow
+def test_predict_writes_formula_like_names_as_text_and_each_image_once(
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = '=HYPERLINK("evil",1).png'
+    shutil.copy(tiny_dataset / "part" / "test" / "good" / "000.png", name)
+    out = tmp_path / "out"
+    assert main(["predict", "--run", str(tiny_run), "--output", str(out), name, name, f"./{name}", "--quiet"]) == 0
+    with open(out / "scores.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["path"] for row in rows] == ["'" + name]  # the same file given three times is scored once
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == [Path(name).name]
+
+
+@pytest.mark.slow
+def test_predict_never_writes_over_files_it_did_not_write(
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = str(tiny_dataset / "part" / "test" / "good" / "000.png")
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "scores.csv").write_text("my own scores\n")
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    before = snapshot(copy)
+    for output, needle in ((users, "holds files bgad predict did not write"), (copy, "is a run or model folder")):
+        assert main(["predict", "--run", str(tiny_run), "--output", str(output), image, "--quiet"]) == 2
+        assert_one_line(capsys, needle)
+    assert (users / "scores.csv").read_text() == "my own scores\n"
+    assert snapshot(copy) == before
+    out = tmp_path / "out"
+    for _ in range(2):  # an earlier prediction's folder is written over
+        assert main(["predict", "--run", str(tiny_run), "--output", str(out), image, "--quiet"]) == 0
+
+
+@pytest.mark.slow
+def test_a_write_error_names_the_file(
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    def too_large(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EFBIG, "File too large")  # as a write past `ulimit -f` fails: no file name
+
+    monkeypatch.setattr(Image.Image, "save", too_large)
+    image = str(tiny_dataset / "part" / "test" / "good" / "000.png")
+    assert main(["predict", "--run", str(tiny_run), "--output", str(tmp_path / "o"), image, "--quiet"]) == 2
+    assert_one_line(capsys, f"File too large: '{tmp_path / 'o' / 'heatmaps' / '000.png'}'")

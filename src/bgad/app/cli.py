@@ -30,7 +30,7 @@ from .ablation import run_ablation
 from .benchmark import collect_benchmark, parse_shard, run_benchmark
 from .calibration import calibrate_run
 from .crossval import cross_validate
-from .prediction import SCORES_CSV, collect_images, predict_folder
+from .prediction import SCORES_CSV, check_output, collect_images, predict_folder
 from .review import REVIEW_CSV, REVIEW_SHEET, review_queue, write_review
 from .runs import RunResults, evaluate_run, fit_run, resume_run
 from .speed import inference_speed, training_speed
@@ -282,6 +282,7 @@ def _apply_thresholds(args: argparse.Namespace, detector: BGAD | OnnxDetector) -
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    check_output(args.output)
     detector = _load_for_prediction(args)
     _apply_thresholds(args, detector)
     images, problems = collect_images(args.paths, skip=args.output)
