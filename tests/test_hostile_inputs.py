@@ -130,3 +130,43 @@ def test_a_write_error_names_the_file(
     image = str(tiny_dataset / "part" / "test" / "good" / "000.png")
     assert main(["predict", "--run", str(tiny_run), "--output", str(tmp_path / "o"), image, "--quiet"]) == 2
     assert_one_line(capsys, f"File too large: '{tmp_path / 'o' / 'heatmaps' / '000.png'}'")
+
+
+def _calibration_data(tiny_dataset: Path, root: Path, mask: np.ndarray) -> list[str]:
+    """``calibrate`` options for the tiny dataset's good test images and one defect with ``mask``."""
+    part = tiny_dataset / "part"
+    (root / "defects").mkdir(parents=True)
+    (root / "masks").mkdir()
+    shutil.copy(part / "test" / "crack" / "000.png", root / "defects" / "000.png")
+    Image.fromarray(mask).save(root / "masks" / "000_mask.png")
+    normal = str(part / "test" / "good")
+    return ["--normal-dir", normal, "--defect-dir", str(root / "defects"), "--mask-dir", str(root / "masks")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mask", "needle"),
+    [(np.zeros((64, 64), np.uint8), "is empty"), (np.full((16, 64), 255, np.uint8), "is 64x16 but its image")],
+    ids=["empty-mask", "mask-of-another-size"],
+)
+def test_calibrate_checks_its_images_as_check_does(
+    mask: np.ndarray, needle: str, tiny_run: Path, tiny_dataset: Path, tmp_path: Path, capsys
+) -> None:
+    options = _calibration_data(tiny_dataset, tmp_path / "data", mask)
+    output = tmp_path / "calibrated"
+    assert main(["calibrate", "--run", str(tiny_run), "--output", str(output), *options]) == 2
+    assert_one_line(capsys, needle)
+    assert not output.exists()
+
+
+@pytest.mark.slow
+def test_calibrate_refuses_an_output_inside_the_run(
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = snapshot(run)
+    normal = str(tiny_dataset / "part" / "test" / "good")
+    assert main(["calibrate", "--run", str(run), "--normal-dir", normal, "--output", str(run / "sub")]) == 2
+    assert_one_line(capsys, "is inside")
+    assert snapshot(run) == before
