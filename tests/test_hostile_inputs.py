@@ -18,10 +18,12 @@ from PIL import Image
 
 from bgad.app.cli import main
 from bgad.app.csv_cells import safe_cell
+from bgad.app.runs import RUN_JSON, _install
 from bgad.data.images import decode_image, read_image, read_mask
 from bgad.errors import BGADError
+from bgad.model_files import MODEL_JSON
 
-from .conftest import assert_one_line, snapshot
+from .conftest import assert_one_line, fit_command, snapshot
 
 PROMISED = ["PNG", "JPEG", "BMP", "TIFF"]
 REFUSED = ["GIF", "WEBP", "PPM", "TGA", "PCX", "SGI", "JPEG2000", "DDS", "EPS", "QOI"]
@@ -170,3 +172,39 @@ def test_calibrate_refuses_an_output_inside_the_run(
     assert main(["calibrate", "--run", str(run), "--normal-dir", normal, "--output", str(run / "sub")]) == 2
     assert_one_line(capsys, "is inside")
     assert snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_overwrite_through_a_symbolic_link_is_refused_before_training(
+    tiny_run: Path, tiny_dataset: Path, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "lk"
+    shutil.copytree(tiny_run, target)
+    before = snapshot(target)
+    latest = tmp_path / "latest"
+    latest.symlink_to(target)
+    for _ in range(2):  # the same answer every time, nothing trained
+        assert main(fit_command(tiny_dataset, latest, config_file, "--overwrite")) == 2
+        assert_one_line(capsys, "is a symbolic link")
+    assert main(["fit", "--resume", str(latest)]) == 2
+    assert_one_line(capsys, "no interrupted fit")
+    assert latest.is_symlink()
+    assert snapshot(target) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "lk"]
+
+
+def test_a_link_left_aside_by_an_older_bgad_is_removed_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    output, partial = tmp_path / "run", tmp_path / ".run.partial"
+    for folder in (output, partial):
+        folder.mkdir()
+        (folder / RUN_JSON).write_text("{}")
+        (folder / MODEL_JSON).write_text("{}")
+    (partial / "new.txt").write_text("new")
+    (tmp_path / ".run.replaced").symlink_to(victim)
+    _install(partial, output)
+    assert (output / "new.txt").is_file()
+    assert (victim / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "victim"]
