@@ -8,6 +8,7 @@ import io
 import json
 import re
 import shutil
+import socket
 import subprocess
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bgad import BGAD
 from bgad.app.cli import main
 from bgad.app.csv_cells import safe_cell
 from bgad.app.runs import RUN_JSON, _install
@@ -208,3 +210,65 @@ def test_a_link_left_aside_by_an_older_bgad_is_removed_not_followed(tmp_path: Pa
     assert (output / "new.txt").is_file()
     assert (victim / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "victim"]
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0", "http"])
+def test_serve_refuses_a_port_that_is_not_one(port: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--run", str(tmp_path), "--port", port]) == 2
+    assert_one_line(capsys, "expected a port number from 1 to 65535")
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["serve", "--run", str(tmp_path), "--host", "127.0.0.1", "--port", port]) == 2
+    assert_one_line(capsys, f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_a_config_file_that_is_no_file_or_too_large_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    large = tmp_path / "large.yaml"
+    large.write_text("# padding\n" * 200_000)
+    cases = [(large, "is over 1048576 bytes")]
+    if Path("/dev/zero").exists():
+        cases.append((Path("/dev/zero"), "is not a regular file"))  # would be read until the memory runs out
+    for config, needle in cases:
+        data = ["--data-root", str(tmp_path), "--category", "c"]
+        assert main(["fit", *data, "--output", str(tmp_path / "run"), "--config", str(config)]) == 2
+        assert_one_line(capsys, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_that_is_not_an_export_is_not_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    description = tmp_path / "model.json"
+    description.write_text("{}")
+    assert main(["predict", "--run", str(description), "--output", str(tmp_path / "o"), str(tmp_path)]) == 2
+    assert_one_line(capsys, f"is not a model: give a run or model folder ({tmp_path}?)")
+
+
+@pytest.mark.slow
+def test_identical_models_are_identical_bytes(tiny_run: Path, tmp_path: Path) -> None:
+    detector = BGAD.load(tiny_run)
+    for index in range(6):  # safetensors' metadata order changes from one save to the next
+        detector.save(tmp_path / str(index))
+    weights = {(tmp_path / str(index) / "model.safetensors").read_bytes() for index in range(6)}
+    assert len(weights) == 1
+    assert BGAD.load(tmp_path / "0").thresholds_ == detector.thresholds_
+
+
+@pytest.mark.slow
+def test_serve_needs_nothing_from_a_cdn(tiny_run: Path) -> None:
+    testclient = pytest.importorskip("fastapi.testclient")
+    from bgad.app.serve import Scorer, create_app, model_description
+
+    detector = BGAD.load(tiny_run)
+    scorer = Scorer(detector, model_description(tiny_run, detector), max_pixels=1_000_000)
+    with testclient.TestClient(create_app(scorer)) as client:
+        assert client.get("/docs").status_code == 404
+        assert client.get("/redoc").status_code == 404
+        assert client.get("/openapi.json").status_code == 200
+        page = client.get("/").text
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # the page loads nothing from elsewhere

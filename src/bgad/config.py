@@ -254,7 +254,7 @@ def load_config(preset: str = "default", config_file: str | Path | None = None) 
         return config
     path = Path(config_file)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(_config_text(path))
     except OSError as err:
         raise BGADError(f"cannot read config file {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
@@ -262,3 +262,20 @@ def load_config(preset: str = "default", config_file: str | Path | None = None) 
     if not isinstance(data, dict):
         raise BGADError(f"config file {path} must hold a mapping of sections (model, loss, train)")
     return BGADConfig.from_dict(data, base=config)
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; /dev/zero or a wrong file must not fill the memory
+
+
+def _config_text(path: Path) -> str:
+    """The text of a config file: a regular file of at most :data:`MAX_CONFIG_BYTES`, else a BGADError."""
+    if path.exists() and not path.is_file():
+        raise BGADError(f"config file {path} is not a regular file")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise BGADError(f"config file {path} is over {MAX_CONFIG_BYTES} bytes: not a bgad config")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BGADError(f"config file {path} is not UTF-8 text") from None

@@ -42,8 +42,16 @@ def is_stale_export(run: Path) -> bool:
         return True
 
 
+def _check_model_path(path: Path) -> None:
+    """A file given as the model must be an export: any other (``RUN/model.json``) would reach OpenVINO's readers of
+    foreign formats, which print their own noise before failing."""
+    if path.is_file() and path.suffix.lower() != ".onnx":
+        raise BGADError(f"{path} is not a model: give a run or model folder ({path.parent}?) or an exported .onnx file")
+
+
 def choose_engine(path: Path, *, device: str = "cpu") -> tuple[str, str]:
     """The engine ``auto`` runs ``path`` (a run folder or an ``.onnx`` file) with, and why, in a few words."""
+    _check_model_path(path)
     runtimes = [engine for engine in FASTEST_FIRST if installed(engine)]
     if path.is_file():  # an exported file has no torch model: the fastest runtime installed, or onnx's install hint
         return (runtimes or ["onnx"])[0], "an exported file"
@@ -69,6 +77,7 @@ def load_detector(path: str | Path, engine: str = "auto", *, device: str = "cpu"
     path = Path(path)
     if engine not in ENGINES:
         raise BGADError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    _check_model_path(path)
     if engine == "auto":
         engine = choose_engine(path, device=device)[0]
     if engine == "torch":

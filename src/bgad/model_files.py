@@ -43,6 +43,20 @@ def _weights_metadata(config: BGADConfig) -> dict[str, str]:
     return {"format": FORMAT, "backbone": model.backbone, "image_size": str(model.image_size), "resize": model.resize}
 
 
+def _sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header with its metadata keys sorted, in place: safetensors writes them in
+    hash-map order, which changes from one save to the next, so that identical models would differ in bytes (and
+    in SHA-1, which lineage and exports record). Same keys, same length: only the header's bytes change."""
+    with open(path, "r+b") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= length:
+            handle.seek(8)
+            handle.write(text.ljust(length))  # safetensors pads its header with spaces too
+
+
 class SavedModel(NamedTuple):
     """What :func:`load_model` reads back."""
 
@@ -66,6 +80,7 @@ def save_model(
     by a target false-positive rate later) and the configuration into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file(_trained_state(model), directory / MODEL_WEIGHTS, metadata=_weights_metadata(config))
+    _sort_metadata(directory / MODEL_WEIGHTS)
     description = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

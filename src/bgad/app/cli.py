@@ -317,13 +317,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import Scorer, model_description, serve
+    from .serve import Scorer, listening_socket, model_description, serve
 
-    detector = _load_for_prediction(args)
-    _apply_thresholds(args, detector)
-    scorer = Scorer(detector, model_description(args.run, detector), max_pixels=args.max_pixels)
-    print(f"bgad serve: http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
-    serve(scorer, host=args.host, port=args.port)
+    with listening_socket(args.host, args.port) as listener:  # a port in use fails now, before the model loads
+        detector = _load_for_prediction(args)
+        _apply_thresholds(args, detector)
+        scorer = Scorer(detector, model_description(args.run, detector), max_pixels=args.max_pixels)
+        print(
+            f"bgad serve: http://{args.host}:{args.port}/ (API schema at /openapi.json); Ctrl-C stops", file=sys.stderr
+        )
+        serve(scorer, listener)
     return 0
 
 
@@ -406,6 +409,12 @@ def _seed_list(text: str) -> list[int]:
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
     return int(text)
 
 
@@ -664,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_option(serve)
     serve.add_argument("--compile", action="store_true", help="torch.compile the flows (slower start, faster answers)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument(
         "--max-pixels", type=_positive_int, default=50_000_000, help="larger uploads are refused (default 50 MP)"
     )

@@ -1,8 +1,8 @@
 """``bgad serve``: one model behind an HTTP API and a web page, for the inspection line.
 
-FastAPI on uvicorn: request parsing, multipart uploads and an OpenAPI schema (``/docs``, ``/openapi.json``) come
-with the standard ASGI stack integrators already run; the model stays a plain :class:`bgad.BGAD` or
-:class:`bgad.export.OnnxDetector`.
+FastAPI on uvicorn: request parsing, multipart uploads and an OpenAPI schema (``/openapi.json``; no ``/docs`` page,
+whose scripts would come from a CDN) come with the standard ASGI stack integrators already run; the model stays a
+plain :class:`bgad.BGAD` or :class:`bgad.export.OnnxDetector`.
 
 Concurrency: uploads are received and decoded in the server's thread pool, several at a time; the model runs one
 request at a time behind a lock, because a forward pass already uses every core and, on CPU, EfficientNet is slower
@@ -20,6 +20,7 @@ import base64
 import io
 import json
 import logging
+import socket
 import threading
 import time
 from importlib import resources
@@ -168,6 +169,8 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
     from starlette.exceptions import HTTPException
 
     app = fastapi.FastAPI(
+        docs_url=None,  # FastAPI's /docs and /redoc load their scripts from a CDN: blank offline, a third party online
+        redoc_url=None,
         title="bgad",
         version=__version__,
         description="Supervised anomaly detection with BGAD: score images, get heatmaps and defect masks.",
@@ -324,9 +327,18 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
     return app
 
 
-def serve(scorer: Scorer, *, host: str, port: int) -> None:
-    """Run the server until Ctrl-C."""
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` and listening; an address in use or unknown is a one-line BGADError."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as err:
+        raise BGADError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+def serve(scorer: Scorer, listener: socket.socket) -> None:
+    """Run the server on ``listener`` (:func:`listening_socket`) until Ctrl-C."""
     _require_serving_packages()
     import uvicorn
 
-    uvicorn.run(create_app(scorer), host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn.Config(create_app(scorer), log_level="info")).run(sockets=[listener])
