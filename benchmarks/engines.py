@@ -13,6 +13,7 @@ compile and the first batch-1 call, Python imports excluded; the first batch-8 c
 compile recompiles for it); and on the run's evaluation set (its test images minus the anomalies it trained on, as
 ``bgad test``) image AUROC, pixel AUROC and AUPRO and the largest absolute map difference against eager torch.
 OpenVINO INT8 needs NNCF (``pip install nncf``, for this benchmark only); its quantization time is reported too.
+Without NNCF the INT8 rows are skipped with a note (results.json: ``notes``); every other row is measured.
 
     flock /work/cpu.lock python benchmarks/engines.py --run RUN --output OUT [--data-root ROOT]
 
@@ -23,8 +24,10 @@ are printed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,6 +49,7 @@ Run = Callable[[np.ndarray], np.ndarray]  # input batch -> anomaly maps
 BATCHES = (1, 8)
 WARMUP = 3
 BACKBONE_OPS = ("Convolution", "GroupConvolution")  # the backbone's; the flows have none (MatMul, Einsum, ...)
+NO_NNCF = "nncf is not installed (pip install nncf): the OpenVINO INT8 rows are skipped"
 
 
 class _Precomputed:
@@ -92,6 +96,27 @@ def quantize_int8(onnx_path: Path, calibration: np.ndarray, output: Path, *, onl
     quantized = nncf.quantize(model, dataset, subset_size=len(calibration), ignored_scope=ignored)
     openvino.save_model(quantized, str(output))
     return time.perf_counter() - start
+
+
+def int8_engines(
+    onnx_path: Path, calibration: np.ndarray, output: Path
+) -> tuple[list[tuple[str, Callable[[], Run]]], dict[str, object]]:
+    """The two INT8 engines and the results' INT8 fields (quantization seconds, notes). Without NNCF: no engine and
+    a note, so that every other row is still measured."""
+    if importlib.util.find_spec("nncf") is None:
+        print(f"note: {NO_NNCF}", file=sys.stderr, flush=True)
+        return [], {"int8_quantize_s": None, "int8_backbone_quantize_s": None, "notes": [NO_NNCF]}
+    whole, convolutions = output / "model_int8.xml", output / "model_int8_backbone.xml"
+    results = {
+        "int8_quantize_s": round(quantize_int8(onnx_path, calibration, whole), 1),
+        "int8_backbone_quantize_s": round(quantize_int8(onnx_path, calibration, convolutions, only=BACKBONE_OPS), 1),
+        "notes": [],
+    }
+    engines = [
+        ("openvino int8 (nncf)", lambda: open_openvino(whole).run),
+        ("openvino int8 convolutions, fp32 rest", lambda: open_openvino(convolutions).run),
+    ]
+    return engines, results
 
 
 def backbone_rows(run_dir: Path, images: np.ndarray, output: Path, repeats: int) -> list[dict[str, object]]:
@@ -220,9 +245,7 @@ def main() -> None:
         start = time.perf_counter()
         export_onnx(detector, onnx_path)
         export_s = round(time.perf_counter() - start, 1)
-    int8_path, backbone_int8_path = args.output / "model_int8.xml", args.output / "model_int8_backbone.xml"
-    quantize_s = round(quantize_int8(onnx_path, calibration, int8_path), 1)
-    backbone_quantize_s = round(quantize_int8(onnx_path, calibration, backbone_int8_path, only=BACKBONE_OPS), 1)
+    int8_rows, int8_results = int8_engines(onnx_path, calibration, args.output)
     resize = detector.resize
     del detector
 
@@ -233,8 +256,7 @@ def main() -> None:
         ("openvino fp32", lambda: open_openvino(onnx_path).run),
         ("openvino fp32, one dynamic-batch compile", lambda: _dynamic_batch(onnx_path)),
         ("openvino default precision (bf16 here)", lambda: open_openvino(onnx_path, precision=None).run),
-        ("openvino int8 (nncf)", lambda: open_openvino(int8_path).run),
-        ("openvino int8 convolutions, fp32 rest", lambda: open_openvino(backbone_int8_path).run),
+        *int8_rows,
     ]
     rows, reference = [], None
     for name, open_engine in engines:
@@ -260,8 +282,7 @@ def main() -> None:
         "n_eval_images": len(samples),
         "n_calibration_images": len(calibration),
         "export_s": export_s,
-        "int8_quantize_s": quantize_s,
-        "int8_backbone_quantize_s": backbone_quantize_s,
+        **int8_results,
         "backbone": backbones,
         "load_average_after": os.getloadavg(),
         "wall_s": round(time.time() - started, 1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -204,7 +205,12 @@ def fold_of(sampling: str) -> tuple[int, int] | None:
 
 def _check(section: str, values: Any, **valid: bool) -> None:
     """Raise :class:`BGADError` naming the first option of ``section`` whose check is False. Every section checks
-    itself when it is made, so a config is valid however it was built (YAML, JSON, a preset or Python)."""
+    itself when it is made, so a config is valid however it was built (YAML, JSON, a preset or Python). A float
+    option that is not finite (``.inf`` in YAML, ``Infinity`` in JSON) is never valid."""
+    for option in dataclasses.fields(values):
+        value = getattr(values, option.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BGADError(f"option {section}.{option.name} must be a finite number, got {value!r}")
     for name, ok in valid.items():
         if not ok:
             raise BGADError(f"option {section}.{name} has an invalid value {getattr(values, name)!r}")
@@ -253,7 +259,7 @@ def load_config(preset: str = "default", config_file: str | Path | None = None) 
         return config
     path = Path(config_file)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(_config_text(path))
     except OSError as err:
         raise BGADError(f"cannot read config file {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
@@ -261,3 +267,20 @@ def load_config(preset: str = "default", config_file: str | Path | None = None) 
     if not isinstance(data, dict):
         raise BGADError(f"config file {path} must hold a mapping of sections (model, loss, train)")
     return BGADConfig.from_dict(data, base=config)
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; /dev/zero or a wrong file must not fill the memory
+
+
+def _config_text(path: Path) -> str:
+    """The text of a config file: a regular file of at most :data:`MAX_CONFIG_BYTES`, else a BGADError."""
+    if path.exists() and not path.is_file():
+        raise BGADError(f"config file {path} is not a regular file")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise BGADError(f"config file {path} is over {MAX_CONFIG_BYTES} bytes: not a bgad config")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BGADError(f"config file {path} is not UTF-8 text") from None

@@ -42,6 +42,7 @@ from .distributed import current
 from .errors import BGADError, NotFittedError
 from .features import extract_features, image_batches
 from .model import BGADModel
+from .model_checks import finite_maps
 from .model_files import load_model, save_model
 from .scoring import anomaly_map, calibrate, image_scores, resize_maps
 from .thresholds import NormalTail, Thresholds, fit_thresholds, normalized_score
@@ -348,7 +349,7 @@ class BGAD:
 def _on_device(model: BGADModel) -> Callable[[Tensor], Tensor]:
     """The model as a function of CPU batches: run on its device, maps back on the CPU."""
     device = model.normal_max.device
-    return lambda batch: model(batch.to(device)).cpu()
+    return lambda batch: finite_maps(model(batch.to(device)).cpu())
 
 
 @torch.inference_mode()

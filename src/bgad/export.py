@@ -15,12 +15,13 @@ which converts the ONNX graph when the file is loaded, in float32). Both use as 
 
 from __future__ import annotations
 
+import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -28,16 +29,18 @@ from torch import Tensor, nn
 
 from ._version import __version__
 from .config import BGADConfig, ModelConfig
-from .data.images import ImageSource
+from .data.images import Color, ImageSource
 from .detector import BGAD, Prediction, predict_images, tiled_input_maps
 from .errors import BGADError
 from .features import image_batches
 from .model import BGADModel
+from .model_checks import checked_scores, checked_thresholds, finite_maps
 from .scoring import image_scores
 from .thresholds import Thresholds
 
 ONNX_FILE = "model.onnx"  # the export's name inside a run folder
 INPUT_NAME = "images"
+SOURCE_DIGEST = "model_sha1"  # the metadata key of the exported model folder's bgad.model_files.model_digest
 OUTPUT_NAMES = ("anomaly_maps", "scores")
 _INSTALL_HINT = "ONNX export and inference need onnx, onnxscript and onnxruntime: pip install 'bgad[onnx]'"
 _OPENVINO_HINT = "the openvino engine needs OpenVINO: pip install 'bgad[openvino]'"
@@ -55,12 +58,16 @@ class _MapsAndScores(nn.Module):
         return maps, image_scores(maps)
 
 
-def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -> Path:
+def export_onnx(
+    detector: BGAD, path: str | Path, *, opset: int | None = None, source_digest: str | None = None
+) -> Path:
     """Write the fitted ``detector`` to ``path`` as one self-contained ONNX file; return the path.
 
     Inputs must be resized on the host as :func:`bgad.features.image_batches` does (``OnnxDetector`` does it).
     ``opset`` is the ONNX opset version (None: the exporter's default). The file's metadata holds the bgad
-    version, the image size, the configuration and the decision thresholds (JSON).
+    version, the image size, the configuration and the decision thresholds (JSON), and ``source_digest``, the
+    :func:`bgad.model_files.model_digest` of the model folder the detector was loaded from: ``--engine auto``
+    uses the export only while that folder's files still have it.
     """
     model = detector._check_is_fitted()
     try:
@@ -99,6 +106,8 @@ def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -
         f"(resize={config.model.resize}, see bgad.data.images.to_canvas)",
     }
     metadata["thresholds"] = json.dumps(detector.thresholds_._asdict())
+    if source_digest is not None:
+        metadata[SOURCE_DIGEST] = source_digest
     if detector.normal_scores_ is not None:
         metadata["normal_image_scores"] = json.dumps([float(s) for s in detector.normal_scores_])
     program.model.metadata_props.update(metadata)
@@ -112,6 +121,66 @@ def export_onnx(detector: BGAD, path: str | Path, *, opset: int | None = None) -
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+_METADATA_FIELD = 14  # ModelProto.metadata_props in onnx.proto: repeated StringStringEntryProto {1: key, 2: value}
+_LENGTH_DELIMITED, _VARINT, _FIXED64, _FIXED32 = 2, 0, 1, 5  # protobuf wire types
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of an ONNX file, read from its protobuf fields without loading the graph or any runtime (the
+    weights are skipped, not read): what ``--engine auto`` checks before choosing an engine."""
+    try:
+        with open(path, "rb") as handle:
+            return dict(_metadata_entries(handle))
+    except (ValueError, UnicodeDecodeError, EOFError):
+        raise BGADError(f"{path} is not an ONNX file (its metadata cannot be read)") from None
+
+
+def _metadata_entries(handle: BinaryIO) -> Iterator[tuple[str, str]]:
+    while (tag := _varint(handle, at_end=True)) is not None:
+        field, wire = tag >> 3, tag & 7
+        if wire == _LENGTH_DELIMITED:
+            length = _varint(handle)
+            if field == _METADATA_FIELD:
+                entry = dict(_string_fields(handle.read(length)))
+                yield entry.get(1, ""), entry.get(2, "")
+            else:
+                handle.seek(length, os.SEEK_CUR)
+        elif wire == _VARINT:
+            _varint(handle)
+        elif wire in (_FIXED64, _FIXED32):
+            handle.seek(8 if wire == _FIXED64 else 4, os.SEEK_CUR)
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+
+
+def _string_fields(message: bytes) -> Iterator[tuple[int, str]]:
+    """The length-delimited fields of a small message (a metadata entry) as text."""
+    stream = io.BytesIO(message)
+    while (tag := _varint(stream, at_end=True)) is not None:
+        if tag & 7 != _LENGTH_DELIMITED:
+            raise ValueError("a metadata entry holds strings only")
+        length = _varint(stream)
+        text = stream.read(length)
+        if len(text) != length:
+            raise EOFError
+        yield tag >> 3, text.decode("utf-8")
+
+
+def _varint(stream: BinaryIO, *, at_end: bool = False) -> int | None:
+    """A protobuf varint; None at the end of the stream if ``at_end`` allows it there."""
+    value = 0
+    for shift in range(0, 64, 7):
+        byte = stream.read(1)
+        if not byte:
+            if shift == 0 and at_end:
+                return None
+            raise EOFError
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+    raise ValueError("varint longer than 64 bits")
 
 
 @dataclass(frozen=True)
@@ -205,22 +274,61 @@ def open_openvino(path: Path, *, precision: str | None = "f32") -> Runtime:
 RUNTIMES: dict[str, Callable[[Path], Runtime]] = {"onnx": open_onnxruntime, "openvino": open_openvino}
 
 
+@dataclass(frozen=True)
+class _Exported:
+    """What :func:`export_onnx` stored in a file's metadata, checked."""
+
+    image_size: int
+    config: BGADConfig
+    thresholds: Thresholds
+    pad_color: Color
+    normal_scores: np.ndarray | None
+
+
+def _metadata_json(path: Path, metadata: dict[str, str], key: str) -> Any:
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError:
+        raise BGADError(f"{path} is damaged: its metadata {key} is not valid JSON ({metadata[key][:60]!r})") from None
+
+
+def _checked_metadata(path: Path, metadata: dict[str, str]) -> _Exported:
+    """The metadata of a file exported by bgad, every value checked: an edited or truncated one is a one-line
+    :class:`BGADError`, never a traceback, and thresholds must be finite."""
+    if "pad_color" not in metadata or "config" not in metadata:
+        raise BGADError(f"{path} was exported by an older bgad: export the model again")
+    if "thresholds" not in metadata:
+        raise BGADError(f"{path} carries no decision thresholds (exported from an unfitted detector?)")
+    thresholds = checked_thresholds(_metadata_json(path, metadata, "thresholds"), path)
+    pad = _metadata_json(path, metadata, "pad_color")
+    if not (isinstance(pad, list) and len(pad) == 3 and all(type(c) is int and 0 <= c <= 255 for c in pad)):
+        raise BGADError(f"{path} is damaged: its pad_color must be 3 integers in 0..255, got {metadata['pad_color']!r}")
+    try:
+        config = BGADConfig.from_dict(_metadata_json(path, metadata, "config"))
+    except BGADError as err:
+        raise BGADError(f"{path} is damaged: {err}") from None
+    if int(metadata["image_size"]) != config.model.image_size:
+        raise BGADError(f"{path} is damaged: image_size {metadata['image_size']} but its config says otherwise")
+    scores = _metadata_json(path, metadata, "normal_image_scores") if "normal_image_scores" in metadata else None
+    pad_color = (pad[0], pad[1], pad[2])
+    return _Exported(config.model.image_size, config, thresholds, pad_color, checked_scores(scores, path))
+
+
 class OnnxDetector:
     """Inference with a file written by :func:`export_onnx` on the CPU (no torch model), through one of the
     :data:`RUNTIMES`."""
 
-    def __init__(self, runtime: Runtime, image_size: int, thresholds: Thresholds):
+    def __init__(self, runtime: Runtime, exported: _Exported):
         self._runtime = runtime
+        self._exported = exported
         self.metadata = runtime.metadata
-        self._image_size = image_size
-        self.thresholds_ = thresholds
-        scores = self.metadata.get("normal_image_scores")
-        self.normal_scores_ = None if scores is None else np.array(json.loads(scores), dtype=np.float64)
+        self.thresholds_ = exported.thresholds
+        self.normal_scores_ = exported.normal_scores
 
     @classmethod
     def load(cls, path: str | Path, *, engine: str = "onnx") -> OnnxDetector:
         """Open an exported model with ``engine`` (``"onnx"``: onnxruntime, ``"openvino"``); a missing package or
-        a missing, unreadable or foreign file is a :class:`BGADError`."""
+        a missing, unreadable, damaged or foreign file is a :class:`BGADError`."""
         if engine not in RUNTIMES:
             raise BGADError(f"unknown ONNX engine {engine!r}; use one of {', '.join(RUNTIMES)}")
         path = Path(path)
@@ -228,12 +336,7 @@ class OnnxDetector:
         metadata, inputs, outputs = runtime.metadata, runtime.inputs, runtime.outputs
         if inputs != [INPUT_NAME] or outputs[:1] != [OUTPUT_NAMES[0]] or not metadata.get("image_size", "").isdigit():
             raise BGADError(f"{path} is not an ONNX model exported by bgad (inputs {inputs}, outputs {outputs})")
-        if "pad_color" not in metadata:
-            raise BGADError(f"{path} was exported by an older bgad: export the model again")
-        if "thresholds" not in metadata:
-            raise BGADError(f"{path} carries no decision thresholds (exported from an unfitted detector?)")
-        thresholds = Thresholds(**json.loads(metadata["thresholds"]))
-        return cls(runtime, int(metadata["image_size"]), thresholds)
+        return cls(runtime, _checked_metadata(path, metadata))
 
     @property
     def engine(self) -> str:
@@ -243,25 +346,25 @@ class OnnxDetector:
     @property
     def image_size(self) -> int:
         """The side S of the square model input (and of the anomaly maps)."""
-        return self._image_size
+        return self._exported.image_size
 
     @property
     def resize(self) -> str:
-        """How images are fitted to the square input (``"stretch"`` for files exported before it was stored)."""
-        return self.metadata.get("resize", "stretch")
+        """How images are fitted to the square input (the exported configuration's ``model.resize``)."""
+        return self._exported.config.model.resize
 
     @property
     def pad_color(self) -> tuple[int, int, int]:
         """The letterbox colour of the exported backbone (its normalization's zero)."""
-        return tuple(json.loads(self.metadata["pad_color"]))
+        return self._exported.pad_color
 
     def _run(self, batch: Tensor) -> Tensor:
-        return torch.from_numpy(self._runtime.run(batch.numpy()))
+        return finite_maps(torch.from_numpy(self._runtime.run(batch.numpy())))
 
     @property
     def model_config(self) -> ModelConfig:
         """The exported model's :class:`~bgad.config.ModelConfig` (image size, resize mode, tiling)."""
-        return BGADConfig.from_dict(json.loads(self.metadata["config"])).model
+        return self._exported.config.model
 
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
         """Anomaly maps (N, S, S) at the model's input size; higher = more anomalous (as ``BGAD.anomaly_maps``)."""

@@ -5,8 +5,8 @@ The backbone's weights are not stored: they come from the backbone's own package
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -18,6 +18,7 @@ from ._version import __version__
 from .config import BGADConfig
 from .data.samples import content_hash
 from .errors import BGADError
+from .model_checks import check_scores, check_state, checked_scores, checked_thresholds
 from .serialization import read_description
 from .thresholds import Thresholds
 
@@ -43,6 +44,20 @@ def _weights_metadata(config: BGADConfig) -> dict[str, str]:
     return {"format": FORMAT, "backbone": model.backbone, "image_size": str(model.image_size), "resize": model.resize}
 
 
+def _sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header with its metadata keys sorted, in place: safetensors writes them in
+    hash-map order, which changes from one save to the next, so that identical models would differ in bytes (and
+    in SHA-1, which lineage and exports record). Same keys, same length: only the header's bytes change."""
+    with open(path, "r+b") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= length:
+            handle.seek(8)
+            handle.write(text.ljust(length))  # safetensors pads its header with spaces too
+
+
 class SavedModel(NamedTuple):
     """What :func:`load_model` reads back."""
 
@@ -66,6 +81,7 @@ def save_model(
     by a target false-positive rate later) and the configuration into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file(_trained_state(model), directory / MODEL_WEIGHTS, metadata=_weights_metadata(config))
+    _sort_metadata(directory / MODEL_WEIGHTS)
     description = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -91,6 +107,16 @@ def model_id(path: Path) -> str:
     return content_hash(path)[:12]
 
 
+def model_digest(directory: Path) -> str:
+    """SHA-1 over the SHA-1s of the model's weights and description: an export records it, so that ``--engine
+    auto`` tells from content, not from timestamps, whether ``RUN/model.onnx`` is still this model."""
+    digest = hashlib.sha1()
+    for name in (MODEL_WEIGHTS, MODEL_JSON):
+        with open(directory / name, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha1").digest())
+    return digest.hexdigest()
+
+
 def load_model(directory: Path) -> SavedModel:
     """Load what :func:`save_model` wrote; any missing, foreign, truncated or tampered file is a BGADError."""
     from .model import BGADModel
@@ -102,17 +128,12 @@ def load_model(directory: Path) -> SavedModel:
     description = read_description(json_path, FORMAT, FORMAT_VERSION, "model")
     try:
         config = BGADConfig.from_dict(description["config"])
-        thresholds = Thresholds(**{k: float(v) for k, v in description["thresholds"].items()})
         train_seconds = description.get("train_seconds")
         train_seconds = None if train_seconds is None else float(train_seconds)
-        scores = description.get("normal_image_scores")
-        normal_scores = None if scores is None else np.array([float(s) for s in scores], dtype=np.float64)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise BGADError(f"{json_path} is damaged: {err!r}") from None
-    if not all(math.isfinite(value) for value in thresholds):
-        raise BGADError(f"{json_path} is damaged: thresholds must be finite numbers, got {thresholds._asdict()}")
-    if normal_scores is not None and not (len(normal_scores) and np.isfinite(normal_scores).all()):
-        raise BGADError(f"{json_path} is damaged: normal_image_scores must be finite numbers")
+    thresholds = checked_thresholds(description.get("thresholds"), json_path)
+    normal_scores = checked_scores(description.get("normal_image_scores"), json_path)
     try:
         with safe_open(weights_path, framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -130,6 +151,8 @@ def load_model(directory: Path) -> SavedModel:
     expected = _trained_state(model)
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
         raise BGADError(f"model weights {weights_path} do not match {json_path} (different or damaged model)")
+    check_state(state, expected, weights_path)
     model.load_state_dict(state, strict=False)
     model.eval()
+    check_scores(model, config.model.image_size, weights_path)
     return SavedModel(model, config, thresholds, normal_scores, train_seconds)

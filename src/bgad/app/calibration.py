@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from ..config import TrainConfig
+from ..data.checks import check_dataset
 from ..data.layouts import load_folders
 from ..detector import BGAD
-from ..errors import DatasetError
 from .model_folder import check_new_folder, write_model_folder
 
 CALIBRATION_JSON = "calibration.json"
@@ -34,8 +35,9 @@ def calibrate_run(
     check_new_folder(output, run)
     before = BGAD.load(run).to(device)
     data = load_folders(normal_dir, defect_dirs, mask_dirs, test_normal_ratio=0.0)
-    if data.problems:
-        raise DatasetError(data.problems)
+    # The checks of `bgad check` and `fit --from` (readable images, masks of their image's size and not empty, no
+    # image both good and defect); no known anomalies are chosen: every defect given calibrates.
+    check_dataset(data, TrainConfig(num_anomalies=0), progress=False).raise_for_problems()
     defects = [s for s in data.test if s.is_anomalous]
     after = before.calibrate(
         [s.path for s in data.train], [s.path for s in defects], [s.mask_path for s in defects], target_fpr=target_fpr

@@ -24,12 +24,13 @@ from ..errors import BGADError, DatasetError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES
 from ..export import ONNX_FILE, OnnxDetector, export_onnx
 from ..model import BGADModel
+from ..model_files import model_digest
 from ..thresholds import override_thresholds
 from .ablation import run_ablation
 from .benchmark import collect_benchmark, parse_shard, run_benchmark
 from .calibration import calibrate_run
 from .crossval import cross_validate
-from .prediction import SCORES_CSV, collect_images, predict_folder
+from .prediction import SCORES_CSV, check_output, collect_images, predict_folder
 from .review import REVIEW_CSV, REVIEW_SHEET, review_queue, write_review
 from .runs import RunResults, evaluate_run, fit_run, resume_run
 from .speed import inference_speed, training_speed
@@ -281,6 +282,7 @@ def _apply_thresholds(args: argparse.Namespace, detector: BGAD | OnnxDetector) -
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    check_output(args.output)
     detector = _load_for_prediction(args)
     _apply_thresholds(args, detector)
     images, problems = collect_images(args.paths, skip=args.output)
@@ -315,13 +317,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import Scorer, model_description, serve
+    from .serve import Scorer, listening_socket, model_description, serve
 
-    detector = _load_for_prediction(args)
-    _apply_thresholds(args, detector)
-    scorer = Scorer(detector, model_description(args.run, detector), max_pixels=args.max_pixels)
-    print(f"bgad serve: http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
-    serve(scorer, host=args.host, port=args.port)
+    with listening_socket(args.host, args.port) as listener:  # a port in use fails now, before the model loads
+        detector = _load_for_prediction(args)
+        _apply_thresholds(args, detector)
+        scorer = Scorer(detector, model_description(args.run, detector), max_pixels=args.max_pixels)
+        print(
+            f"bgad serve: http://{args.host}:{args.port}/ (API schema at /openapi.json); Ctrl-C stops", file=sys.stderr
+        )
+        serve(scorer, listener)
     return 0
 
 
@@ -344,7 +349,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     output = args.output or args.run / ONNX_FILE
-    export_onnx(BGAD.load(args.run), output)
+    export_onnx(BGAD.load(args.run), output, source_digest=model_digest(args.run))
     print(f"exported {args.run} to {output}", file=sys.stderr)
     return 0
 
@@ -404,6 +409,12 @@ def _seed_list(text: str) -> list[int]:
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
     return int(text)
 
 
@@ -662,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_option(serve)
     serve.add_argument("--compile", action="store_true", help="torch.compile the flows (slower start, faster answers)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument(
         "--max-pixels", type=_positive_int, default=50_000_000, help="larger uploads are refused (default 50 MP)"
     )

@@ -15,9 +15,12 @@ from .runs import partial_folder
 
 
 def check_new_folder(output: Path, source: Path) -> None:
-    """Raise unless ``output`` is a new or empty folder other than ``source``."""
+    """Raise unless ``output`` is a new or empty folder outside ``source`` (inside it, a later ``fit --overwrite``
+    of the run would delete it)."""
     if output.resolve() == source.resolve():
         raise BGADError(f"the result goes into a new model folder: {output} is the run itself; name another")
+    if source.is_dir() and output.resolve().is_relative_to(source.resolve()):
+        raise BGADError(f"output {output} is inside {source}: put the new model folder beside the run, not in it")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise BGADError(f"output {output} already exists and is not empty: name a new folder")
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,15 @@ from ..data.images import IMAGE_SUFFIXES, read_image
 from ..detector import BGAD, Prediction
 from ..errors import BGADError
 from ..export import OnnxDetector
+from ..model_checks import ScoringError
+from ..model_files import MODEL_JSON
 from ..progress import progress as progress_bar
+from .csv_cells import safe_cell
 from .review import Scored
 from .visualize import heatmap_overlay
 
 SCORES_CSV = "scores.csv"
+PREDICT_MARK = ".bgad-predict"  # in every folder predict writes: a later predict may write over it, and only then
 
 
 def collect_images(paths: Sequence[Path], skip: Path | None = None) -> tuple[list[Path], list[str]]:
@@ -49,7 +54,18 @@ def collect_images(paths: Sequence[Path], skip: Path | None = None) -> tuple[lis
             images.append(path)
         else:
             problems.append(f"not found: {path}")
-    return images, problems
+    return _first_of_each(images), problems
+
+
+def _first_of_each(images: list[Path]) -> list[Path]:
+    """``images`` without a second mention of the same file (given twice, or also found in a folder)."""
+    seen: set[Path] = set()
+    unique = []
+    for image in images:
+        if (resolved := image.resolve()) not in seen:
+            seen.add(resolved)
+            unique.append(image)
+    return unique
 
 
 def _output_names(images: Sequence[Path]) -> list[str]:
@@ -89,8 +105,36 @@ def _write_maps(
     picture: Image.Image, prediction: Prediction, pixel_threshold: float, heatmap: Path, mask: Path
 ) -> None:
     overlay = heatmap_overlay(np.asarray(picture), prediction.anomaly_map, threshold=pixel_threshold)
-    Image.fromarray(overlay).save(heatmap)
-    Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(mask)
+    with _naming(heatmap):
+        Image.fromarray(overlay).save(heatmap)
+    with _naming(mask):
+        Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(mask)
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError of a write names its file: one raised by a write (a full disk, ``[Errno 27] File too large``),
+    unlike one raised by an open, carries no file name."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+
+
+def check_output(output: Path) -> None:
+    """Raise unless ``bgad predict`` may write into ``output``: a new or empty folder, or an earlier prediction's
+    (it holds :data:`PREDICT_MARK`); never a run or model folder, nor a folder of files predict did not write."""
+    if output.exists() and not output.is_dir():
+        raise BGADError(f"output {output} is a file, not a folder")
+    if (output / MODEL_JSON).is_file():
+        raise BGADError(f"output {output} is a run or model folder: predict writes its results elsewhere")
+    if output.is_dir() and any(output.iterdir()) and not (output / PREDICT_MARK).is_file():
+        raise BGADError(
+            f"output {output} holds files bgad predict did not write: name a new or empty folder (or an earlier "
+            "prediction's, which is written over)"
+        )
 
 
 def predict_folder(
@@ -108,6 +152,7 @@ def predict_folder(
     heatmaps, masks = output / "heatmaps", output / "masks"
     heatmaps.mkdir(parents=True, exist_ok=True)
     masks.mkdir(exist_ok=True)
+    (output / PREDICT_MARK).write_text("written by bgad predict: a later bgad predict may write over this folder\n")
     names = dict(zip(images, _output_names(images), strict=True))
     batches = [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
     threshold, pixel_threshold = f"{detector.thresholds_.image:.6g}", detector.thresholds_.pixel
@@ -126,8 +171,9 @@ def predict_folder(
             for future, image, prediction in writing:
                 future.result()
                 score, normalized = f"{prediction.score:.6g}", f"{prediction.normalized_score:.4f}"
-                writer.writerow([str(image), score, normalized, int(prediction.is_anomalous), threshold])
-                handle.flush()
+                with _naming(output / SCORES_CSV):
+                    writer.writerow([safe_cell(str(image)), score, normalized, int(prediction.is_anomalous), threshold])
+                    handle.flush()
                 peak = float(prediction.anomaly_map.max())
                 heatmap = heatmaps / f"{names[image]}.png"
                 p = prediction
@@ -142,9 +188,12 @@ def predict_folder(
             for error in errors:
                 problems.append(error)
                 print(f"bgad: error: {error}", file=sys.stderr)
-            predictions = detector.predict_batch(
-                list(readable.values()), batch_size=batch_size, mask_every_image=mask_every_image
-            )
+            try:
+                predictions = detector.predict_batch(
+                    list(readable.values()), batch_size=batch_size, mask_every_image=mask_every_image
+                )
+            except ScoringError as err:
+                raise ScoringError(f"{', '.join(map(str, readable))}: {err}") from None
             finish(writing)  # the previous batch: its files were written while this one was scored
             writing = []
             for (image, picture), prediction in zip(readable.items(), predictions, strict=True):

@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from ..thresholds import Thresholds
+from .csv_cells import safe_cell
 
 REVIEW_CSV, REVIEW_SHEET = "review.csv", "review.png"
 NEAR, HIDDEN = "near threshold", "hidden region"
@@ -75,7 +76,7 @@ def write_review(output: Path, items: Sequence[ReviewItem]) -> None:
         writer.writerow(["rank", "path", "score", "normalized_score", "is_anomalous", "reason", "distance"])
         for rank, item in enumerate(items, start=1):
             s = item.image
-            row = [rank, str(s.path), f"{s.score:.6g}", f"{s.normalized_score:.4f}", int(s.is_anomalous)]
+            row = [rank, safe_cell(str(s.path)), f"{s.score:.6g}", f"{s.normalized_score:.4f}", int(s.is_anomalous)]
             writer.writerow([*row, item.reason, f"{item.distance:.4g}"])
     _contact_sheet(items).save(output / REVIEW_SHEET)
 

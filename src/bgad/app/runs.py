@@ -12,6 +12,7 @@ and tells the other processes what to train on; they only train with it, and wri
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -123,6 +124,7 @@ def _check_output(output: Path, *, overwrite: bool) -> None:
     The current folder, one of its parents, the home folder and the file-system root are never outputs: the
     finished run is renamed into place, and ``--overwrite`` would have replaced them.
     """
+    _refuse_link(output)
     target = output.resolve()
     here = Path.cwd().resolve()
     if target == here or target in here.parents or target == Path.home().resolve():
@@ -141,6 +143,24 @@ def _check_output(output: Path, *, overwrite: bool) -> None:
         raise BGADError(f"an interrupted fit of {output} exists: continue it with `bgad fit --resume {output}`")
 
 
+def _refuse_link(output: Path) -> None:
+    """A run is installed by renaming folders, which would replace a symbolic link itself (not the run it points
+    to) and leave a link where a folder is expected: a link is refused before any work."""
+    if output.is_symlink():
+        raise BGADError(
+            f"output {output} is a symbolic link (to {os.readlink(output)}): give the folder itself; bgad never "
+            "replaces a link"
+        )
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder, or a symbolic link left where one was expected (by an older bgad), never what it points to."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _check_data_outside(output: Path, category: Category) -> None:
     """Raise if the run folder would hold any of the dataset's files (replacing it would delete them)."""
     target = output.resolve()
@@ -154,8 +174,8 @@ def _install(partial: Path, output: Path) -> None:
     """Rename the finished ``partial`` folder to ``output``; an existing run there is renamed aside first and
     deleted only once the new one is in place, so that a failure never leaves neither."""
     aside = output.parent / f".{output.name}.replaced"
-    if aside.exists():
-        shutil.rmtree(aside)  # left by an install that was killed after its swap
+    if aside.exists() or aside.is_symlink():
+        _remove(aside)  # left by an install that was killed after its swap
     if output.exists():
         if any(output.iterdir()) and not is_run_folder(output):
             raise BGADError(f"output {output} was filled with other files during the fit: the run is kept in {partial}")
@@ -166,7 +186,7 @@ def _install(partial: Path, output: Path) -> None:
         if aside.exists():
             aside.rename(output)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    _remove(aside)
 
 
 def fit_run(
@@ -285,6 +305,7 @@ def resume_run(output: Path, *, progress: bool = True, device: str = "cpu") -> R
     partial = partial_folder(output)
     if not (partial / RUN_JSON).is_file():
         raise BGADError(f"no interrupted fit of {output} to resume ({partial / RUN_JSON} is missing)")
+    _refuse_link(output)
     with run_lock(output):
         run = read_run_json(partial / RUN_JSON)
         category, _ = run_category(run)

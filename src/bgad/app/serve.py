@@ -1,14 +1,14 @@
 """``bgad serve``: one model behind an HTTP API and a web page, for the inspection line.
 
-FastAPI on uvicorn: request parsing, multipart uploads and an OpenAPI schema (``/docs``, ``/openapi.json``) come
-with the standard ASGI stack integrators already run; the model stays a plain :class:`bgad.BGAD` or
-:class:`bgad.export.OnnxDetector`.
+FastAPI on uvicorn: request parsing, multipart uploads and an OpenAPI schema (``/openapi.json``; no ``/docs`` page,
+whose scripts would come from a CDN) come with the standard ASGI stack integrators already run; the model stays a
+plain :class:`bgad.BGAD` or :class:`bgad.export.OnnxDetector`.
 
 Concurrency: uploads are received and decoded in the server's thread pool, several at a time; the model runs one
 request at a time behind a lock, because a forward pass already uses every core and, on CPU, EfficientNet is slower
 per image in larger batches (docs/performance.md), so merging requests into batches would not help. ``/health``,
 ``/model`` and ``/review`` never wait for the model. Every bad upload is a 4xx with a JSON ``{"error": ...}``; the
-server keeps serving.
+server keeps serving. A score that is not a finite number is a 500 with a JSON error, never a verdict.
 
 The page's review list comes from ``POST /review``, which ranks the scores the page already has by the rule of
 ``bgad predict --review`` (:func:`bgad.app.review.review_order`): the rule lives in one place.
@@ -20,6 +20,7 @@ import base64
 import io
 import json
 import logging
+import socket
 import threading
 import time
 from importlib import resources
@@ -35,6 +36,7 @@ from ..data.images import decode_image
 from ..detector import BGAD, Prediction
 from ..errors import BGADError
 from ..export import ONNX_FILE, OnnxDetector
+from ..model_checks import ScoringError
 from ..model_files import model_id
 from ..thresholds import Thresholds, normalized_score
 from .review import review_order
@@ -123,7 +125,10 @@ class Scorer:
         decoded = time.perf_counter()
         with self._lock:
             inference_start = time.perf_counter()
-            prediction: Prediction = self.detector.predict(picture)
+            try:
+                prediction: Prediction = self.detector.predict(picture)
+            except ScoringError as err:
+                raise ScoringError(f"{name}: {err}") from None
             inference_end = time.perf_counter()
         result = {
             "file": name,
@@ -165,6 +170,8 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
     from starlette.exceptions import HTTPException
 
     app = fastapi.FastAPI(
+        docs_url=None,  # FastAPI's /docs and /redoc load their scripts from a CDN: blank offline, a third party online
+        redoc_url=None,
         title="bgad",
         version=__version__,
         description="Supervised anomaly detection with BGAD: score images, get heatmaps and defect masks.",
@@ -196,6 +203,11 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, err: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(err.detail)}, status_code=err.status_code)
+
+    @app.exception_handler(ScoringError)
+    async def cannot_score(_: Request, err: ScoringError) -> JSONResponse:
+        log.error("%s", err)  # the model, not the request, is at fault: a server error, never a verdict
+        return JSONResponse({"error": str(err)}, status_code=500)
 
     @app.exception_handler(Exception)
     async def failed(_: Request, err: Exception) -> JSONResponse:
@@ -318,9 +330,18 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
     return app
 
 
-def serve(scorer: Scorer, *, host: str, port: int) -> None:
-    """Run the server until Ctrl-C."""
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` and listening; an address in use or unknown is a one-line BGADError."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as err:
+        raise BGADError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+def serve(scorer: Scorer, listener: socket.socket) -> None:
+    """Run the server on ``listener`` (:func:`listening_socket`) until Ctrl-C."""
     _require_serving_packages()
     import uvicorn
 
-    uvicorn.run(create_app(scorer), host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn.Config(create_app(scorer), log_level="info")).run(sockets=[listener])

@@ -1,7 +1,7 @@
 """Reading images and masks as they come, and fitting them to the model's square input.
 
-Images: any file PIL reads (PNG, JPEG, BMP, TIFF, ...) or array becomes 8-bit RGB, turned upright by its EXIF
-orientation; see :func:`read_image` for how each kind is mapped.
+Images: PNG, JPEG, BMP and TIFF files (:data:`IMAGE_FORMATS`: no other decoder runs) and arrays become 8-bit RGB,
+files turned upright by their EXIF orientation; see :func:`read_image` for how each kind is mapped.
 
 Masks, one rule for files and arrays (:func:`read_mask`, :func:`binarize_mask`):
 
@@ -34,26 +34,32 @@ from ..config import RESIZE_MODES
 from ..errors import BGADError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# The only decoders bgad runs, whatever a file's name says: PIL would otherwise also decode EPS (through
+# Ghostscript), DDS, GIF, JPEG 2000, PCX, PPM, QOI, SGI, TGA, WEBP and more, each one more parser exposed to uploads.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 
 
 def _open(source: Path | BinaryIO, name: str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Decode a file or a byte stream (its size checked from the header first, before any pixel is decoded)."""
+    """Decode a file or a byte stream in one of :data:`IMAGE_FORMATS` (its size checked from the header first,
+    before any pixel is decoded)."""
     try:
-        with Image.open(source) as image:
+        with Image.open(source, formats=IMAGE_FORMATS) as image:
             if max_pixels is not None and image.width * image.height > max_pixels:
                 raise BGADError(f"image {name} is {image.width}x{image.height}: over the {max_pixels} pixels allowed")
             image.load()
             return ImageOps.exif_transpose(image)
     except FileNotFoundError:
         raise BGADError(f"image not found: {name}") from None
-    except Image.DecompressionBombError as err:  # neither OSError nor ValueError
-        raise BGADError(f"image {name} is too large to read safely: {err}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except Image.DecompressionBombError:  # neither OSError nor ValueError; its message is PIL's, without the name
+        raise BGADError(f"image {name} is too large to read safely (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except UnidentifiedImageError:  # its message names a path or a BytesIO object: the name says it better
+        raise BGADError(f"cannot read image {name}: not a PNG, JPEG, BMP or TIFF image") from None
+    except (OSError, ValueError) as err:
         raise BGADError(f"cannot read image {name}: {err}") from None
 
 
 def decode_image(data: bytes, name: str = "upload", *, max_pixels: int | None = None) -> Image.Image:
-    """An encoded image (PNG, JPEG, BMP, TIFF, ...) held in memory, as 8-bit RGB (see :func:`read_image`)."""
+    """An encoded image (PNG, JPEG, BMP or TIFF) held in memory, as 8-bit RGB (see :func:`read_image`)."""
     if not data:
         raise BGADError(f"image {name} is empty")
     return read_image(_open(io.BytesIO(data), name, max_pixels))
