@@ -53,25 +53,22 @@ def test_f1_max_is_the_best_over_all_thresholds(scores: list[float], data: st.Da
     assert f1_max(values, labels) == pytest.approx(brute)
 
 
-def test_normalized_score_puts_the_threshold_at_one_half() -> None:
-    assert normalized_score(3.0, 3.0) == 0.5
-    assert normalized_score(0.0, 3.0) == 0.0
-    assert normalized_score(100.0, 3.0) == 1.0
-    assert normalized_score(-1.0, 3.0) == 0.0
-    scores = np.linspace(0, 10, 50)
-    assert (np.diff(normalized_score(scores, 3.0)) >= 0).all()
-    assert ((normalized_score(scores, 3.0) > 0.5) == (scores > 3.0)).all()  # the same verdict
-    assert normalized_score(1.0, 0.0) == 1.0  # a degenerate threshold: the verdict alone
+def test_normalized_score_gives_the_verdict_at_one_half() -> None:
+    normals = np.random.default_rng(3).gamma(4.0, size=120)
+    threshold = threshold_for_fpr(normals, 0.01)
+    scores = np.linspace(0, 40, 400)
+    normalized = normalized_score(scores, threshold, normals)
+    assert (np.diff(normalized) >= 0).all()
+    assert ((normalized > 0.5) == (scores > threshold)).all()  # the same verdict
+    assert normalized_score(threshold, threshold, normals) == pytest.approx(0.5)
+    assert normalized_score(normals.min() - 1, normals.min() - 2, normals) == 1.0  # below every normal: verdict
 
 
-@given(st.lists(st.floats(0, 100), min_size=1, max_size=200), st.floats(0, 0.99))
-def test_threshold_for_fpr_flags_at_most_the_target(scores: list[float], fpr: float) -> None:
+@given(st.lists(st.floats(0, 100), min_size=2, max_size=200), st.floats(0.001, 0.5), st.floats(0.001, 0.5))
+def test_a_lower_target_rate_never_lowers_the_threshold(scores: list[float], a: float, b: float) -> None:
     values = np.array(scores)
-    threshold = threshold_for_fpr(values, fpr)
-    assert np.mean(values > threshold) <= fpr + 1e-12
-    lower = values[values < threshold]
-    if lower.size:  # the next lower candidate would flag more than the target: the threshold is as low as allowed
-        assert np.mean(values > lower.max()) > fpr
+    low, high = sorted((a, b))
+    assert threshold_for_fpr(values, low) >= threshold_for_fpr(values, high) - 1e-9
 
 
 def test_override_thresholds() -> None:
@@ -79,7 +76,7 @@ def test_override_thresholds() -> None:
     assert override_thresholds(base, normals) == base
     assert override_thresholds(base, normals, image=5.0) == Thresholds(5.0, 1.0)
     assert override_thresholds(base, normals, pixel=0.5) == Thresholds(2.0, 0.5)
-    assert override_thresholds(base, normals, target_fpr=0.05).image == 94.0
+    assert override_thresholds(base, normals, target_fpr=0.05).image == threshold_for_fpr(normals, 0.05)
     with pytest.raises(BGADError, match="not both"):
         override_thresholds(base, normals, image=1.0, target_fpr=0.1)
     with pytest.raises(BGADError, match="bgad calibrate"):

@@ -19,9 +19,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "features": ("backbones", "features", "whitening"),
     "flow": ("encoding", "flow", "level"),
     "losses": ("losses",),
-    "training": ("training", "checkpoint"),
+    "training": ("crossfit", "training", "checkpoint"),
     "scoring": ("metrics", "scoring", "tiling", "model", "thresholds"),
-    "estimator": ("model_files", "detector", "export", "engines"),
+    "estimator": ("model_checks", "model_files", "detector", "export", "engines"),
     "evaluation": ("evaluation",),
     "application": ("app", "__main__"),
 }

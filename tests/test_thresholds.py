@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bgad.config import ThresholdConfig
-from bgad.thresholds import NormalTail, fit_thresholds, normalized_score, threshold_for_fpr
+from bgad.thresholds import (
+    NormalTail,
+    describe_operating_point,
+    fit_thresholds,
+    normalized_score,
+    operating_point,
+    threshold_for_fpr,
+)
 
 
 def _maps(peaks: list[float], size: int = 8) -> torch.Tensor:
@@ -142,3 +149,15 @@ def test_the_normalized_score_is_half_at_the_threshold_and_grows_with_rarity() -
 
 def test_the_normalized_score_without_normal_scores_is_the_verdict() -> None:
     assert normalized_score(np.array([1.0, 3.0]), 2.0, None).tolist() == [0.0, 1.0]
+
+
+def test_the_operating_point_says_what_the_threshold_is_expected_to_do() -> None:
+    normals = np.arange(1.0, 200.0)
+    point = operating_point(threshold_for_fpr(normals, 0.01), normals, np.array([150.0, 250.0, 300.0]))
+    assert point["expected_false_alarm_rate"] == pytest.approx(0.01)
+    assert point["sampling_error"] == pytest.approx(math.sqrt(0.01 * 0.99 / 199))
+    assert (point["known_anomalies"], point["known_anomalies_flagged"]) == (3, 2)
+    text = describe_operating_point(point)
+    assert text.startswith("expected to flag 1.0 % of good parts (± 0.7 %, from 199 out-of-sample normal scores)")
+    assert text.endswith("flags 2 of 3 known anomalies (trained on)")
+    assert "known" not in describe_operating_point(operating_point(150.0, normals, None))

@@ -115,10 +115,12 @@ def test_tiled_model_finds_a_small_defect_at_full_resolution(tiled: tuple) -> No
 
 
 def test_tiled_calibration_scores_are_what_inference_gives(tiled: tuple) -> None:
-    """Training normals are calibrated tile by tile; their stitched predictions must score exactly the same."""
+    """Normals are calibrated tile by tile; their stitched predictions must score exactly the same (the fit's own
+    normals are calibrated out of fold, so ``calibrate`` on them checks this)."""
     detector, normals, _, _ = tiled
-    scores = [p.score for p in detector.predict_batch(normals)]
-    np.testing.assert_allclose(scores, detector.normal_scores_, rtol=1e-5)
+    calibrated = detector.calibrate(normals)
+    scores = [p.score for p in calibrated.predict_batch(normals)]
+    np.testing.assert_allclose(scores, calibrated.normal_scores_, rtol=1e-5)
 
 
 def test_tiled_evaluation_maps_keep_the_peak(tiled: tuple) -> None:
@@ -193,12 +195,13 @@ def test_tiled_run_from_the_command_line(tiny_dataset, tiny_config, tmp_path) ->
 
 
 def test_tiled_recalibration_and_update_keep_scores_consistent(tiled: tuple) -> None:
-    """bgad calibrate and BGAD.update on a tiled model: their stored normal scores are what inference gives."""
+    """bgad calibrate on a tiled model: its stored normal scores are what inference gives; BGAD.update calibrates
+    on every normal it trained on (out of fold, so not what inference gives on them)."""
     detector, normals, spot, mask = tiled
-    calibrated = detector.calibrate(normals[1:], target_fpr=0.0)
+    calibrated = detector.calibrate(normals[1:], target_fpr=0.001)
     scores = [p.score for p in calibrated.predict_batch(normals[1:])]
     np.testing.assert_allclose(scores, calibrated.normal_scores_, rtol=1e-5)
-    assert calibrated.thresholds_.image == pytest.approx(max(scores))
+    assert calibrated.thresholds_.image >= max(scores)
     updated = detector.update(normals, [spot], [mask], meta_epochs=1, normal_fraction=1.0, progress=False)
-    np.testing.assert_allclose([p.score for p in updated.predict_batch(normals)], updated.normal_scores_, rtol=1e-5)
+    assert len(updated.normal_scores_) == len(normals)
     assert updated.predict(spot).anomaly_map.shape == (320, 320)

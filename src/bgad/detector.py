@@ -114,8 +114,9 @@ class BGAD:
         """Train on normal images and (optionally) a few anomalies with their pixel masks.
 
         Sets ``model_`` (a :class:`BGADModel`), ``thresholds_`` (image and pixel decision thresholds, see
-        :mod:`bgad.thresholds`), ``normal_scores_`` (the training normals' image scores), ``history_`` (one
-        record per meta-epoch) and ``train_seconds_``.
+        :mod:`bgad.thresholds`), ``normal_scores_`` (the training normals' out-of-fold image scores,
+        :mod:`bgad.crossfit`), ``known_scores_`` (the known anomalies'), ``history_`` (one record per meta-epoch)
+        and ``train_seconds_``.
         ``checkpoint`` is a folder where the training state is saved after every meta-epoch; if it holds one, fit
         resumes from it and ends with the same model as an uninterrupted fit (same configuration; on another
         device, the same up to float rounding). In data-parallel training every process calls fit with the same
@@ -225,7 +226,7 @@ class BGAD:
                 progress=progress,
                 parallel=parallel,
             )
-            self.thresholds_, self.normal_scores_ = _calibrate(model, levels, inputs, config)
+            self.thresholds_, self.normal_scores_, self.known_scores_ = _calibrate(model, levels, inputs, config)
         self.model_ = model
         self.train_seconds_ = time.perf_counter() - start
 
@@ -316,7 +317,7 @@ class BGAD:
         known = log_probs(inputs.anomalies) if inputs.masks else None
         calibrated = BGAD(config, device=self.device)
         calibrated.model_ = model
-        calibrated.thresholds_, calibrated.normal_scores_ = _set_calibration(
+        calibrated.thresholds_, calibrated.normal_scores_, calibrated.known_scores_ = _set_calibration(
             model, log_probs(inputs.normals), known, inputs, config, target_fpr=target_fpr
         )
         calibrated.train_seconds_ = self.train_seconds_
@@ -331,6 +332,7 @@ class BGAD:
             self.thresholds_,
             Path(directory),
             normal_scores=self.normal_scores_,
+            known_scores=self.known_scores_,
             train_seconds=self.train_seconds_,
         )
 
@@ -342,6 +344,7 @@ class BGAD:
         detector.model_ = saved.model
         detector.thresholds_ = saved.thresholds
         detector.normal_scores_ = saved.normal_scores
+        detector.known_scores_ = saved.known_scores
         detector.train_seconds_ = saved.train_seconds
         return detector
 
@@ -545,7 +548,7 @@ def _synthetic_source(
 @torch.inference_mode()
 def _calibrate(
     model: BGADModel, levels: list[LevelData], inputs: _ModelInputs, config: BGADConfig
-) -> tuple[Thresholds, np.ndarray]:
+) -> tuple[Thresholds, np.ndarray, np.ndarray]:
     """:func:`_set_calibration` from the training vectors' cache."""
     n_normal = len(inputs.normals)
 
@@ -565,10 +568,10 @@ def _set_calibration(
     config: BGADConfig,
     *,
     target_fpr: float | None = None,
-) -> tuple[Thresholds, np.ndarray]:
+) -> tuple[Thresholds, np.ndarray, np.ndarray]:
     """Set the model's score calibration from the normals' per-level log-likelihood maps (on the CPU, wherever the
-    model is), then return the decision thresholds (with the known anomalies' maps and masks, if any) and the
-    normals' image scores."""
+    model is), then return the decision thresholds (with the known anomalies' maps and masks, if any), the
+    normals' image scores and the known anomalies' (empty without them)."""
     size = (config.model.image_size, config.model.image_size)
     resize, temperature = config.model.resize, config.model.score_temperature
     level_max, normal_max = calibrate(normal_log_probs, size, inputs.normal_valid, temperature)
@@ -578,9 +581,11 @@ def _set_calibration(
     normal_maps = anomaly_map(normal_log_probs, level_max, normal_max, size, temperature)
     normal_scores = image_max(image_scores(normal_maps, inputs.normal_valid).numpy(), inputs.normal_owner)
     known_maps = known_masks = None
+    known_scores = np.zeros(0)
     if known_log_probs is not None:
         known_maps = anomaly_map(known_log_probs, level_max, normal_max, size, temperature)
         known_masks = torch.stack([mask_to_tensor(m.numpy(), size[0], resize) for m in inputs.masks])
+        known_scores = image_max(image_scores(known_maps, inputs.anomaly_valid).numpy(), inputs.anomaly_owner)
     thresholds = fit_thresholds(
         normal_maps,
         known_maps,
@@ -592,7 +597,7 @@ def _set_calibration(
         anomaly_owner=inputs.anomaly_owner,
         target_fpr=target_fpr,
     )
-    return thresholds, normal_scores.astype(np.float64)
+    return thresholds, normal_scores.astype(np.float64), known_scores.astype(np.float64)
 
 
 def _masks_for(anomaly_images: Sequence[ImageSource], anomaly_masks: Sequence[MaskSource]) -> list[Tensor]:

@@ -36,12 +36,12 @@ def checked_thresholds(values: object, source: Path) -> Thresholds:
     return thresholds
 
 
-def checked_scores(values: object, source: Path) -> np.ndarray | None:
-    """The stored image scores of the normals (None: not stored): a non-empty list of finite numbers."""
+def checked_scores(values: object, source: Path, name: str = "normal_image_scores") -> np.ndarray | None:
+    """Stored image scores (None: not stored): a non-empty list of finite numbers."""
     if values is None:
         return None
     if not isinstance(values, list) or not values or not all(_is_number(v) and math.isfinite(v) for v in values):
-        raise BGADError(f"{source} is damaged: normal_image_scores must be finite numbers")
+        raise BGADError(f"{source} is damaged: {name} must be finite numbers")
     return np.array(values, dtype=np.float64)
 
 

@@ -65,6 +65,7 @@ class SavedModel(NamedTuple):
     config: BGADConfig
     thresholds: Thresholds
     normal_scores: np.ndarray | None  # image scores of the normals the thresholds came from (None: not recorded)
+    known_scores: np.ndarray | None  # image scores of the known anomalies at calibration (None: not recorded)
     train_seconds: float | None
 
 
@@ -75,6 +76,7 @@ def save_model(
     directory: Path,
     *,
     normal_scores: np.ndarray | None = None,
+    known_scores: np.ndarray | None = None,
     train_seconds: float | None = None,
 ) -> None:
     """Write the flows, the calibration constants, the thresholds, the normals' image scores (for thresholds set
@@ -89,6 +91,7 @@ def save_model(
         "config": config.to_dict(),
         "thresholds": thresholds._asdict(),
         "normal_image_scores": None if normal_scores is None else [float(s) for s in normal_scores],
+        "known_anomaly_image_scores": None if known_scores is None else [float(s) for s in known_scores],
         # For reading only; the model uses the values stored in model.safetensors.
         "score_calibration": {
             "level_max": [float(level.log_prob_max) for level in model.levels],
@@ -134,6 +137,8 @@ def load_model(directory: Path) -> SavedModel:
         raise BGADError(f"{json_path} is damaged: {err!r}") from None
     thresholds = checked_thresholds(description.get("thresholds"), json_path)
     normal_scores = checked_scores(description.get("normal_image_scores"), json_path)
+    known = description.get("known_anomaly_image_scores")
+    known_scores = np.zeros(0) if known == [] else checked_scores(known, json_path, "known_anomaly_image_scores")
     try:
         with safe_open(weights_path, framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -155,4 +160,4 @@ def load_model(directory: Path) -> SavedModel:
     model.load_state_dict(state, strict=False)
     model.eval()
     check_scores(model, config.model.image_size, weights_path)
-    return SavedModel(model, config, thresholds, normal_scores, train_seconds)
+    return SavedModel(model, config, thresholds, normal_scores, known_scores, train_seconds)

@@ -128,6 +128,36 @@ def threshold_for_fpr(normal_scores: np.ndarray, fpr: float) -> float:
     return NormalTail(normal_scores).score_at(fpr)
 
 
+def operating_point(
+    image_threshold: float, normal_scores: np.ndarray, known_scores: np.ndarray | None
+) -> dict[str, float | int]:
+    """What an image threshold is expected to do, from the scores the model was calibrated on: the share of good
+    parts it flags (out of sample, with its sampling error) and how many of the known anomalies it flags (they
+    were trained on, so this recall is optimistic)."""
+    tail = NormalTail(normal_scores)
+    rate = tail.share(image_threshold)
+    known = np.zeros(0) if known_scores is None else np.asarray(known_scores)
+    return {
+        "expected_false_alarm_rate": rate,
+        "sampling_error": tail.sampling_error(rate),
+        "calibration_normals": tail.n,
+        "known_anomalies": len(known),
+        "known_anomalies_flagged": int((known > image_threshold).sum()),
+    }
+
+
+def describe_operating_point(point: dict[str, float | int]) -> str:
+    """:func:`operating_point` in one sentence, as ``bgad fit`` prints it and the report shows it."""
+    rate, error = 100 * point["expected_false_alarm_rate"], 100 * point["sampling_error"]
+    text = (
+        f"expected to flag {rate:.1f} % of good parts (± {error:.1f} %, from {point['calibration_normals']} "
+        "out-of-sample normal scores)"
+    )
+    if point["known_anomalies"]:
+        text += f"; flags {point['known_anomalies_flagged']} of {point['known_anomalies']} known anomalies (trained on)"
+    return text
+
+
 def fit_thresholds(
     normal_maps: Tensor,
     anomaly_maps: Tensor | None,

@@ -25,7 +25,7 @@ from ..evaluation import EVAL_SIZES
 from ..export import ONNX_FILE, OnnxDetector, export_onnx
 from ..model import BGADModel
 from ..model_files import model_digest
-from ..thresholds import override_thresholds
+from ..thresholds import describe_operating_point, override_thresholds
 from .ablation import run_ablation
 from .benchmark import collect_benchmark, parse_shard, run_benchmark
 from .calibration import calibrate_run
@@ -52,7 +52,9 @@ def _config_for(args: argparse.Namespace) -> BGADConfig:
     }
     train = {k: v for k, v in overrides.items() if v is not None}
     model = {"resize": args.resize} if args.resize is not None else {}
-    return BGADConfig.from_dict({"train": train, "model": model}, base=config)
+    target = getattr(args, "target_fpr", None)
+    threshold = {"target_fpr": target} if target is not None else {}
+    return BGADConfig.from_dict({"train": train, "model": model, "threshold": threshold}, base=config)
 
 
 def _dataset_spec(args: argparse.Namespace) -> DatasetSpec | None:
@@ -211,6 +213,9 @@ def _fit(args: argparse.Namespace) -> int:
     if results is None:  # a process other than 0 of a data-parallel fit: process 0 reports
         return 0
     print(json.dumps(results.to_dict(), indent=2))
+    if results.operating_point is not None:
+        threshold = results.decisions["image_threshold"]
+        print(f"image threshold {threshold:.4g}: {describe_operating_point(results.operating_point)}", file=sys.stderr)
     print(f"model, metrics and logs written to {output}", file=sys.stderr)
     return 0
 
@@ -532,8 +537,9 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
     decide.add_argument("--pixel-threshold", type=float, help="a pixel is in the defect mask when above this")
     decide.add_argument(
         "--target-fpr",
-        type=_fraction,
-        help="instead of --image-threshold: flag this fraction of the good images the model was calibrated on",
+        type=_rate,
+        help="instead of --image-threshold: the threshold expected to flag this share of good parts (from the "
+        "model's out-of-sample normal scores)",
     )
 
 
@@ -545,13 +551,13 @@ def _count_or_all(text: str) -> int:
     return int(text)
 
 
-def _fraction(text: str) -> float:
+def _rate(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
     return value
 
 
@@ -617,6 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", type=Path, metavar="RUN", help="continue the interrupted fit of RUN (alone)")
     _add_training_options(fit)
     fit.add_argument("--synthesis", choices=SYNTHESES, help="synthetic anomalies (default cutpaste)")
+    fit.add_argument(
+        "--target-fpr",
+        type=_rate,
+        help="the share of good parts the image threshold may flag, estimated out of sample (default "
+        "threshold.target_fpr, 0.01)",
+    )
     fit.add_argument("--overwrite", action="store_true", help="replace an existing bgad run folder (never another)")
     fit.add_argument(
         "--cv",
@@ -686,7 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--normal-dir", type=Path, required=True, help="good images the model has not trained on")
     calibrate.add_argument("--defect-dir", type=Path, action="append", default=[], help="defect images (repeatable)")
     calibrate.add_argument("--mask-dir", type=Path, action="append", default=[], help="their masks (repeatable)")
-    calibrate.add_argument("--target-fpr", type=_fraction, help="image threshold flagging this fraction of the good")
+    calibrate.add_argument(
+        "--target-fpr", type=_rate, help="image threshold expected to flag this share of good parts (default: config)"
+    )
     calibrate.add_argument("--output", type=Path, required=True, help="the new model folder to create")
 
     export = command("export", _cmd_export, "export a trained run for deployment (ONNX, with its thresholds)")

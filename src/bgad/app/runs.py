@@ -32,6 +32,7 @@ from ..distributed import DataParallel, current
 from ..errors import BGADError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES, Evaluation, Metrics, evaluate, full_resolution_metrics
 from ..model_files import MODEL_JSON
+from ..thresholds import operating_point
 from .lineage import EVALUATION_REMOVED, LINEAGE, evaluation_samples, lineage_steps, report_notes, run_category, trainer
 from .locking import run_lock
 from .report import write_report
@@ -62,6 +63,7 @@ class RunResults:
     train_seconds: float | None = None  # None for a re-evaluation, or a fit resumed after its training
     full_resolution: dict[str, float] | None = None  # pixel metrics at each image's resolution (eval size "full")
     decisions: dict[str, Any] | None = None  # what the model's thresholds decide (Evaluation.decisions)
+    operating_point: dict[str, Any] | None = None  # what they were expected to decide (thresholds.operating_point)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON values; those that are None are left out."""
@@ -71,6 +73,7 @@ class RunResults:
             "train_seconds": self.train_seconds,
         }
         out |= {"per_type": self.per_type, "full_resolution": self.full_resolution, "at_thresholds": self.decisions}
+        out["operating_point"] = self.operating_point
         return {key: value for key, value in out.items() if value is not None}
 
 
@@ -85,7 +88,10 @@ def _results(
     full = full_resolution_metrics(evaluation) if eval_size == "full" else None
     per_type = evaluation.per_type_metrics(set(known_types))
     decisions = evaluation.decisions(detector.thresholds_)
-    return RunResults(evaluation.metrics(), n_known, per_type, train_seconds, full, decisions)
+    expected = None
+    if detector.normal_scores_ is not None:
+        expected = operating_point(detector.thresholds_.image, detector.normal_scores_, detector.known_scores_)
+    return RunResults(evaluation.metrics(), n_known, per_type, train_seconds, full, decisions, expected)
 
 
 def _write_report(
