@@ -18,6 +18,11 @@ def test_fit_writes_a_complete_run(tiny_run: Path) -> None:
     assert names == expected | {"report.html", "report_files"}
     assert "Pixel AUROC" in (tiny_run / "report.html").read_text()
     metrics = json.loads((tiny_run / "metrics.json").read_text())
+    expected = metrics["operating_point"]  # what the threshold was set to do, from 9 out-of-fold normal scores
+    assert expected["calibration_normals"] == 9
+    assert 0 < expected["expected_false_alarm_rate"] <= 0.01 + 1e-9
+    assert expected["known_anomalies"] == 3
+    assert "out-of-sample normal scores" in (tiny_run / "report.html").read_text()
     for key in ["image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap"]:
         assert 0 <= metrics[key] <= 1
     assert metrics["n_known_anomalies"] == 3
@@ -35,6 +40,7 @@ def test_test_command_reproduces_the_fit_metrics(tiny_run: Path, capsys: pytest.
     saved.pop("train_seconds")
     per_type, printed_per_type = saved.pop("per_type"), printed.pop("per_type")
     decided, printed_decided = saved.pop("at_thresholds"), printed.pop("at_thresholds")
+    assert printed.pop("operating_point") == pytest.approx(saved.pop("operating_point"))
     assert printed == pytest.approx(saved)
     for level in ("image", "pixel"):  # the same thresholds on the same maps: the same decisions
         assert printed_decided.pop(level) == decided.pop(level)

@@ -69,6 +69,7 @@ def test_test_command_reloads_the_folder_dataset(folder_run: Path, capsys: pytes
     saved = _metrics(folder_run)
     assert printed.pop("per_type").keys() == saved.pop("per_type").keys()
     assert printed.pop("at_thresholds")["image"] == saved.pop("at_thresholds")["image"]
+    assert printed.pop("operating_point") == pytest.approx(saved.pop("operating_point"))
     assert printed == pytest.approx(saved)
 
 

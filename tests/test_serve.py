@@ -3,11 +3,14 @@
 import base64
 import io
 import json
+import re
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from PIL import Image
 from bgad import BGAD
 from bgad.app.review import review_order
 from bgad.app.serve import Scorer, create_app, model_description
-from bgad.thresholds import Thresholds
+from bgad.thresholds import NormalTail, Thresholds, normalized_score, threshold_for_fpr
 
 pytestmark = pytest.mark.slow
 testclient = pytest.importorskip("fastapi.testclient", reason="bgad serve needs its extra: pip install 'bgad[serve]'")
@@ -321,3 +324,29 @@ def test_the_onnx_engine_serves_the_same_scores(tiny_run: Path, tmp_path: Path, 
     torch_result = client.post("/predict", content=image_bytes, headers={"content-type": "image/png"}).json()
     assert onnx["score"] == pytest.approx(torch_result["score"], abs=2e-5)
     assert onnx["is_anomalous"] == torch_result["is_anomalous"]
+
+
+def test_the_pages_normalized_score_is_the_librarys() -> None:
+    """The page recomputes normalized scores when the threshold slider moves: its script must agree with
+    bgad.thresholds.normalized_score, from the tail table /model sends."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node to run the page's script")
+    page = resources.files("bgad.app").joinpath("static/index.html").read_text(encoding="utf-8")
+    functions = [
+        re.search(rf"^function {name}\(.*?^\}}$", page, re.MULTILINE | re.DOTALL).group(0)
+        for name in ("normalShare", "normalized")
+    ]
+    normals = np.random.default_rng(0).gamma(3.0, size=150)
+    threshold = threshold_for_fpr(normals, 0.01)
+    scores = np.concatenate([np.linspace(-1, 25, 300), normals[:20], [threshold]])
+    tail = NormalTail(normals).table()
+    script = "\n".join(
+        [
+            f"const state = {{model: {{normal_tail: {json.dumps(tail)}}}}};",
+            *functions,
+            f"console.log(JSON.stringify({json.dumps(scores.tolist())}.map((s) => normalized(s, {threshold}))));",
+        ]
+    )
+    output = subprocess.run([node, "-e", script], capture_output=True, text=True, check=True).stdout
+    np.testing.assert_allclose(json.loads(output), normalized_score(scores, threshold, normals), atol=1e-9)

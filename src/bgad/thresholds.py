@@ -87,6 +87,16 @@ class NormalTail:
         body = self._log_shares[: self._start + 1]
         return float(np.interp(log_share, body[::-1], self._scores[: self._start + 1][::-1]))
 
+    def table(self) -> dict[str, list[float] | float]:
+        """What :meth:`share` needs, as JSON: the body's scores and log-shares (the last pair starts the tail) and
+        the tail's scale; ``bgad serve``'s page computes normalized scores at any threshold from it."""
+        body = slice(0, self._start + 1)
+        return {
+            "scores": self._scores[body].tolist(),
+            "log_shares": self._log_shares[body].tolist(),
+            "scale": self._scale,
+        }
+
     def sampling_error(self, share: float) -> float:
         """The binomial standard error of a share estimated from these N scores."""
         return math.sqrt(share * (1 - share) / self.n)

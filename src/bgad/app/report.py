@@ -24,7 +24,7 @@ from ..data.samples import GOOD
 from ..errors import BGADError
 from ..evaluation import Evaluation
 from ..metrics import pro_curve
-from ..thresholds import Thresholds
+from ..thresholds import Thresholds, describe_operating_point
 
 FILES = "report_files"
 MAX_ROC_PIXELS = 2_000_000  # the pixel ROC curve is drawn from a fixed random sample of this many pixels
@@ -267,8 +267,9 @@ def _gallery(ev: Evaluation, out: Path, threshold: float | None, size: int) -> s
     return "".join(parts)
 
 
-def _decision_table(decisions: dict[str, Any]) -> list[str]:
-    """The verdicts at the model's thresholds: what an inspection line would see."""
+def _decision_table(decisions: dict[str, Any], expected: dict[str, Any] | None) -> list[str]:
+    """The verdicts at the model's thresholds: what an inspection line would see, after what the thresholds were
+    expected to do (``expected``: :func:`bgad.thresholds.operating_point`)."""
     rows = ['<tr><th>level</th><th class="n">threshold</th>']
     rows[0] += "".join(
         f'<th class="n">{name}</th>' for name in ("precision", "recall", "F1", "FPR", "TP", "FP", "TN", "FN")
@@ -285,7 +286,11 @@ def _decision_table(decisions: dict[str, Any]) -> list[str]:
         f"For reference, the best F1 any threshold reaches on this set: image {_num(decisions['image_f1_max'])}, "
         f"pixel {_num(decisions['pixel_f1_max'])}."
     )
-    return ["<h2>Decisions at the model's thresholds</h2><table>", *rows, "</table>", f'<p class="note">{masks}</p>']
+    head = ["<h2>Decisions at the model's thresholds</h2>"]
+    if expected is not None:
+        sentence = f"The image threshold {_num(decisions['image_threshold'])} is {describe_operating_point(expected)}."
+        head.append(f'<p class="lead">{_e(sentence)}</p>')
+    return [*head, "<table>", *rows, "</table>", f'<p class="note">{masks}</p>']
 
 
 def write_report(
@@ -296,12 +301,14 @@ def write_report(
     title: str,
     thresholds: Thresholds | None = None,
     decisions: dict[str, Any] | None = None,
+    operating_point: dict[str, Any] | None = None,
     notes: Sequence[str] = (),
     gallery_size: int = 6,
 ) -> Path:
     """Writes directory/report.html plus its PNG figures (in directory/report_files/) and returns the HTML path.
 
-    ``thresholds`` mark the verdicts in the figures; ``decisions`` (:meth:`Evaluation.decisions`) get a table;
+    ``thresholds`` mark the verdicts in the figures; ``decisions`` (:meth:`Evaluation.decisions`) get a table,
+    after the ``operating_point`` (:func:`bgad.thresholds.operating_point`) the thresholds were set for;
     ``notes`` are paragraphs under the title (how the model was made, images left out of the evaluation).
     PNG files left in ``report_files/`` by an earlier report are deleted first.
     """
@@ -335,7 +342,7 @@ def write_report(
     if any(isinstance(v, float) and not np.isfinite(v) for v in metrics.values()):
         body.append('<p class="note">n/a: undefined on this set (e.g. no anomalous or no good images).</p>')
     if decisions is not None:
-        body += _decision_table(decisions)
+        body += _decision_table(decisions, operating_point)
     if n:
         body += ["<h2>Curves</h2>", '<div class="grid">', *_curves(ev, metrics, out, image_threshold), "</div>"]
         body += ["<h2>Image scores by defect type</h2>", _by_type(ev, out, image_threshold)]

@@ -113,6 +113,7 @@ def _write_report(
             title=title,
             thresholds=detector.thresholds_,
             decisions=results.decisions,
+            operating_point=results.operating_point,
             notes=notes,
         )
     except Exception as err:

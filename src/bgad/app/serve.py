@@ -38,7 +38,7 @@ from ..errors import BGADError
 from ..export import ONNX_FILE, OnnxDetector
 from ..model_checks import ScoringError
 from ..model_files import model_id
-from ..thresholds import Thresholds, normalized_score
+from ..thresholds import NormalTail, Thresholds, normalized_score
 from .review import review_order
 from .visualize import heatmap_overlay
 
@@ -84,6 +84,8 @@ def model_description(run: Path, detector: BGAD | OnnxDetector) -> dict[str, Any
         "bgad_version": __version__,
         "config": config,
         "thresholds": detector.thresholds_._asdict(),
+        # The page's normalized scores at any threshold (bgad.thresholds.NormalTail.table).
+        "normal_tail": None if detector.normal_scores_ is None else NormalTail(detector.normal_scores_).table(),
     }
     metrics = run / "metrics.json" if run.is_dir() else None
     if metrics is not None and metrics.is_file():
