@@ -11,6 +11,7 @@ from PIL import Image
 
 from bgad import BGAD
 from bgad.app.cli import main
+from bgad.thresholds import NormalTail
 
 from .conftest import assert_one_line, snapshot
 
@@ -30,7 +31,7 @@ def _predict(run: Path, out: Path, images: Path, *options: str) -> list[dict[str
 def test_threshold_options_change_the_verdicts(tiny_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     images = tiny_dataset / "part" / "test"
     default = _predict(tiny_run, tmp_path / "default", images)
-    assert set(default[0]) == {"path", "score", "normalized_score", "is_anomalous", "image_threshold"}
+    assert set(default[0]) == {"path", "score", "normalized_score", "normal_share", "is_anomalous", "image_threshold"}
     threshold = BGAD.load(tiny_run).thresholds_.image
     for row in default:
         assert float(row["image_threshold"]) == pytest.approx(threshold, rel=1e-5)
@@ -55,8 +56,10 @@ def test_target_fpr_uses_the_stored_normal_scores(tiny_run: Path, tiny_dataset: 
     normal_scores = np.array(json.loads((tiny_run / "model.json").read_text())["normal_image_scores"])
     assert len(normal_scores) == 12  # the training normals of the tiny dataset
     rows = _predict(tiny_run, tmp_path / "fpr", tiny_dataset / "part" / "train" / "good", "--target-fpr", "0.25")
-    flagged = sum(r["is_anomalous"] == "1" for r in rows)
-    assert flagged == 3  # a quarter of the 12 normals the model was calibrated on
+    tail = NormalTail(normal_scores)  # the 12 normals' out-of-fold scores: a quarter of good parts score above
+    for row in rows:
+        assert float(row["image_threshold"]) == pytest.approx(tail.score_at(0.25), rel=1e-5)
+        assert float(row["normal_share"]) == pytest.approx(tail.share(float(row["score"])), rel=1e-2)
 
 
 def test_calibrate_writes_a_new_model_and_leaves_the_run(

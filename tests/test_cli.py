@@ -18,8 +18,8 @@ def test_fit_writes_a_complete_run(tiny_run: Path) -> None:
     assert names == expected | {"report.html", "report_files"}
     assert "Pixel AUROC" in (tiny_run / "report.html").read_text()
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    expected = metrics["operating_point"]  # what the threshold was set to do, from 9 out-of-fold normal scores
-    assert expected["calibration_normals"] == 9
+    expected = metrics["operating_point"]  # what the threshold was set to do, from 12 out-of-fold normal scores
+    assert expected["calibration_normals"] == 12
     assert 0 < expected["expected_false_alarm_rate"] <= 0.01 + 1e-9
     assert expected["known_anomalies"] == 3
     assert "out-of-sample normal scores" in (tiny_run / "report.html").read_text()

@@ -164,15 +164,17 @@ def predict_folder(
         progress_bar(total=len(images), desc="predicting", unit="img", disable=not progress) as bar,
     ):
         writer = csv.writer(handle)
-        writer.writerow(["path", "score", "normalized_score", "is_anomalous", "image_threshold"])
+        writer.writerow(["path", "score", "normalized_score", "normal_share", "is_anomalous", "image_threshold"])
         finished: list[Scored] = []
 
         def finish(writing: list[tuple[Future, Path, Prediction]]) -> None:
             for future, image, prediction in writing:
                 future.result()
                 score, normalized = f"{prediction.score:.6g}", f"{prediction.normalized_score:.4f}"
+                share = "" if prediction.normal_share is None else f"{prediction.normal_share:.3g}"
+                row = [safe_cell(str(image)), score, normalized, share, int(prediction.is_anomalous), threshold]
                 with _naming(output / SCORES_CSV):
-                    writer.writerow([safe_cell(str(image)), score, normalized, int(prediction.is_anomalous), threshold])
+                    writer.writerow(row)
                     handle.flush()
                 peak = float(prediction.anomaly_map.max())
                 heatmap = heatmaps / f"{names[image]}.png"
