@@ -266,7 +266,7 @@ def test_serve_needs_nothing_from_a_cdn(tiny_run: Path) -> None:
 
     detector = BGAD.load(tiny_run)
     scorer = Scorer(detector, model_description(tiny_run, detector), max_pixels=1_000_000)
-    with testclient.TestClient(create_app(scorer)) as client:
+    with testclient.TestClient(create_app(scorer), base_url="http://localhost") as client:
         assert client.get("/docs").status_code == 404
         assert client.get("/redoc").status_code == 404
         assert client.get("/openapi.json").status_code == 200

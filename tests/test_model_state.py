@@ -124,7 +124,8 @@ def test_serve_answers_a_score_that_is_not_finite_with_a_500(tiny_run: Path, tin
     detector = _unable_to_score(tiny_run)
     scorer = Scorer(detector, model_description(tiny_run, detector), max_pixels=1_000_000)
     image = (tiny_dataset / "part" / "test" / "good" / "000.png").read_bytes()
-    with testclient.TestClient(create_app(scorer), raise_server_exceptions=False) as client:
+    app = create_app(scorer)
+    with testclient.TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as client:
         for path in ("/predict", "/predict/batch"):
             response = client.post(path, files={"file": ("part.png", image, "image/png")})
             assert response.status_code == 500, response.text

@@ -35,6 +35,7 @@ BOTTLE = (
     / "broken_large"
     / "000.png"
 )
+LOCAL = "http://127.0.0.1:8000"  # the Host the server answers to (create_app's Host check)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def scorer(tiny_run: Path) -> Scorer:
 
 @pytest.fixture(scope="module")
 def client(scorer: Scorer) -> Iterator[object]:
-    with testclient.TestClient(create_app(scorer, max_upload_bytes=200_000)) as test_client:
+    with testclient.TestClient(create_app(scorer, max_upload_bytes=200_000), base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -319,7 +320,8 @@ def test_the_onnx_engine_serves_the_same_scores(tiny_run: Path, tmp_path: Path, 
     detector = OnnxDetector.load(onnx_file)
     description = model_description(onnx_file, detector)
     assert description["engine"] == "onnx"
-    with testclient.TestClient(create_app(Scorer(detector, description, max_pixels=1_000_000))) as onnx_client:
+    app = create_app(Scorer(detector, description, max_pixels=1_000_000))
+    with testclient.TestClient(app, base_url=LOCAL) as onnx_client:
         onnx = onnx_client.post("/predict", content=image_bytes, headers={"content-type": "image/png"}).json()
     torch_result = client.post("/predict", content=image_bytes, headers={"content-type": "image/png"}).json()
     assert onnx["score"] == pytest.approx(torch_result["score"], abs=2e-5)

@@ -149,7 +149,8 @@ def test_the_serve_page_takes_an_updated_run(updated: dict) -> None:
 
     child = updated["child"]
     detector = BGAD.load(child)
-    with testclient.TestClient(create_app(Scorer(detector, model_description(child, detector), 1_000_000))) as client:
+    app = create_app(Scorer(detector, model_description(child, detector), 1_000_000))
+    with testclient.TestClient(app, base_url="http://localhost") as client:
         model = client.get("/model").json()
         image = (updated["part"] / "test" / "good" / "001.png").read_bytes()
         scored = client.post("/predict", content=image, headers={"content-type": "image/png"})

@@ -331,7 +331,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(
             f"bgad serve: http://{args.host}:{args.port}/ (API schema at /openapi.json); Ctrl-C stops", file=sys.stderr
         )
-        serve(scorer, listener)
+        serve(scorer, listener, args.host)
     return 0
 
 

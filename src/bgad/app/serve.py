@@ -10,19 +10,30 @@ per image in larger batches (docs/performance.md), so merging requests into batc
 ``/model`` and ``/review`` never wait for the model. Every bad upload is a 4xx with a JSON ``{"error": ...}``; the
 server keeps serving. A score that is not a finite number is a 500 with a JSON error, never a verdict.
 
+Memory and hostile clients (:class:`RequestGuard`, :class:`MemoryBudget`): each body's size limit is counted as
+the body streams in (chunked uploads too), so a request over it is refused (413) without being read whole; a body
+that stops arriving is refused (408); decoded images waiting for the model share a memory budget (a request
+waits for its share, or gets a 503); and a request whose ``Host`` names another server is refused (400), so a web
+page cannot reach a server on this machine through DNS rebinding.
+
 The page's review list comes from ``POST /review``, which ranks the scores the page already has by the rule of
 ``bgad predict --review`` (:func:`bgad.app.review.review_order`): the rule lives in one place.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations, which name FastAPI types
 # imported inside create_app (FastAPI is an optional extra).
+import asyncio
 import base64
+import contextlib
 import io
+import ipaddress
 import json
 import logging
+import re
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +43,7 @@ from PIL import Image
 
 from .._version import __version__
 from ..data.checks import size_problem
-from ..data.images import decode_image
+from ..data.images import IMAGE_FORMATS, decode_image
 from ..detector import BGAD, Prediction
 from ..errors import BGADError
 from ..export import ONNX_FILE, OnnxDetector
@@ -46,6 +57,16 @@ MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_PIXELS = 50_000_000  # 50 megapixels: larger images are refused before their pixels are decoded
 MAX_FILES = 64  # per batch request
 MAX_REVIEWED = 100_000  # images in one review request (a session's checked images)
+MAX_REVIEW_BYTES = 20 * 1024 * 1024  # a /review body: MAX_REVIEWED images named with up to 100 characters
+BODY_TIMEOUT_S = 30.0  # a request body that stops arriving for this long is refused (408)
+MEMORY_BUDGET_BYTES = 1024**3  # decoded images, with their maps, held at once (MemoryBudget)
+BUDGET_WAIT_S = 120.0  # how long a request waits for its share of the budget before a 503
+# One request's peak memory per pixel of its image, measured on a 7000 x 7000 upload: 17.3 bytes with maps=png
+# (decoded file, RGB copy, full-size anomaly map, mask and overlay), 12.8 without maps; the budget charges this.
+BYTES_PER_PIXEL = 18
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+HOST_HEADER = re.compile(r"(?:\[(?P<ip6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::\d{1,5})?")
 RAW_MAP_SIDE = 320  # the longest side of the anomaly map returned with maps=raw (the page thresholds it)
 IMAGE_TYPES = ("image/", "application/octet-stream")
 Maps = Literal["none", "png", "raw"]
@@ -59,6 +80,14 @@ class UploadError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+def _request_error(status: int, message: str, **headers: str) -> Exception:
+    """Starlette's HTTPException (imported here: FastAPI is an optional extra): FastAPI passes it through from a
+    body read, where it turns any other exception into a 400."""
+    from starlette.exceptions import HTTPException
+
+    return HTTPException(status, message, headers=headers or None)
 
 
 def _require_serving_packages() -> Any:
@@ -116,6 +145,16 @@ class Scorer:
         self.detector, self.description, self.max_pixels = detector, description, max_pixels
         self._lock = threading.Lock()
 
+    def memory_needed(self, data: bytes) -> int:
+        """The bytes scoring ``data`` takes at its peak (:data:`BYTES_PER_PIXEL`), read from the image's header
+        without decoding it; none for an upload that decoding refuses (unreadable, over ``max_pixels``)."""
+        try:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+                pixels = image.width * image.height
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return 0
+        return 0 if pixels > self.max_pixels else pixels * BYTES_PER_PIXEL
+
     def score(self, data: bytes, name: str, maps: Maps) -> dict[str, Any]:
         start = time.perf_counter()
         try:
@@ -161,8 +200,124 @@ class Scorer:
         return result
 
 
-def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Any:
-    """The ASGI application serving ``scorer`` (see the module docstring)."""
+class MemoryBudget:
+    """Bytes that images being scored may take at once. A request holds its share from decoding to its answer and
+    waits while the others' shares leave no room, up to ``wait_s``, then gets a 503. A share larger than the whole
+    budget is cut to it: such an image is scored alone."""
+
+    def __init__(self, capacity: int, wait_s: float):
+        self.capacity, self.wait_s, self.held = capacity, wait_s, 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def share(self, size: int) -> AsyncIterator[None]:
+        size = min(size, self.capacity)
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.held + size <= self.capacity), self.wait_s)
+            except asyncio.TimeoutError:
+                raise _request_error(503, "busy: other images fill the server's memory budget; retry") from None
+            self.held += size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.held -= size
+                self._changed.notify_all()
+
+
+def _host_name(header: str) -> str:
+    """The name or address in a Host header, without its port; "" for anything else."""
+    match = HOST_HEADER.fullmatch(header.strip().lower())
+    return "" if match is None else match["ip6"] or match["name"]
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_check(bind: str) -> Callable[[str], bool]:
+    """Whether a Host header names this server, bound to ``bind``: a loopback name, ``bind`` itself, and for a
+    wildcard bind (``0.0.0.0``) this machine's names or any IP address. A page that DNS rebinding points at this
+    machine sends its own domain name as the Host, so it is refused."""
+    bind = bind.strip("[]").lower()
+    wildcard = bind in WILDCARD_HOSTS
+    names = LOOPBACK_NAMES | ({socket.gethostname().lower(), socket.getfqdn().lower()} if wildcard else {bind})
+
+    def served(header: str) -> bool:
+        name = _host_name(header)
+        return name in names or (wildcard and _is_ip_address(name))
+
+    return served
+
+
+class RequestGuard:
+    """ASGI middleware: the Host check, then each request body's size limit (by path) and read timeout, enforced
+    while the body streams in, so that nothing over its limit is ever held whole."""
+
+    def __init__(self, app: Any, *, limits: dict[str, int], timeout_s: float, served: Callable[[str], bool]):
+        self.app, self.limits, self.timeout_s, self.served = app, limits, timeout_s, served
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        host, declared = headers.get("host", ""), headers.get("content-length", "")
+        limit = self.limits.get(scope["path"], min(self.limits.values()))
+        if not self.served(host):
+            message = f"Host {host!r} is not this server's address (a DNS-rebinding guard): use localhost or --host"
+            await _send_error(send, 400, message)
+        elif declared.isdigit() and int(declared) > limit:
+            await _send_error(send, 413, f"request body of {int(declared)} bytes is over the limit of {limit}")
+        else:
+            await self.app(scope, self._metered(receive, limit), send)
+
+    def _metered(self, receive: Callable, limit: int) -> Callable:
+        """``receive`` that refuses a body past ``limit`` bytes (413) or stalled for ``timeout_s`` (408)."""
+        received, complete = 0, False
+
+        async def metered() -> dict[str, Any]:
+            nonlocal received, complete
+            if complete:  # the body is in: what follows is the wait for a disconnect, which has no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                stalled = f"the request body stopped arriving for {self.timeout_s:g} s"
+                raise _request_error(408, stalled, connection="close") from None
+            received += len(message.get("body", b""))
+            complete = not message.get("more_body", False)
+            if received > limit:
+                raise _request_error(413, f"request body over the limit of {limit} bytes")
+            return message
+
+        return metered
+
+
+async def _send_error(send: Callable, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    scorer: Scorer,
+    *,
+    host: str = "127.0.0.1",
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_review_bytes: int = MAX_REVIEW_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    memory_budget_bytes: int = MEMORY_BUDGET_BYTES,
+    budget_wait_s: float = BUDGET_WAIT_S,
+) -> Any:
+    """The ASGI application serving ``scorer`` (see the module docstring) on the address ``host`` (the Host check).
+    ``app.state.budget`` is its :class:`MemoryBudget`."""
     fastapi = _require_serving_packages()
     from fastapi import Request
     from fastapi.concurrency import run_in_threadpool
@@ -178,6 +333,13 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
         version=__version__,
         description="Supervised anomaly detection with BGAD: score images, get heatmaps and defect masks.",
     )
+    limits = {
+        "/predict": max_upload_bytes,
+        "/predict/batch": max_upload_bytes * MAX_FILES,
+        "/review": max_review_bytes,
+    }
+    app.add_middleware(RequestGuard, limits=limits, timeout_s=body_timeout_s, served=host_check(host))
+    budget = app.state.budget = MemoryBudget(memory_budget_bytes, budget_wait_s)
     page = resources.files("bgad.app").joinpath("static/index.html").read_text(encoding="utf-8")
     upload_body = {
         "requestBody": {
@@ -204,7 +366,7 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, err: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code)
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(ScoringError)
     async def cannot_score(_: Request, err: ScoringError) -> JSONResponse:
@@ -216,46 +378,28 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
         log.exception("request failed")
         return JSONResponse({"error": f"internal error: {type(err).__name__} (see the server log)"}, status_code=500)
 
-    def check_declared_size(request: Request, limit: int) -> None:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise UploadError(413, f"upload of {int(declared)} bytes is over the limit of {limit}")
-
-    async def read_body(request: Request) -> bytes:
-        check_declared_size(request, max_upload_bytes)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_upload_bytes:
-                raise UploadError(413, f"upload is over the limit of {max_upload_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def uploads(request: Request, *, many: bool) -> list[tuple[str, bytes]]:
-        """The uploaded files: multipart fields (``file``, or any number for a batch), or one raw image body."""
+    async def uploads(request: Request, *, many: bool) -> list[tuple[str, Callable[[], Awaitable[bytes]]]]:
+        """The uploaded files, each with a function that reads it (a batch is read one file at a time): multipart
+        fields (``file``, or any number for a batch), or one raw image body."""
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
-            check_declared_size(request, max_upload_bytes * (MAX_FILES if many else 1))
-            try:
-                form = await request.form(max_files=MAX_FILES, max_part_size=max_upload_bytes)
-            except HTTPException as err:
-                raise UploadError(400 if err.status_code < 500 else 413, str(err.detail)) from None
-            files = [
-                (value.filename or key, await value.read())
-                for key, value in form.multi_items()
-                if hasattr(value, "read")
-            ]
+            form = await request.form(max_files=MAX_FILES, max_part_size=max_upload_bytes)
+            files = [(value.filename or key, value) for key, value in form.multi_items() if hasattr(value, "read")]
             if not files:
                 raise UploadError(400, "no file in the form: send the image as the field 'file'")
             if len(files) > 1 and not many:
                 raise UploadError(400, "one image per request here; use /predict/batch for several")
-            too_big = [name for name, data in files if len(data) > max_upload_bytes]
+            too_big = [name for name, value in files if value.size > max_upload_bytes]
             if too_big:
                 raise UploadError(413, f"{too_big[0]} is over the limit of {max_upload_bytes} bytes")
-            return files
+            return [(name, value.read) for name, value in files]
         if not content_type.startswith(IMAGE_TYPES):
             raise UploadError(415, f"unsupported content type {content_type or 'none'!r}: send an image or a form")
-        return [("upload", await read_body(request))]
+        return [("upload", request.body)]
+
+    async def score(data: bytes, name: str, maps: Maps) -> dict[str, Any]:
+        async with budget.share(scorer.memory_needed(data)):
+            return await run_in_threadpool(scorer.score, data, name, maps)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -314,17 +458,17 @@ def create_app(scorer: Scorer, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> A
     async def predict(request: Request, maps: Maps = "none") -> dict[str, Any]:
         """Score one image (multipart field ``file``, or the raw image as the body). ``maps=png``: the heatmap
         overlay and the defect mask as base64 PNGs at the image's size; ``maps=raw``: the anomaly map as float32."""
-        [(name, data)] = await uploads(request, many=False)
-        return await run_in_threadpool(scorer.score, data, name, maps)
+        [(name, read)] = await uploads(request, many=False)
+        return await score(await read(), name, maps)
 
     @app.post("/predict/batch", openapi_extra=upload_body)
     async def predict_batch(request: Request, maps: Maps = "none") -> dict[str, Any]:
         """Score several images sent as multipart fields; a bad image gets an ``error`` entry, the rest are
         scored."""
         results = []
-        for name, data in await uploads(request, many=True):
+        for name, read in await uploads(request, many=True):
             try:
-                results.append(await run_in_threadpool(scorer.score, data, name, maps))
+                results.append(await score(await read(), name, maps))
             except UploadError as err:
                 results.append({"file": name, "error": str(err)})
         return {"results": results}
@@ -341,9 +485,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
         raise BGADError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
-def serve(scorer: Scorer, listener: socket.socket) -> None:
-    """Run the server on ``listener`` (:func:`listening_socket`) until Ctrl-C."""
+def serve(scorer: Scorer, listener: socket.socket, host: str) -> None:
+    """Run the server on ``listener`` (:func:`listening_socket`, bound to ``host``) until Ctrl-C."""
     _require_serving_packages()
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(create_app(scorer), log_level="info")).run(sockets=[listener])
+    uvicorn.Server(uvicorn.Config(create_app(scorer, host=host), log_level="info")).run(sockets=[listener])
