@@ -1,6 +1,8 @@
 """Peak memory of ``bgad fit`` with many training images (issue: keep 5,000 images at 256 px under 8 GB).
 
-Writes a synthetic category (``bgad.data.demo``, 256 px) with N training images, then runs ``bgad fit`` on it with
+Writes a synthetic category (``bgad.data.demo``, 256 px) of 250 distinct training images, links them as N training
+images (memory does not depend on whether images repeat; drawing 5,000 distinct ones takes long), then runs
+``bgad fit`` on it with
 the default preset but 2 meta-epochs (the peak comes from the feature cache, the cross-fitted normalization and the
 whitening statistics, all before training; the schedule does not change it) under ``/usr/bin/time -v``, and prints
 the peak resident memory and the wall time. Run on an idle machine:
@@ -26,10 +28,19 @@ def main() -> None:
     config.write_text(yaml.safe_dump({"train": {"meta_epochs": 2, "warmup_meta_epochs": 1}}))
     print("| training images | peak RSS GB | wall s |")
     print("|---:|---:|---:|")
+    base = out / "base"
+    if not (base / "part").is_dir():
+        make_demo_dataset(base, category="part", n_train=250, n_test_good=10, n_test_per_defect=4, image_size=256)
+    distinct = sorted((base / "part" / "train" / "good").iterdir())
     for n in counts:
         root = out / f"data_{n}"
-        if not (root / "part").is_dir():
-            make_demo_dataset(root, category="part", n_train=n, n_test_good=10, n_test_per_defect=4, image_size=256)
+        if not root.is_dir():
+            train = root / "part" / "train" / "good"
+            train.mkdir(parents=True)
+            for i in range(n):
+                (train / f"{i:05d}.png").symlink_to(distinct[i % len(distinct)].resolve())
+            for folder in ("test", "ground_truth"):
+                (root / "part" / folder).symlink_to((base / "part" / folder).resolve())
         run = out / f"run_{n}"
         command = ["bgad", "fit", "--data-root", str(root), "--category", "part", "--output", str(run)]
         command += ["--config", str(config), "--overwrite", "--quiet"]
