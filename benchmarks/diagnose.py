@@ -173,8 +173,8 @@ def _rescored(model, level_maps, samples, masks, valid, size, seen, model_config
         maps = torch.nn.functional.interpolate(-level_map[:, None], size=size, mode="bilinear", align_corners=True)
         out[f"stride {stride} alone"] = _metrics(maps[:, 0], samples, masks, valid, model_config.resize, seen)
     for temperature in TEMPERATURES:
-        # The training normals' maximum (normal_max) only shifts the map: it changes no metric.
-        maps = anomaly_map(level_maps, model.level_max, torch.zeros(()), size, temperature)
+        # The calibration normals' maximum (normal_max) only shifts the map by T log(normal_max): no metric changes.
+        maps = anomaly_map(level_maps, model.level_max, torch.ones(()), size, temperature)
         out[f"temperature {temperature:g}"] = _metrics(maps, samples, masks, valid, model_config.resize, seen)
         if temperature == model_config.score_temperature:
             smoothed = gaussian_blur(maps, 4.0)

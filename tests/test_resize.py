@@ -173,10 +173,10 @@ def test_calibration_ignores_pad_cells() -> None:
     valid = torch.zeros(2, 16, 16, dtype=torch.bool)
     valid[:, 4:12] = True  # rows of cells 1..2 of 4 and 0..1 of 2
     log_probs[0][:, [0, 3]] = 50.0  # fully pad cells
-    level_max, normal_max = calibrate(log_probs, (16, 16), valid)
+    level_max, normal_max = calibrate(log_probs, (16, 16), valid, 1.0)
     assert level_max[0] == log_probs[0][:, 1:3].max()
     assert level_max[1] == log_probs[1].max()
-    assert normal_max == normality_map(log_probs, level_max, (16, 16))[valid].max()
+    assert normal_max == normality_map(log_probs, level_max, (16, 16), 1.0)[valid].max()
 
 
 class HotPadMapper:

@@ -243,7 +243,7 @@ def _replace(section: Any, values: dict[str, Any], section_name: str) -> Any:
 PRESETS: dict[str, dict[str, Any]] = {
     # Trains MVTec bottle in under 10 minutes on 2 CPU cores (see README for the measurement).
     "default": {},
-    # The reference schedule: 25 meta-epochs x 8 sub-epochs, ~60x the default's optimizer steps.
+    # The reference schedule: 25 meta-epochs x 8 sub-epochs, ~16x the default's optimizer steps.
     "paper": {"train": {"meta_epochs": 25, "sub_epochs": 8}},
     # Small and quick: the synthetic demo and smoke tests.
     "fast": {"model": {"image_size": 128}, "train": {"meta_epochs": 4, "fiber_batch": 2048}},

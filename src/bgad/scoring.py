@@ -21,7 +21,7 @@ LOG_NORMALITY_FLOOR = -80.0
 
 
 def normality_map(
-    level_log_probs: list[Tensor], level_max: Tensor, size: tuple[int, int], temperature: float = 1.0
+    level_log_probs: list[Tensor], level_max: Tensor, size: tuple[int, int], temperature: float
 ) -> Tensor:
     """Sum over levels of the upsampled ``exp((ℓ - max_l) / T)``: (B, h_l, w_l) per level -> (B, *size).
 
@@ -39,7 +39,7 @@ def anomaly_map(
     level_max: Tensor,
     normal_max: Tensor,
     size: tuple[int, int],
-    temperature: float = 1.0,
+    temperature: float,
 ) -> Tensor:
     """The anomaly map (B, *size): ``T log(normal_max / normality)``; higher means more anomalous, 0 is the most
     normal calibration pixel."""
@@ -56,7 +56,7 @@ def image_scores(anomaly_maps: Tensor, valid: Tensor | None = None) -> Tensor:
 
 
 def calibrate(
-    level_log_probs: list[Tensor], size: tuple[int, int], valid: Tensor | None = None, temperature: float = 1.0
+    level_log_probs: list[Tensor], size: tuple[int, int], valid: Tensor | None, temperature: float
 ) -> tuple[Tensor, Tensor]:
     """Constants ``(level_max, normal_max)`` from the level maps of the training normal images; with ``valid``
     (N, *size), from content pixels and the feature cells that cover some content only."""
