@@ -7,23 +7,13 @@ Starts ``bgad serve`` as its own process on a free local port, then each client 
 """
 
 import argparse
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from local_server import local_server
 
 
 def _load(url: str, image: bytes, clients: int, per_client: int) -> dict[str, float]:
@@ -67,17 +57,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="requests per client count, split over the clients")
     parser.add_argument("--clients", default="1,4,16")
     args = parser.parse_args()
-    port = _free_port()
-    command = [sys.executable, "-m", "bgad", "serve", "--run", str(args.run), "--port", str(port), "--quiet"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with local_server(args.run) as (_, base):
         image = args.image.read_bytes()
         _load(f"{base}/predict", image, 1, 3)  # warm-up
         print("| clients | requests | requests/s | p50 latency (ms) | p99 latency (ms) | failures |")
@@ -89,9 +69,6 @@ def main() -> None:
                 f"| {r['failures']} |",
                 flush=True,
             )
-    finally:
-        os.kill(server.pid, signal.SIGINT)
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

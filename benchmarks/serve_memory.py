@@ -13,11 +13,6 @@ Run it with PYTHONPATH pointing at another checkout's ``src`` to measure that ve
 
 import argparse
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,15 +21,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from local_server import local_server
 from PIL import Image
 
 MB = 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _memory_mb(pid: int) -> dict[str, int]:
@@ -94,26 +84,13 @@ LOADS = {"images": _images, "upload": _upload, "review": _review}
 
 
 def _measure(run: Path, load: str, args: argparse.Namespace) -> str:
-    port = _free_port()
-    command = [sys.executable, "-m", "bgad", "serve", "--run", str(run), "--port", str(port), "--quiet"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with local_server(run) as (server, url):
         idle = _memory_mb(server.pid)["VmRSS"]
         start = time.perf_counter()
         statuses = LOADS[load](url, args)
         seconds = time.perf_counter() - start
         time.sleep(1)
         after = _memory_mb(server.pid)
-    finally:
-        os.kill(server.pid, signal.SIGINT)
-        server.wait(timeout=30)
     codes = ", ".join(f"{statuses.count(code)}× {code}" for code in sorted(set(statuses)))
     return f"| {load} | {idle} | {after['VmHWM']} | {after['VmRSS']} | {codes} | {seconds:.1f} |"
 
