@@ -131,4 +131,5 @@ def test_onnx_matches_torch_on_real_bottle_images(tmp_path: Path) -> None:
     expected = detector.anomaly_maps(good + defects, batch_size=3)
     actual = onnx_detector.anomaly_maps(good + defects, batch_size=3)
     assert actual.shape == (3, 128, 128)
-    torch.testing.assert_close(actual, expected, rtol=0, atol=ATOL)
+    # log-scale maps reach tens on these defects (4 training images): float32 rounding is relative there
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=ATOL)

@@ -117,7 +117,9 @@ def test_predictions_crop_the_content_and_return_the_original_size() -> None:
     spot = dark.copy()
     spot[10:30, 70:90] = 255
     padded = ModelConfig(image_size=32, resize="pad")
-    predictions = predict_images(brightness_with_hot_pad, [dark, spot], padded, Thresholds(0.5, 0.5), 2, fill=PAD_COLOR)
+    predictions = predict_images(
+        brightness_with_hot_pad, [dark, spot], padded, Thresholds(0.5, 0.5), None, 2, fill=PAD_COLOR
+    )
     assert [p.anomaly_map.shape for p in predictions] == [(40, 100), (40, 100)]
     assert predictions[0].score < 0.01  # the hot pad is not scored
     assert not predictions[0].is_anomalous
@@ -128,7 +130,9 @@ def test_predictions_crop_the_content_and_return_the_original_size() -> None:
     assert found[20, 80]
     assert not found[:, :60].any()
     assert found.sum() > 0.6 * 20 * 20
-    stretched = predict_images(brightness_with_hot_pad, [dark], ModelConfig(image_size=32), Thresholds(0.5, 0.5), 1)
+    stretched = predict_images(
+        brightness_with_hot_pad, [dark], ModelConfig(image_size=32), Thresholds(0.5, 0.5), None, 1
+    )
     assert stretched[0].anomaly_map.shape == (40, 100)
 
 
