@@ -387,7 +387,7 @@ def predict_images(
                     anomaly_map=full,
                     mask=(full > thresholds.pixel) & (is_anomalous or mask_every_image),
                     is_anomalous=is_anomalous,
-                    normalized_score=normalized_score(score, thresholds.image, normal_scores),
+                    normalized_score=normalized_score(score, thresholds.image, tail),
                     normal_share=None if tail is None else tail.share(score),
                 )
             )

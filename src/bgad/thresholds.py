@@ -103,7 +103,7 @@ class NormalTail:
 
 
 def normalized_score(
-    score: float | np.ndarray, threshold: float, normal_scores: np.ndarray | None
+    score: float | np.ndarray, threshold: float, normal_scores: np.ndarray | NormalTail | None
 ) -> float | np.ndarray:
     """A score mapped to [0, 1] by how rare it is among good parts, with the image threshold at 0.5:
     ``log(share(score)) / (2 log(share(threshold)))``, clipped, where ``share`` is :meth:`NormalTail.share`.
@@ -111,13 +111,16 @@ def normalized_score(
     0 is a score every good part reaches, 0.5 the threshold, and 1 a score as rare as the threshold's share
     squared (with a 1 % threshold: 1 good part in 10,000); anomalib's ``pred_score`` convention (above 0.5 is
     anomalous). Without normal scores, or with a threshold below every normal score, the verdict alone (0 or 1).
+    ``normal_scores`` may be their :class:`NormalTail` already, for many calls.
 
     >>> normals = np.arange(1.0, 100.0)
     >>> normalized_score(np.array([0.0, 99.0]), threshold=99.0, normal_scores=normals)
     array([0. , 0.5])
     """
     scores = np.asarray(score, dtype=np.float64)
-    tail = None if normal_scores is None else NormalTail(normal_scores)
+    tail = (
+        normal_scores if normal_scores is None or isinstance(normal_scores, NormalTail) else NormalTail(normal_scores)
+    )
     at_threshold = 1.0 if tail is None else tail.share(threshold)
     if at_threshold >= 1.0:
         out = (scores > threshold).astype(np.float64)
@@ -133,8 +136,6 @@ def threshold_for_fpr(normal_scores: np.ndarray, fpr: float) -> float:
     >>> round(threshold_for_fpr(np.arange(1.0, 100.0), 0.2), 3)  # 20 of 99 scores, plotting position 20 / 100
     80.0
     """
-    if len(normal_scores) == 0:
-        raise BGADError("no normal scores to set a threshold from")
     return NormalTail(normal_scores).score_at(fpr)
 
 

@@ -143,6 +143,8 @@ class Scorer:
 
     def __init__(self, detector: BGAD | OnnxDetector, description: dict[str, Any], max_pixels: int):
         self.detector, self.description, self.max_pixels = detector, description, max_pixels
+        scores = detector.normal_scores_
+        self.normal_tail = None if scores is None else NormalTail(scores)  # built once: /review uses it per image
         self._lock = threading.Lock()
 
     def memory_needed(self, data: bytes) -> int:
@@ -445,9 +447,7 @@ def create_app(
                 "reason": reason,
                 "distance": distance,
                 "score": images[index].score,
-                "normalized_score": normalized_score(
-                    images[index].score, thresholds.image, scorer.detector.normal_scores_
-                ),
+                "normalized_score": normalized_score(images[index].score, thresholds.image, scorer.normal_tail),
                 "is_anomalous": images[index].score > thresholds.image,
             }
             for index, reason, distance in order
