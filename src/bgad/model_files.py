@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
 FORMAT = "bgad-model"
-# 2: per-level modules with feature whitening (bgad 0.2); 3: log-scale scores, out-of-sample calibration (bgad 0.3)
-FORMAT_VERSION = 3
+# 2: per-level modules with feature whitening (bgad 0.2); 3: log-scale scores, out-of-sample calibration (bgad 0.3);
+# 4: EfficientNet-Lite inputs scaled as the weights were trained, (255 x - 127) / 128 (bgad 0.4)
+FORMAT_VERSION = 4
 
 
 def _trained_state(model: BGADModel) -> dict:

@@ -7,6 +7,9 @@ They answer whether the flows (and the known anomalies) beat a plain per-positio
 - :class:`PadimBaseline`: PaDiM's recipe (Defard et al., 2021) on this backbone: the stride-16 map upsampled
   (nearest) onto the stride-8 grid and concatenated with it, one Gaussian per position of the concatenation, the
   Mahalanobis map upsampled and smoothed with a Gaussian of σ = 4 pixels.
+- :class:`UnsmoothedPadim`: the same without smoothing, the strongest floor known on the surface data, and
+  :class:`UnsmoothedPadimImagenet`: that with ImageNet input scaling instead of the backbone's own
+  (:data:`bgad.backbones.INPUT_SCALINGS`), so the benchmark shows what the input scaling alone does.
 
 Unlike PaDiM there is no random channel subsampling: the levels are small (24-112 channels for EfficientNet-Lite0).
 """
@@ -76,6 +79,7 @@ class GaussianBaseline:
 
     strides: tuple[int, ...] = (4, 8, 16)
     smoothing_sigma: float = 0.0  # pixels; 0 = no smoothing
+    input_scaling: str | None = None  # None: the backbone's own (bgad.backbones.INPUT_SCALINGS)
 
     def __init__(self, config: BGADConfig | None = None, *, epsilon: float = EPSILON):
         self.config = config
@@ -97,7 +101,9 @@ class GaussianBaseline:
             raise BGADError("fit needs at least one normal image")
         config = self._config
         start = time.perf_counter()
-        self.extractor_ = create_backbone(config.model.backbone, config.model.image_size, self.strides)
+        self.extractor_ = create_backbone(
+            config.model.backbone, config.model.image_size, self.strides, input_scaling=self.input_scaling
+        )
         features = self._levels(
             extract_features(
                 self.extractor_,
@@ -171,3 +177,15 @@ class PadimBaseline(GaussianBaseline):
     def _levels(self, features: list[Tensor]) -> list[Tensor]:
         fine, coarse = features
         return [torch.cat([fine, F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")], dim=1)]
+
+
+class UnsmoothedPadim(PadimBaseline):
+    """PaDiM's Gaussians on strides 8 + 16 without smoothing (the map's maximum is the image score)."""
+
+    smoothing_sigma = 0.0
+
+
+class UnsmoothedPadimImagenet(UnsmoothedPadim):
+    """:class:`UnsmoothedPadim` with ImageNet input scaling, whatever the backbone was trained with."""
+
+    input_scaling = "imagenet"

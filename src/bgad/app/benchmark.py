@@ -1,11 +1,12 @@
-"""``bgad benchmark``: BGAD and two one-class Gaussian floors over categories x seeds, with cost figures.
+"""``bgad benchmark``: BGAD and four one-class Gaussian floors over categories x seeds, with cost figures.
 
 Each (category, seed) task runs in its own child process, so the peak memory it reports is its own. A task
 trains, saves and evaluates BGAD into ``OUTPUT/runs/<category>/seed<seed>/`` (:func:`bgad.app.runs.fit_run`),
 times its inference and, optionally, fits and evaluates the floors of :mod:`bgad.app.baselines` (``gaussian``,
-``padim``) on the same category with the same known anomalies left out of the evaluation. Its result is written last, as
-``benchmark.json`` in the run folder; a task whose result exists is skipped on the next call (resume).
-``OUTPUT/results.csv`` and ``OUTPUT/results.md`` are rewritten from all results at the end.
+``padim`` and its unsmoothed variants) on the same category with the same known anomalies left out of the
+evaluation. Its result is written last, as ``benchmark.json`` in the run folder; a task whose result exists is
+skipped on the next call (resume). ``OUTPUT/results.csv`` and ``OUTPUT/results.md`` are rewritten from all
+results at the end.
 
 Many machines: the tasks, sorted by (category, seed), are split round-robin into shards; a call with
 ``shard=(i, n)`` runs only the tasks whose index mod n is i and writes no table (shards run at once into one shared
@@ -44,13 +45,18 @@ from ..devices import resolve_device
 from ..errors import BGADError, DatasetError
 from ..evaluation import DECISIONS, decision_summary, evaluate
 from ..thresholds import fit_thresholds
-from .baselines import GaussianBaseline, PadimBaseline
+from .baselines import GaussianBaseline, PadimBaseline, UnsmoothedPadim, UnsmoothedPadimImagenet
 from .runs import fit_run
 from .speed import inference_speed, median_seconds
 
 RESULT_JSON = "benchmark.json"
 PLAN_JSON = "plan.json"
-BASELINES = {"gaussian": GaussianBaseline, "padim": PadimBaseline}  # one-class floors, see bgad.app.baselines
+BASELINES = {  # one-class floors, see bgad.app.baselines
+    "gaussian": GaussianBaseline,
+    "padim": PadimBaseline,
+    "padim_unsmoothed": UnsmoothedPadim,
+    "padim_unsmoothed_imagenet": UnsmoothedPadimImagenet,
+}
 METHODS = ("bgad", *BASELINES)
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap")
 COSTS = ("train_seconds", "inference_ms", "peak_rss_mb")
@@ -619,6 +625,9 @@ def _markdown(
         "images only)",
         "padim": "padim (PaDiM's recipe on the same backbone: strides 8+16 concatenated, σ = 4 smoothing; normal "
         "images only)",
+        "padim_unsmoothed": "padim_unsmoothed (padim without smoothing; normal images only)",
+        "padim_unsmoothed_imagenet": "padim_unsmoothed_imagenet (padim_unsmoothed with ImageNet input scaling "
+        "instead of the backbone's own; normal images only)",
     }
     for method in methods:
         lines += [f"## {titles[method]}", "", *_method_table(results, names, method), ""]

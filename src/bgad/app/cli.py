@@ -726,7 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--preset", choices=sorted(PRESETS), help="default: default")
     bench.add_argument("--seeds", type=_seed_list, help="comma list of seeds (default 0)")
     bench.add_argument("--jobs", type=_positive_int, help="tasks run at once, each in its own process (default 1)")
-    bench.add_argument("--no-baseline", action="store_true", help="skip the one-class floors (gaussian, padim)")
+    bench.add_argument(
+        "--no-baseline", action="store_true", help="skip the one-class floors (gaussian and the padim variants)"
+    )
     bench.add_argument("--config", type=Path, help="YAML file with model/loss/train options over the preset")
     bench.add_argument(
         "--shard",
