@@ -22,7 +22,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "training": ("crossfit", "training", "checkpoint"),
     "scoring": ("metrics", "scoring", "tiling", "model", "thresholds"),
     "estimator": ("model_checks", "model_files", "detector", "export", "engines"),
-    "evaluation": ("evaluation",),
+    "evaluation": ("evaluation", "selection"),
     "application": ("app", "__main__"),
 }
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}

@@ -116,7 +116,8 @@ class BGAD:
         Sets ``model_`` (a :class:`BGADModel`), ``thresholds_`` (image and pixel decision thresholds, see
         :mod:`bgad.thresholds`), ``normal_scores_`` (the training normals' out-of-fold image scores,
         :mod:`bgad.crossfit`), ``known_scores_`` (the known anomalies'), ``history_`` (one record per meta-epoch)
-        and ``train_seconds_``.
+        and ``train_seconds_``; until the detector is saved, ``normal_log_probs_`` holds the training normals'
+        out-of-fold log-likelihood maps, one (N, h, w) tensor per level, from which the calibration was set.
         ``checkpoint`` is a folder where the training state is saved after every meta-epoch; if it holds one, fit
         resumes from it and ends with the same model as an uninterrupted fit (same configuration; on another
         device, the same up to float rounding). In data-parallel training every process calls fit with the same
@@ -206,7 +207,7 @@ class BGAD:
         config = self._config
         if len(normal_images) == 0:
             raise BGADError("training needs at least one normal image")
-        inputs = _model_inputs(normal_images, anomaly_images, _masks_for(anomaly_images, anomaly_masks), config)
+        inputs = _model_inputs(normal_images, anomaly_images, masks_for(anomaly_images, anomaly_masks), config)
         device, parallel = resolve_device(self.device), current()
         progress = progress and (parallel is None or parallel.is_main)
         start = time.perf_counter()
@@ -226,7 +227,11 @@ class BGAD:
                 progress=progress,
                 parallel=parallel,
             )
-            self.thresholds_, self.normal_scores_, self.known_scores_ = _calibrate(model, levels, inputs, config)
+            self.normal_log_probs_ = _cached_maps(model, levels, slice(0, len(inputs.normals)))
+            known = _cached_maps(model, levels, slice(len(inputs.normals), None)) if inputs.masks else None
+            self.thresholds_, self.normal_scores_, self.known_scores_ = _set_calibration(
+                model, self.normal_log_probs_, known, inputs, config
+            )
         self.model_ = model
         self.train_seconds_ = time.perf_counter() - start
 
@@ -306,22 +311,24 @@ class BGAD:
         if len(normal_images) == 0:
             raise BGADError("calibration needs at least one good image")
         model = copy.deepcopy(self._check_is_fitted())
-        device, config = model.normal_max.device, self._config
-        inputs = _model_inputs(normal_images, anomaly_images, _masks_for(anomaly_images, anomaly_masks), config)
-
-        def log_probs(images: Sequence[ImageSource]) -> list[Tensor]:
-            batches = self._batches(images, batch_size, model)
-            per_batch = [model.level_log_probs(model.extractor(batch.to(device))) for batch in batches]
-            return [torch.cat(level).cpu() for level in zip(*per_batch, strict=True)]
-
-        known = log_probs(inputs.anomalies) if inputs.masks else None
+        config = self._config
+        inputs = _model_inputs(normal_images, anomaly_images, masks_for(anomaly_images, anomaly_masks), config)
+        known = _level_log_probs(model, self._batches(inputs.anomalies, batch_size, model)) if inputs.masks else None
+        normal = _level_log_probs(model, self._batches(inputs.normals, batch_size, model))
         calibrated = BGAD(config, device=self.device)
-        calibrated.model_ = model
+        calibrated.model_, calibrated.normal_log_probs_ = model, normal
         calibrated.thresholds_, calibrated.normal_scores_, calibrated.known_scores_ = _set_calibration(
-            model, log_probs(inputs.normals), known, inputs, config, target_fpr=target_fpr
+            model, normal, known, inputs, config, target_fpr=target_fpr
         )
         calibrated.train_seconds_ = self.train_seconds_
         return calibrated
+
+    @torch.inference_mode()
+    def level_log_probs(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> list[Tensor]:
+        """Per-level log-likelihood maps (the flows' output before scoring), one (N, h, w) tensor per level on the
+        CPU: what :mod:`bgad.scoring` turns into anomaly maps, for rescoring with other levels or temperatures."""
+        model = self._check_is_fitted()
+        return _level_log_probs(model, self._batches(images, batch_size, model))
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` and ``model.json`` into ``directory`` (no pickle)."""
@@ -347,6 +354,12 @@ class BGAD:
         detector.known_scores_ = saved.known_scores
         detector.train_seconds_ = saved.train_seconds
         return detector
+
+
+def _level_log_probs(model: BGADModel, batches: Iterator[Tensor]) -> list[Tensor]:
+    device = model.normal_max.device
+    per_batch = [model.level_log_probs(model.extractor(batch.to(device))) for batch in batches]
+    return [torch.cat(level).cpu() for level in zip(*per_batch, strict=True)]
 
 
 def _on_device(model: BGADModel) -> Callable[[Tensor], Tensor]:
@@ -546,18 +559,9 @@ def _synthetic_source(
 
 
 @torch.inference_mode()
-def _calibrate(
-    model: BGADModel, levels: list[LevelData], inputs: _ModelInputs, config: BGADConfig
-) -> tuple[Thresholds, np.ndarray, np.ndarray]:
-    """:func:`_set_calibration` from the training vectors' cache."""
-    n_normal = len(inputs.normals)
-
-    def maps_of(images: slice) -> list[Tensor]:
-        pairs = zip(model.levels, levels, strict=True)
-        return [cached_log_prob_maps(level, data, images).cpu() for level, data in pairs]
-
-    known = maps_of(slice(n_normal, None)) if inputs.masks else None
-    return _set_calibration(model, maps_of(slice(0, n_normal)), known, inputs, config)
+def _cached_maps(model: BGADModel, levels: list[LevelData], images: slice) -> list[Tensor]:
+    """Per-level log-likelihood maps (on the CPU) of the training ``images``, from the training vectors' cache."""
+    return [cached_log_prob_maps(level, data, images).cpu() for level, data in zip(model.levels, levels, strict=True)]
 
 
 def _set_calibration(
@@ -600,8 +604,8 @@ def _set_calibration(
     return thresholds, normal_scores.astype(np.float64), known_scores.astype(np.float64)
 
 
-def _masks_for(anomaly_images: Sequence[ImageSource], anomaly_masks: Sequence[MaskSource]) -> list[Tensor]:
-    """The masks of the anomaly images as boolean tensors, one per image."""
+def masks_for(anomaly_images: Sequence[ImageSource], anomaly_masks: Sequence[MaskSource]) -> list[Tensor]:
+    """The masks of the anomaly images as boolean tensors, one per image (paths are read, arrays binarized)."""
     if len(anomaly_images) != len(anomaly_masks):
         raise BGADError(f"got {len(anomaly_images)} anomaly images but {len(anomaly_masks)} masks")
     return [_mask_tensor(mask) for mask in anomaly_masks]

@@ -153,8 +153,8 @@ def _fit_from(args: argparse.Namespace) -> RunResults:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     with process_group(resolve_device(args.device)) as parallel:
-        if parallel is not None and (args.cv is not None or args.parent is not None):
-            option = "--cv" if args.cv is not None else "--from"
+        if parallel is not None and (args.cv is not None or args.parent is not None or args.select is not None):
+            option = "--cv" if args.cv is not None else "--from" if args.parent is not None else "--select"
             raise BGADError(f"{option} does not run under torchrun: run it as one process")
         try:
             return _fit(args)
@@ -168,6 +168,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     if (args.meta_epochs is not None or args.normal_fraction is not None) and args.parent is None:
         raise BGADError("--meta-epochs and --normal-fraction go with --from RUN (the update's schedule)")
+    if args.select is not None and (args.parent is not None or args.resume is not None or args.cv is not None):
+        raise BGADError("--select goes with a plain fit (not with --from, --resume or --cv)")
     if args.parent is not None:
         output = args.output
         results = _fit_from(args)
@@ -209,6 +211,7 @@ def _fit(args: argparse.Namespace) -> int:
             drop_duplicates=args.drop_duplicates,
             progress=not args.quiet,
             device=args.device,
+            select_folds=args.select,
         )
     if results is None:  # a process other than 0 of a data-parallel fit: process 0 reports
         return 0
@@ -635,6 +638,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="N",
         help="N-fold cross-validation over the labelled defects: one run per fold in OUTPUT/fold<k>, cv.md",
+    )
+    fit.add_argument(
+        "--select",
+        type=_positive_int,
+        nargs="?",
+        const=3,
+        metavar="K",
+        help="before the fit, choose the levels and the score temperature by K-fold cross-validation over the "
+        "known anomalies (default 3 folds; K more fits; never uses evaluation images); recorded in run.json",
     )
     _add_eval_size_option(fit)
 

@@ -32,6 +32,7 @@ from ..distributed import DataParallel, current
 from ..errors import BGADError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES, Evaluation, Metrics, evaluate, full_resolution_metrics
 from ..model_files import MODEL_JSON
+from ..selection import Selection, describe_selection, select_settings
 from ..thresholds import operating_point
 from .lineage import EVALUATION_REMOVED, LINEAGE, evaluation_samples, lineage_steps, report_notes, run_category, trainer
 from .locking import run_lock
@@ -207,9 +208,13 @@ def fit_run(
     progress: bool = True,
     on_split: Callable[[Split], None] | None = None,
     device: str = "cpu",
+    select_folds: int | None = None,
 ) -> RunResults | None:
     """Check the output and the dataset, then train on ``device``, save and evaluate into ``output``; return what
     it measured (None on the processes other than 0 of a data-parallel fit, which only train).
+
+    ``select_folds``: first choose the levels and score temperature by cross-validation over the known anomalies
+    (:func:`bgad.selection.select_settings`); the chosen config and every candidate's estimate go to ``run.json``.
 
     ``overwrite`` replaces an earlier run in ``output`` (never any other folder). ``on_split`` is called with the
     checked dataset's split before training (the benchmark fits its floors there, on the same images). Nothing is
@@ -223,6 +228,8 @@ def fit_run(
         "drop_duplicates": drop_duplicates,
         "eval_size": eval_size,
     }
+    if select_folds is not None:
+        run["select_folds"] = select_folds
     on_check = None if on_split is None else lambda report: on_split(report.split)
     return start_run(run, output, overwrite=overwrite, progress=progress, on_check=on_check, device=device)
 
@@ -256,6 +263,10 @@ def start_run(
         split = report.split
         if on_check is not None:
             on_check(report)
+        selection = None
+        if run.get("select_folds") is not None:
+            selection = _select(split, config, run["select_folds"], progress=progress, device=device)
+            run = {**run, "config": selection.config.to_dict()}
         partial = partial_folder(output)
         shutil.rmtree(partial, ignore_errors=True)
         description = {
@@ -271,6 +282,8 @@ def start_run(
             "training_fingerprint": report.training_fingerprint(),
             "eval_size": run["eval_size"],
         }
+        if selection is not None:
+            description["selection"] = selection.to_dict()
         if steps := lineage_steps(run):
             description |= {LINEAGE: steps, EVALUATION_REMOVED: removed}
         try:
@@ -282,6 +295,27 @@ def start_run(
             shutil.rmtree(partial, ignore_errors=True)  # nothing trained yet: leave nothing behind
             raise
         return _train_and_evaluate(partial, output, description, split, progress=progress, device=device)
+
+
+def _select(split: Split, config: BGADConfig, folds: int, *, progress: bool, device: str) -> Selection:
+    """Cross-validated choice of levels and temperature on the split's training images and known anomalies."""
+    selection = select_settings(
+        [s.path for s in split.train],
+        [s.path for s in split.known],
+        [s.mask_path for s in split.known],
+        config,
+        folds=folds,
+        groups=split.known_types,
+        device=device,
+        progress=progress,
+    )
+    best = max(selection.estimates, key=lambda e: e.criterion)
+    print(
+        f"bgad: selected {selection.chosen.describe()} by {selection.folds}-fold cross-validation over the known "
+        f"anomalies (mean of image AUROC, pixel AUROC and AUPRO {best.criterion:.3f}) in {selection.seconds:.0f} s",
+        file=sys.stderr,
+    )
+    return selection
 
 
 def _checked(category: Category, config: BGADConfig, *, drop_duplicates: bool, progress: bool) -> DatasetReport:
@@ -377,6 +411,8 @@ def _train_and_evaluate(
         results = _results(evaluation, detector, len(split.known), split.known_types, eval_size, seconds)
         _write_json(partial / METRICS_JSON, results.to_dict())
         notes = report_notes(run, run.get(EVALUATION_REMOVED, []))
+        if "selection" in run:
+            notes.append(describe_selection(run["selection"]))
         _write_report(evaluation, results, partial, detector, split.category.name, notes)
         _install(partial, output)
     except KeyboardInterrupt:
