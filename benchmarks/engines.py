@@ -15,10 +15,10 @@ compile recompiles for it); and on the run's evaluation set (its test images min
 OpenVINO INT8 needs NNCF (``pip install nncf``, for this benchmark only); its quantization time is reported too.
 Without NNCF the INT8 rows are skipped with a note (results.json: ``notes``); every other row is measured.
 
-    flock /work/cpu.lock python benchmarks/engines.py --run RUN --output OUT [--data-root ROOT]
+    python benchmarks/engines.py --run RUN --output OUT [--data-root ROOT]
 
 ``OUT`` receives model.onnx and backbone.onnx (exported if absent), the INT8 models and results.json; the tables
-are printed.
+are printed. The timings mean something only when nothing else runs on the machine.
 """
 
 from __future__ import annotations
