@@ -141,7 +141,7 @@ def test_a_fault_while_exporting_keeps_the_earlier_file(
     target.write_bytes(b"an earlier export")
     with monkeypatch.context() as patch:
         patch.setattr(bgad.export.os, "replace", _fails_on_call(os.replace, 1, fault))
-        code = main(["export", "--run", str(tiny_run), "--format", "onnx", "--output", str(target)])
+        code = main(["export", "--run", str(tiny_run), "--output", str(target)])
     err = capsys.readouterr().err.strip()
     assert code == (130 if isinstance(fault, KeyboardInterrupt) else 2)
     assert len(err.splitlines()) == 1, err

@@ -14,8 +14,10 @@ from bgad.app.cli import main
 from bgad.config import BGADConfig
 from bgad.errors import BGADError
 from bgad.selection import (
+    CRITERIA,
     TEMPERATURES,
     Candidate,
+    Estimate,
     _HeldOut,
     anomaly_folds,
     scoring_candidates,
@@ -84,6 +86,18 @@ def test_rating_finds_the_level_that_sees_the_defect(informative: int) -> None:
     assert informative in best.strides
 
 
+def _estimate(strides: tuple[int, ...], per_fold: list[float]) -> Estimate:
+    return Estimate(Candidate(strides, 2.0), tuple(dict.fromkeys(CRITERIA, value) for value in per_fold))
+
+
+def test_a_candidate_must_beat_the_configured_one_beyond_noise() -> None:
+    configured = _estimate((8, 16), [0.90, 0.95, 0.92])
+    assert _estimate((8,), [0.93, 0.98, 0.95]).beats(configured)  # +0.03 on every fold
+    assert not _estimate((8,), [0.901, 0.951, 0.921]).beats(configured)  # +0.001: below MIN_GAIN
+    assert not _estimate((8,), [0.99, 0.90, 0.90]).beats(configured)  # +0.007 on average, but fold to fold noise
+    assert not configured.beats(configured)
+
+
 def test_select_refuses_too_few_anomalies_and_tiling() -> None:
     image, mask = np.zeros((SIZE, SIZE, 3), np.uint8), np.ones((SIZE, SIZE), bool)
     with pytest.raises(BGADError, match="at least 2 known anomalies"):
@@ -101,9 +115,15 @@ def test_fit_select_records_its_choice(tiny_dataset: Path, config_file: Path, tm
     selection = run["selection"]
     assert selection["folds"] == 2
     assert len(selection["candidates"]) == len(scoring_candidates(BGADConfig()))
-    best = max(selection["candidates"], key=lambda c: c["criterion"])
-    assert run["config"]["model"]["strides"] == best["strides"]
-    assert run["config"]["model"]["score_temperature"] == best["score_temperature"]
+    chosen = [
+        c
+        for c in selection["candidates"]
+        if Candidate(tuple(c["strides"]), c["score_temperature"]).describe() == selection["chosen"]
+    ]
+    assert len(chosen) == 1
+    assert run["config"]["model"]["strides"] == chosen[0]["strides"]
+    assert run["config"]["model"]["score_temperature"] == chosen[0]["score_temperature"]
+    assert chosen[0]["criterion"] >= selection["candidates"][0]["criterion"]
     assert all(0 <= c[key] <= 1 for c in selection["candidates"] for key in selection["criteria"])
     assert "cross-validation" in (output / "report.html").read_text()
 

@@ -8,7 +8,6 @@ folder still describes the previous checkpoint, afterwards the new one, so a cra
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from torch import Tensor
 
 from ._version import __version__
 from .errors import BGADError
-from .serialization import read_description
+from .serialization import read_description, write_atomic
 
 STATE_JSON = "training.json"
 FORMAT = "bgad-training-checkpoint"
@@ -50,7 +49,7 @@ def save_checkpoint(state: TrainingState, directory: Path) -> None:
     tensors[_GENERATOR] = state.generator
     # Named by the epoch, so it never overwrites the file the current training.json names.
     tensors_name = f"state-{state.next_meta_epoch:04d}.safetensors"
-    _write_atomic(directory / tensors_name, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+    write_atomic(directory / tensors_name, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
     description = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -61,7 +60,7 @@ def save_checkpoint(state: TrainingState, directory: Path) -> None:
         "history": state.history,
         "config": state.config,
     }
-    _write_atomic(directory / STATE_JSON, (json.dumps(description, indent=1) + "\n").encode())
+    write_atomic(directory / STATE_JSON, (json.dumps(description, indent=1) + "\n").encode())
     for stale in directory.glob("state-*.safetensors"):
         if stale.name != tensors_name:
             stale.unlink(missing_ok=True)
@@ -108,29 +107,3 @@ def _state(description: dict, tensors: dict[str, Tensor]) -> TrainingState:
         history=history,
         config=description["config"],
     )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, even after a crash."""
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        _fsync_folder(path.parent)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX: the rename lives in the folder's entry, not in the file)."""
-    if os.name != "posix":
-        return  # Windows cannot open a folder for fsync; NTFS journals the rename
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -265,7 +265,8 @@ def load_config(preset: str = "default", config_file: str | Path | None = None) 
     except yaml.YAMLError as err:
         raise BGADError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise BGADError(f"config file {path} must hold a mapping of sections (model, loss, train)")
+        sections = ", ".join(f.name for f in dataclasses.fields(BGADConfig))
+        raise BGADError(f"config file {path} must hold a mapping of sections ({sections})")
     return BGADConfig.from_dict(data, base=config)
 
 

@@ -36,6 +36,7 @@ from .features import image_batches
 from .model import BGADModel
 from .model_checks import checked_scores, checked_thresholds, finite_maps
 from .scoring import image_scores
+from .serialization import write_atomic
 from .thresholds import Thresholds
 
 ONNX_FILE = "model.onnx"  # the export's name inside a run folder
@@ -111,15 +112,9 @@ def export_onnx(
     if detector.normal_scores_ is not None:
         metadata["normal_image_scores"] = json.dumps([float(s) for s in detector.normal_scores_])
     program.model.metadata_props.update(metadata)
-    # Written beside the target and renamed into place: a failed or interrupted export leaves no partial file and
-    # an earlier export intact.
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
-        program.save(temporary)  # weights inline (external data only beyond ONNX's 2 GB limit)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    # A failed or interrupted export leaves no partial file and an earlier export intact. Weights inline (external
+    # data only beyond ONNX's 2 GB limit).
+    write_atomic(path, program.save, temporary=path.with_name(f".{path.name}.partial"))
     return path
 
 

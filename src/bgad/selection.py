@@ -5,9 +5,11 @@ training normal and the other folds' anomalies, with every configured level. Its
 out-of-fold scores of the training normals (:mod:`bgad.crossfit`) then rate every *scoring candidate*: a subset of
 the levels and a score temperature. These need no training of their own: each level has its own flow, trained on
 its own loss, and the temperature only combines the levels' maps (:mod:`bgad.scoring`). A candidate's estimate is
-the mean over folds of image AUROC, pixel AUROC and AUPRO on the held-out data; the best mean of the three wins,
-ties going to the earlier candidate (the configured one first). The final model is then fitted on every label with
-the chosen setting.
+the mean over folds of image AUROC, pixel AUROC and AUPRO on the held-out data (their mean is its criterion). A
+few held-out defects make the estimates noisy, so another candidate replaces the configured setting only when its
+criterion is higher by more than :data:`MIN_GAIN` and by more than the standard error of its per-fold differences
+to the configured one; the highest such candidate wins. The final model is then fitted on every label with the
+chosen setting.
 
 The cost is K fits (of the configured levels), plus scoring: what it measured is in docs/diagnosis.md.
 """
@@ -35,6 +37,7 @@ from .scoring import anomaly_map, calibrate, image_scores
 
 TEMPERATURES = (1.0, 2.0, 4.0)  # score temperatures tried for two or more levels (one level: T changes no ranking)
 CRITERIA = ("image_auroc", "pixel_auroc", "pixel_aupro")  # a candidate's estimate: their mean
+MIN_GAIN = 0.002  # the smallest gain in the criterion that moves the choice away from the configured setting
 MAX_PIXEL_NORMALS = 256  # training normals whose maps enter the pixel metrics (seeded sample): bounds time and memory
 
 
@@ -66,9 +69,20 @@ class Estimate:
         return statistics.fmean(fold[key] for fold in self.per_fold)
 
     @property
+    def per_fold_criterion(self) -> list[float]:
+        return [statistics.fmean(fold[key] for key in CRITERIA) for fold in self.per_fold]
+
+    @property
     def criterion(self) -> float:
         """The mean over :data:`CRITERIA` of their means over folds: what the selection maximizes."""
-        return statistics.fmean(self.mean(key) for key in CRITERIA)
+        return statistics.fmean(self.per_fold_criterion)
+
+    def beats(self, configured: Estimate) -> bool:
+        """Higher than ``configured`` by more than :data:`MIN_GAIN` and the standard error of the per-fold
+        differences."""
+        gains = [a - b for a, b in zip(self.per_fold_criterion, configured.per_fold_criterion, strict=True)]
+        error = statistics.stdev(gains) / len(gains) ** 0.5
+        return statistics.fmean(gains) > max(MIN_GAIN, error)
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,8 @@ def select_settings(
         raise BGADError(f"--select needs at least 2 known anomalies with masks, got {len(anomaly_images)}")
     if folds < 2:
         raise BGADError(f"--select needs at least 2 folds, got {folds}")
+    if groups is not None and len(groups) != len(masks):
+        raise BGADError(f"got {len(groups)} defect types for {len(masks)} anomaly images")
     folds = min(folds, len(anomaly_images))
     start = time.perf_counter()
     fold_of = anomaly_folds(list(groups) if groups is not None else [""] * len(masks), folds, config.train.seed)
@@ -178,7 +194,8 @@ def select_settings(
         for ratings, candidate in zip(rated, candidates, strict=True):
             ratings.append(held_out.rate(candidate, config))
     estimates = tuple(Estimate(c, tuple(r)) for c, r in zip(candidates, rated, strict=True))
-    best = max(estimates, key=lambda e: e.criterion)  # max keeps the first of equals: the configured one
+    better = [e for e in estimates[1:] if e.beats(estimates[0])]
+    best = max(better, key=lambda e: e.criterion) if better else estimates[0]
     return Selection(best.candidate.apply(config), best.candidate, estimates, folds, time.perf_counter() - start)
 
 

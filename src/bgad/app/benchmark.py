@@ -44,6 +44,7 @@ from ..detector import BGAD
 from ..devices import resolve_device
 from ..errors import BGADError, DatasetError
 from ..evaluation import DECISIONS, decision_summary, evaluate
+from ..serialization import write_atomic
 from ..thresholds import fit_thresholds
 from .baselines import GaussianBaseline, PadimBaseline, UnsmoothedPadim, UnsmoothedPadimImagenet
 from .runs import fit_run
@@ -324,8 +325,7 @@ def _write_plan(output: Path, plan: dict[str, Any]) -> None:
     """Write ``plan.json`` atomically: the shards of one benchmark write the same plan at the same time."""
     output.mkdir(parents=True, exist_ok=True)
     temporary = output / f".{PLAN_JSON}.{platform.node()}.{os.getpid()}"  # one per process, even across machines
-    temporary.write_text(json.dumps(plan, indent=2) + "\n")
-    os.replace(temporary, output / PLAN_JSON)
+    write_atomic(output / PLAN_JSON, (json.dumps(plan, indent=2) + "\n").encode(), temporary=temporary)
 
 
 def _read_plan(output: Path) -> dict[str, Any]:

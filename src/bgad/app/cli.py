@@ -33,6 +33,7 @@ from .crossval import cross_validate
 from .prediction import SCORES_CSV, check_output, collect_images, predict_folder
 from .review import REVIEW_CSV, REVIEW_SHEET, review_queue, write_review
 from .runs import RunResults, evaluate_run, fit_run, resume_run
+from .serve import MAX_PIXELS
 from .speed import inference_speed, training_speed
 from .update import update_run
 
@@ -699,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument(
-        "--max-pixels", type=_positive_int, default=50_000_000, help="larger uploads are refused (default 50 MP)"
+        "--max-pixels", type=_positive_int, default=MAX_PIXELS, help="larger uploads are refused (default 50 MP)"
     )
     _add_threshold_options(serve)
 
@@ -717,7 +718,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = command("export", _cmd_export, "export a trained run for deployment (ONNX, with its thresholds)")
     export.add_argument("--run", type=Path, required=True)
-    export.add_argument("--format", default="onnx", choices=["onnx"])
     export.add_argument("--output", type=Path, help=f"default: RUN/{ONNX_FILE}")
 
     speed = command("speed", _cmd_speed, "measure backbone, end-to-end inference and training speed (JSON)")

@@ -305,14 +305,14 @@ def _select(split: Split, config: BGADConfig, folds: int, *, progress: bool, dev
         [s.mask_path for s in split.known],
         config,
         folds=folds,
-        groups=split.known_types,
+        groups=[s.defect_type for s in split.known],
         device=device,
         progress=progress,
     )
-    best = max(selection.estimates, key=lambda e: e.criterion)
+    chosen = next(e for e in selection.estimates if e.candidate == selection.chosen)
     print(
         f"bgad: selected {selection.chosen.describe()} by {selection.folds}-fold cross-validation over the known "
-        f"anomalies (mean of image AUROC, pixel AUROC and AUPRO {best.criterion:.3f}) in {selection.seconds:.0f} s",
+        f"anomalies (mean of image AUROC, pixel AUROC and AUPRO {chosen.criterion:.3f}) in {selection.seconds:.0f} s",
         file=sys.stderr,
     )
     return selection
