@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -66,6 +67,32 @@ class Prediction:
     normal_share: float | None = None
 
 
+class Detector(Protocol):
+    """A fitted detector on any engine, as prediction and serving use it: :class:`BGAD` (torch) or
+    :class:`bgad.export.OnnxDetector` (onnxruntime, OpenVINO). The thresholds are plain attributes that a caller
+    may replace (``--image-threshold``)."""
+
+    thresholds_: Thresholds
+    normal_scores_: np.ndarray | None
+
+    @property
+    def engine(self) -> str: ...
+
+    @property
+    def configuration(self) -> BGADConfig: ...
+
+    @property
+    def resize(self) -> str: ...
+
+    def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = ...) -> Tensor: ...
+
+    def predict(self, image: ImageSource) -> Prediction: ...
+
+    def predict_batch(
+        self, images: Sequence[ImageSource], *, batch_size: int = ..., mask_every_image: bool = ...
+    ) -> list[Prediction]: ...
+
+
 class BGAD:
     """Supervised anomaly detector: BGAD flows on frozen backbone features.
 
@@ -100,6 +127,13 @@ class BGAD:
     @property
     def _config(self) -> BGADConfig:
         return self.config or BGADConfig()
+
+    engine = "torch"  # what runs the model (Detector protocol)
+
+    @property
+    def configuration(self) -> BGADConfig:
+        """The configuration in force: :attr:`config`, or the defaults when it is None."""
+        return self._config
 
     def fit(
         self,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .detector import BGAD
+from .detector import BGAD, Detector
 from .errors import BGADError
 from .export import ONNX_FILE, RUNTIMES, SOURCE_DIGEST, OnnxDetector, read_metadata
 from .model_files import MODEL_WEIGHTS, model_digest
@@ -67,7 +67,7 @@ def choose_engine(path: Path, *, device: str = "cpu") -> tuple[str, str]:
     return runtimes[0], f"{exported}"
 
 
-def load_detector(path: str | Path, engine: str = "auto", *, device: str = "cpu") -> BGAD | OnnxDetector:
+def load_detector(path: str | Path, engine: str = "auto", *, device: str = "cpu") -> Detector:
     """A fitted detector for a run folder or an exported ``.onnx`` file, on ``engine`` (one of :data:`ENGINES`).
 
     ``"torch"`` loads the run's model onto ``device``; ``"onnx"`` and ``"openvino"`` run ``RUN/model.onnx`` (or

@@ -339,6 +339,11 @@ class OnnxDetector:
         return self._runtime.engine
 
     @property
+    def configuration(self) -> BGADConfig:
+        """The exported model's configuration."""
+        return self._exported.config
+
+    @property
     def image_size(self) -> int:
         """The side S of the square model input (and of the anomaly maps)."""
         return self._exported.image_size

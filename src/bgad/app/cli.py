@@ -16,13 +16,13 @@ from ..config import PRESETS, RESIZE_MODES, SYNTHESES, BGADConfig, load_config
 from ..data.checks import check_dataset
 from ..data.demo import make_demo_dataset
 from ..data.layouts import DatasetSpec
-from ..detector import BGAD
+from ..detector import BGAD, Detector
 from ..devices import DEVICES, resolve_device
 from ..distributed import launched, process_group
 from ..engines import ENGINES, choose_engine, load_detector
 from ..errors import BGADError, DatasetError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES
-from ..export import ONNX_FILE, OnnxDetector, export_onnx
+from ..export import ONNX_FILE, export_onnx
 from ..model import BGADModel
 from ..model_files import model_digest
 from ..thresholds import describe_operating_point, override_thresholds
@@ -263,7 +263,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_for_prediction(args: argparse.Namespace) -> BGAD | OnnxDetector:
+def _load_for_prediction(args: argparse.Namespace) -> Detector:
     engine, device = args.engine, resolve_device(args.device).type  # auto: cuda or cpu
     if args.compile and engine not in ("auto", "torch"):
         raise BGADError(f"--compile applies to the torch engine, not {engine}")
@@ -279,7 +279,7 @@ def _load_for_prediction(args: argparse.Namespace) -> BGAD | OnnxDetector:
     return detector
 
 
-def _apply_thresholds(args: argparse.Namespace, detector: BGAD | OnnxDetector) -> None:
+def _apply_thresholds(args: argparse.Namespace, detector: Detector) -> None:
     """The --image-threshold, --pixel-threshold and --target-fpr options, over the model's own thresholds."""
     detector.thresholds_ = override_thresholds(
         detector.thresholds_,

@@ -19,9 +19,8 @@ from PIL import Image
 
 from ..data.checks import size_problem
 from ..data.images import IMAGE_SUFFIXES, read_image
-from ..detector import BGAD, Prediction
+from ..detector import Detector, Prediction
 from ..errors import BGADError
-from ..export import OnnxDetector
 from ..model_checks import ScoringError
 from ..model_files import MODEL_JSON
 from ..progress import progress as progress_bar
@@ -138,7 +137,7 @@ def check_output(output: Path) -> None:
 
 
 def predict_folder(
-    detector: BGAD | OnnxDetector,
+    detector: Detector,
     images: list[Path],
     output: Path,
     *,

@@ -44,11 +44,11 @@ from PIL import Image
 from .._version import __version__
 from ..data.checks import size_problem
 from ..data.images import IMAGE_FORMATS, decode_image
-from ..detector import BGAD, Prediction
+from ..detector import Detector, Prediction
 from ..errors import BGADError
-from ..export import ONNX_FILE, OnnxDetector
+from ..export import ONNX_FILE
 from ..model_checks import ScoringError
-from ..model_files import model_id
+from ..model_files import MODEL_JSON, model_id
 from ..thresholds import NormalTail, Thresholds, normalized_score
 from .review import review_order
 from .visualize import heatmap_overlay
@@ -100,18 +100,16 @@ def _require_serving_packages() -> Any:
     return fastapi
 
 
-def model_description(run: Path, detector: BGAD | OnnxDetector) -> dict[str, Any]:
+def model_description(run: Path, detector: Detector) -> dict[str, Any]:
     """What ``GET /model`` returns: identity, configuration, thresholds and (for a run folder) its metrics."""
-    if isinstance(detector, BGAD):
-        config, source = detector.config.to_dict(), run / "model.json"
-    else:
-        config, source = json.loads(detector.metadata["config"]), run / ONNX_FILE if run.is_dir() else run
+    onnx_file = run / ONNX_FILE if run.is_dir() else run
+    source = run / MODEL_JSON if detector.engine == "torch" else onnx_file
     description = {
         "model_id": model_id(source),
         "source": str(run),
-        "engine": "torch" if isinstance(detector, BGAD) else detector.engine,
+        "engine": detector.engine,
         "bgad_version": __version__,
-        "config": config,
+        "config": detector.configuration.to_dict(),
         "thresholds": detector.thresholds_._asdict(),
         # The page's normalized scores at any threshold (bgad.thresholds.NormalTail.table).
         "normal_tail": None if detector.normal_scores_ is None else NormalTail(detector.normal_scores_).table(),
@@ -141,7 +139,7 @@ def _raw_map(anomaly_map: np.ndarray) -> dict[str, Any]:
 class Scorer:
     """The model and its lock: decoding runs in parallel, the forward pass one request at a time."""
 
-    def __init__(self, detector: BGAD | OnnxDetector, description: dict[str, Any], max_pixels: int):
+    def __init__(self, detector: Detector, description: dict[str, Any], max_pixels: int):
         self.detector, self.description, self.max_pixels = detector, description, max_pixels
         scores = detector.normal_scores_
         self.normal_tail = None if scores is None else NormalTail(scores)  # built once: /review uses it per image
