@@ -129,6 +129,27 @@ def test_predict_writes_scores_heatmaps_and_masks(
         assert heatmap.size == (70, 40)
 
 
+@pytest.mark.parametrize(("maps", "folders"), [("masks", ["masks"]), ("none", [])])
+def test_predict_writes_only_the_maps_asked_for(
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path, maps: str, folders: list[str]
+) -> None:
+    images = tiny_dataset / "part" / "test" / "crack"
+    out = tmp_path / "out"
+    assert main(["predict", "--run", str(tiny_run), "--output", str(out), str(images), "--maps", maps, "--quiet"]) == 0
+    with open(out / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(list(images.iterdir()))
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == folders
+    assert all(len(list((out / folder).iterdir())) == len(rows) for folder in folders)
+
+
+def test_predict_review_needs_the_heatmaps(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["predict", "--run", str(tiny_run), "--output", str(tmp_path / "out"), str(tmp_path), "--quiet"]
+    assert main([*args, "--maps", "masks", "--review", "3"]) == 2
+    _one_line_error(capsys, "--review shows the heatmaps")
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_reports_bad_inputs_and_finishes_the_rest(
     tiny_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -30,7 +30,7 @@ from .ablation import run_ablation
 from .benchmark import collect_benchmark, parse_shard, run_benchmark
 from .calibration import calibrate_run
 from .crossval import cross_validate
-from .prediction import SCORES_CSV, check_output, collect_images, predict_folder
+from .prediction import MAPS, SCORES_CSV, check_output, collect_images, predict_folder
 from .review import REVIEW_CSV, REVIEW_SHEET, review_queue, write_review
 from .runs import RunResults, evaluate_run, fit_run, resume_run
 from .serve import MAX_PIXELS
@@ -291,6 +291,8 @@ def _apply_thresholds(args: argparse.Namespace, detector: Detector) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.review and args.maps != "all":
+        raise BGADError("--review shows the heatmaps: it needs --maps all")
     check_output(args.output)
     detector = _load_for_prediction(args)
     _apply_thresholds(args, detector)
@@ -307,6 +309,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             args.output,
             batch_size=args.batch_size,
             mask_every_image=args.mask_every_image,
+            maps=args.maps,
             problems=problems,
             progress=not args.quiet,
         )
@@ -690,6 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-every-image",
         action="store_true",
         help="write above-threshold pixels for images judged good too (default: their mask is empty)",
+    )
+    predict.add_argument(
+        "--maps",
+        choices=MAPS,
+        default="all",
+        help="images written beside scores.csv: heatmaps and masks (all, the default), masks only, or none",
     )
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
 

@@ -29,6 +29,10 @@ from .review import Scored
 from .visualize import heatmap_overlay
 
 SCORES_CSV = "scores.csv"
+MAPS = ("all", "masks", "none")  # what predict writes beside scores.csv: heatmaps and masks, masks only, nothing
+# zlib level 1: a 900-px heatmap compresses in about a fifth of the time of PIL's default level 6, for a file about
+# a quarter larger (measured in docs/performance.md).
+PNG_COMPRESS_LEVEL = 1
 PREDICT_MARK = ".bgad-predict"  # in every folder predict writes: a later predict may write over it, and only then
 
 
@@ -101,13 +105,16 @@ def _decode(batch: Sequence[Path]) -> tuple[dict[Path, Image.Image], list[str]]:
 
 
 def _write_maps(
-    picture: Image.Image, prediction: Prediction, pixel_threshold: float, heatmap: Path, mask: Path
+    picture: Image.Image, prediction: Prediction, pixel_threshold: float, heatmap: Path | None, mask: Path | None
 ) -> None:
-    overlay = heatmap_overlay(np.asarray(picture), prediction.anomaly_map, threshold=pixel_threshold)
-    with _naming(heatmap):
-        Image.fromarray(overlay).save(heatmap)
-    with _naming(mask):
-        Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(mask)
+    """Write the heatmap overlay and the mask of one image (each only where a path is given)."""
+    if heatmap is not None:
+        overlay = heatmap_overlay(np.asarray(picture), prediction.anomaly_map, threshold=pixel_threshold)
+        with _naming(heatmap):
+            Image.fromarray(overlay).save(heatmap, compress_level=PNG_COMPRESS_LEVEL)
+    if mask is not None:
+        with _naming(mask):
+            Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(mask, compress_level=PNG_COMPRESS_LEVEL)
 
 
 @contextmanager
@@ -143,14 +150,18 @@ def predict_folder(
     *,
     batch_size: int,
     mask_every_image: bool = False,
+    maps: str = "all",
     problems: list[str],
     progress: bool = True,
 ) -> list[Scored]:
     """Score ``images`` into ``output`` and return them, in order; unreadable images go to ``problems`` (and to
-    stderr as they are met)."""
+    stderr as they are met). ``maps`` (one of :data:`MAPS`) says which image files are written beside the scores."""
+    if maps not in MAPS:
+        raise BGADError(f"maps must be one of {', '.join(MAPS)}, got {maps!r}")
     heatmaps, masks = output / "heatmaps", output / "masks"
-    heatmaps.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
+    for folder in (heatmaps, masks)[MAPS.index(maps) :]:
+        folder.mkdir(exist_ok=True)
     (output / PREDICT_MARK).write_text("written by bgad predict: a later bgad predict may write over this folder\n")
     names = dict(zip(images, _output_names(images), strict=True))
     batches = [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
@@ -198,7 +209,8 @@ def predict_folder(
             finish(writing)  # the previous batch: its files were written while this one was scored
             writing = []
             for (image, picture), prediction in zip(readable.items(), predictions, strict=True):
-                heatmap, mask = heatmaps / f"{names[image]}.png", masks / f"{names[image]}_mask.png"
+                heatmap = heatmaps / f"{names[image]}.png" if maps == "all" else None
+                mask = masks / f"{names[image]}_mask.png" if maps != "none" else None
                 future = pool.submit(_write_maps, picture, prediction, pixel_threshold, heatmap, mask)
                 writing.append((future, image, prediction))
             bar.update(len(batch))
