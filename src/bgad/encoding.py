@@ -40,11 +40,15 @@ class GridEncoding(NamedTuple):
         h, w = len(self.rows), len(self.columns)
         return torch.cat([self.columns.repeat(h, 1), self.rows.repeat_interleave(w, dim=0)], dim=1)
 
+    def separate_projections(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """``weight @ c`` in its two terms: (w, hidden) by column and (h, hidden) by row; position (y, x) has
+        ``by_column[x] + by_row[y]``."""
+        half = self.columns.shape[1]
+        return F.linear(self.columns, weight[:, :half]), F.linear(self.rows, weight[:, half:])
+
     def project(self, weight: Tensor, positions: Tensor | None) -> Tensor:
         """``weight @ c`` for the vectors at ``positions`` (N,), or for every position in order if None."""
-        half = self.columns.shape[1]
-        by_column = F.linear(self.columns, weight[:, :half])  # (w, hidden)
-        by_row = F.linear(self.rows, weight[:, half:])  # (h, hidden)
+        by_column, by_row = self.separate_projections(weight)
         if positions is None:
             return (by_row[:, None, :] + by_column[None, :, :]).flatten(0, 1)
         # index_select: its backward (index_add) is ~10x faster on CPU than that of tensor[index].

@@ -8,17 +8,25 @@ softplus scale; then a fixed random rotation in SO(C).
 The subnet's first layer multiplies ``[x1; c]``. Its condition part ``W_c c`` depends only on the position,
 so it is computed once per distinct position (the rows of a condition *table*) and gathered with an index
 instead of being recomputed for every vector. This is exact, and it is what makes whole-image inference cheap.
+
+Whole images are scored by :class:`GridFlow`, the same function rearranged: the condition term (one row per grid
+column and one per grid row), the subnet's output scale and the global affine are folded into tables and weights
+computed once (:meth:`ConditionalFlow.grid_flow`), so that a block is two matrix products for the subnet, one for
+the rotation and a few element-wise passes; the last rotation is skipped, as it keeps ``|z|``. Only rounding
+differs (and the stored float32 rotations are orthogonal to ~1e-7): maps agree with the general path's to 2e-6 of
+their scale.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .encoding import Condition, project_condition
+from .encoding import Condition, GridEncoding, project_condition
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # softplus_{beta=0.5}(g) * 0.1 == 1 at this value, so the global scale starts as the identity (FrEIA's init).
@@ -85,6 +93,84 @@ class CouplingBlock(nn.Module):
         log_scale, shift = self._coupling_params(x1, cond_bias)
         return torch.cat([x1, (x2 - shift) * torch.exp(-log_scale)], dim=-1)
 
+    def grid_block(self, condition: GridEncoding) -> GridBlock:
+        """This block as a :class:`GridBlock` for every position of ``condition``'s grid."""
+        first, last = self.subnet[0], self.subnet[2]
+        by_column, by_row = condition.separate_projections(first.weight[:, self.split :])
+        scale = self._scale()
+        return GridBlock(
+            column_bias=by_column + first.bias,
+            row_bias=by_row,
+            weight_in=first.weight[:, : self.split].T,
+            weight_out=_sigmoid_form(last.weight).T,
+            bias_out=_sigmoid_form(last.bias),
+            scale=scale,
+            offset=self.global_offset,
+            rotation=scale[:, None] * self.rotation.T,
+            rotated_offset=self.global_offset @ self.rotation.T,
+            clamp_alpha=self.clamp_alpha,
+        )
+
+
+def _sigmoid_form(last: Tensor) -> Tensor:
+    """The rows of the subnet's last layer (weight or bias) times its output scale 0.1, the log-scale half times 2
+    more: ``alpha tanh(u) = 2 alpha sigmoid(2u) - alpha``, and sigmoid is 5x faster than tanh on a CPU."""
+    half = len(last) // 2
+    return 0.1 * torch.cat([2 * last[:half], last[half:]])
+
+
+class GridBlock(NamedTuple):
+    """A :class:`CouplingBlock` for the vectors of whole images, with what does not depend on them precomputed."""
+
+    # The subnet's first bias plus its condition term W_c c at position (y, x): column_bias[x] + row_bias[y]
+    column_bias: Tensor  # (w, hidden)
+    row_bias: Tensor  # (h, hidden)
+    weight_in: Tensor  # (split, hidden): the first layer's weight on x1, transposed
+    weight_out: Tensor  # (hidden, 2 (C - split)): the last layer's weight in :func:`_sigmoid_form`, transposed
+    bias_out: Tensor  # its bias in :func:`_sigmoid_form`
+    scale: Tensor  # (C,): the global affine's scale
+    offset: Tensor  # (C,): and its offset
+    rotation: Tensor  # (C, C): diag(scale) R^T, the global affine and the rotation as one matrix
+    rotated_offset: Tensor  # (C,): offset R^T
+    clamp_alpha: float
+
+    def coupled(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The coupling of the vectors x (B P, C) of B whole images, before the global affine, and its log|det|."""
+        split, hidden_size = self.weight_in.shape
+        x1, x2 = x[:, :split], x[:, split:]
+        hidden = (x1 @ self.weight_in).view(-1, len(self.row_bias), len(self.column_bias), hidden_size)
+        hidden = hidden.add_(self.column_bias).add_(self.row_bias[:, None]).flatten(0, 2)
+        a = torch.addmm(self.bias_out, hidden.relu_(), self.weight_out)
+        half = a.shape[1] // 2
+        log_scale = torch.sigmoid(a[:, :half]).mul(2 * self.clamp_alpha).sub_(self.clamp_alpha)
+        x2 = torch.addcmul(a[:, half:], x2, log_scale.exp())
+        return torch.cat([x1, x2], dim=1), log_scale.sum(dim=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`CouplingBlock.forward` of the vectors x (B P, C) of B whole images."""
+        coupled, log_det = self.coupled(x)
+        return torch.addmm(self.rotated_offset, coupled, self.rotation), log_det
+
+
+class GridFlow(NamedTuple):
+    """A :class:`ConditionalFlow` that scores every position of whole images (inference); see the module's doc."""
+
+    blocks: tuple[GridBlock, ...]
+    log_det: Tensor  # the global affines' part of log|det J|, the same for every vector
+
+    def log_prob(self, vectors: Tensor) -> Tensor:
+        """:meth:`ConditionalFlow.log_prob` of the vectors (B, P, C) of whole images, positions in grid order."""
+        channels = vectors.shape[-1]
+        x, log_det = vectors.flatten(0, 1), self.log_det
+        for block in self.blocks[:-1]:
+            x, block_log_det = block.forward(x)
+            log_det = log_det + block_log_det
+        last = self.blocks[-1]
+        coupled, block_log_det = last.coupled(x)
+        squared_norm = torch.addcmul(last.offset, coupled, last.scale).square().sum(dim=1)  # |z|: R keeps it
+        log_prob = (log_det + block_log_det - 0.5 * squared_norm) / channels - _HALF_LOG_2PI
+        return log_prob.view(vectors.shape[:2])
+
 
 class ConditionalFlow(nn.Module):
     """A stack of :class:`CouplingBlock` s over C-dimensional feature vectors with a positional condition.
@@ -124,3 +210,9 @@ class ConditionalFlow(nn.Module):
         """Per-dimension log-likelihood ``log p(x | c) / C`` of each vector (...) under a standard normal latent."""
         z, log_det = self(x, condition, index)
         return (log_det - 0.5 * z.square().sum(dim=-1)) / self.channels - _HALF_LOG_2PI
+
+    def grid_flow(self, condition: GridEncoding) -> GridFlow:
+        """This flow as a :class:`GridFlow` for whole images on ``condition``'s grid, from the current weights
+        (differentiable where gradients are on; recompute it after any change of weights)."""
+        blocks = tuple(block.grid_block(condition) for block in self.blocks)
+        return GridFlow(blocks, torch.log(torch.stack([block.scale for block in blocks])).sum())

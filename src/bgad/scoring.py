@@ -29,8 +29,9 @@ def normality_map(
     total = None
     for log_prob, offset in zip(level_log_probs, level_max, strict=True):
         normality = torch.exp(((log_prob - offset) / temperature).clamp_min(LOG_NORMALITY_FLOOR))
-        up = F.interpolate(normality[:, None], size=size, mode="bilinear", align_corners=True)
-        total = up[:, 0] if total is None else total + up[:, 0]
+        # squeeze, not [:, 0]: the same values, and no Gather (a copy) in the exported graph
+        up = F.interpolate(normality[:, None], size=size, mode="bilinear", align_corners=True).squeeze(1)
+        total = up if total is None else total + up
     return total
 
 
