@@ -4,7 +4,7 @@
 - ``holdout``: a seeded share (``--holdout``, default 0.2) of the training normals is kept out of the fit, and the
   model is then calibrated on it (``BGAD.calibrate``): out of sample, but trained on fewer normals;
 - ``cross-fit`` (the default): every normal's vectors normalized with statistics of the other folds
-  (:mod:`bgad.crossfit`); the flows train on them and the calibration uses them.
+  (:mod:`bgad.method.crossfit`); the flows train on them and the calibration uses them.
 
 Each is evaluated on the category's evaluation images (the known anomalies left out): threshold-free metrics, the
 verdicts at its own thresholds, the training time, and how far its calibration scores are from the scores of the

@@ -21,7 +21,7 @@ from bgad import BGAD
 from bgad.data.layouts import load_mvtec
 from bgad.data.samples import Split
 from bgad.evaluation import evaluate
-from bgad.thresholds import Thresholds
+from bgad.method.thresholds import Thresholds
 
 
 def pooled_f1_pixel_threshold(detector: BGAD, split: Split) -> float:

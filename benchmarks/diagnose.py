@@ -22,14 +22,14 @@ import torch
 import bgad.detector
 from bgad import BGAD
 from bgad.app.baselines import gaussian_blur
-from bgad.backbones import create_backbone
 from bgad.config import BGADConfig, TrainConfig
 from bgad.data.images import content_masks, image_shape, mask_to_tensor, read_mask
 from bgad.data.layouts import load_mvtec
 from bgad.data.samples import make_split
 from bgad.evaluation import Evaluation
-from bgad.features import extract_features
-from bgad.scoring import anomaly_map, image_scores
+from bgad.method.backbones import create_backbone
+from bgad.method.features import extract_features
+from bgad.method.scoring import anomaly_map, image_scores
 
 VARIANTS: dict[str, dict] = {
     "default": {},

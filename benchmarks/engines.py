@@ -43,7 +43,7 @@ from bgad.app.speed import median_seconds
 from bgad.data.layouts import DatasetSpec
 from bgad.evaluation import evaluate
 from bgad.export import export_onnx, open_onnxruntime, open_openvino
-from bgad.features import image_batches
+from bgad.method.features import image_batches
 
 Run = Callable[[np.ndarray], np.ndarray]  # input batch -> anomaly maps
 BATCHES = (1, 8)

@@ -28,8 +28,8 @@ from torch import nn
 
 from bgad.app.speed import median_seconds
 from bgad.config import BGADConfig
-from bgad.model import BGADModel
-from bgad.scoring import calibrate
+from bgad.method.model import BGADModel
+from bgad.method.scoring import calibrate
 
 BEFORE = "bgad_before"
 

@@ -10,8 +10,8 @@ import torch
 
 from bgad.app.speed import median_seconds
 from bgad.config import LossConfig
-from bgad.level import FeatureLevel
-from bgad.training import train_step
+from bgad.method.level import FeatureLevel
+from bgad.method.training import train_step
 
 LEVELS = ((24, 64), (40, 32), (112, 16))  # (channels, grid side) of EfficientNet-Lite0 at strides 4, 8, 16
 
@@ -41,7 +41,7 @@ def condition_paths() -> None:
 
 
 def training_steps() -> None:
-    """:func:`bgad.training.train_step` (phase-2 loss, 5 % anomalous vectors, Adam) on 4096 vectors per level."""
+    """:func:`bgad.method.training.train_step` (phase-2 loss, 5 % anomalous vectors, Adam) on 4096 vectors per level."""
     for channels, side in LEVELS:
         level = _level(channels, side)
         optimizer = torch.optim.Adam(level.parameters())

@@ -26,7 +26,7 @@ from bgad import BGAD, load_config
 from bgad.data.layouts import load_mvtec
 from bgad.data.samples import make_split
 from bgad.evaluation import evaluate
-from bgad.scoring import anomaly_map
+from bgad.method.scoring import anomaly_map
 from bgad.selection import CRITERIA, Candidate, select_settings
 
 

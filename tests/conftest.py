@@ -6,7 +6,7 @@ import yaml
 from hypothesis import settings
 from PIL import Image
 
-import bgad.training
+import bgad.method.training
 from bgad.config import BGADConfig
 from bgad.data.demo import make_demo_dataset
 
@@ -93,9 +93,9 @@ def tiny_run(tiny_dataset: Path, config_file: Path, tmp_path_factory: pytest.Tem
 
 
 def interrupt_at(meta_epoch: int, step: int = 1):
-    """A stand-in for :func:`bgad.training.learning_rate` that raises KeyboardInterrupt (Ctrl-C) at one step of one
-    meta-epoch: ``monkeypatch.setattr(bgad.training, "learning_rate", interrupt_at(2))``."""
-    original = bgad.training.learning_rate
+    """A stand-in for :func:`bgad.method.training.learning_rate` that raises KeyboardInterrupt (Ctrl-C) at one step
+    of one meta-epoch: ``monkeypatch.setattr(bgad.method.training, "learning_rate", interrupt_at(2))``."""
+    original = bgad.method.training.learning_rate
 
     def learning_rate(config, epoch: int, at: int, steps: int) -> float:
         if (epoch, at) == (meta_epoch, step):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bgad import BGADError, create_backbone, list_backbones
-from bgad.backbones import INPUT_SCALINGS, STRIDES
 from bgad.data.images import BLACK, image_to_tensor, read_image
+from bgad.method.backbones import INPUT_SCALINGS, STRIDES
 
 SIZE = 64
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from bgad import BGAD
 from bgad.app.cli import main
-from bgad.thresholds import NormalTail
+from bgad.method.thresholds import NormalTail
 
 from .conftest import assert_one_line, snapshot
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import bgad.training
+import bgad.method.training
 from bgad.app.cli import main
 
 from .conftest import interrupt_at
@@ -83,7 +83,7 @@ def test_interrupted_fit_resumes_to_the_same_metrics(
 ) -> None:
     output = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(bgad.training, "learning_rate", interrupt_at(meta_epoch=2))
+        patch.setattr(bgad.method.training, "learning_rate", interrupt_at(meta_epoch=2))
         assert main(["fit", *folders, "--output", str(output), *options]) == 130
     err = capsys.readouterr().err.strip()
     assert err == f"bgad: interrupted; finished meta-epochs are saved: continue with `bgad fit --resume {output}`"

@@ -1,4 +1,4 @@
-"""Out-of-sample calibration (bgad.crossfit): folds, out-of-fold vectors, and verdicts that hold on new normals."""
+"""Out-of-sample calibration (bgad.method.crossfit): folds, out-of-fold vectors, verdicts that hold on new normals."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from bgad import BGAD, BGADConfig
-from bgad.crossfit import calibration_folds
-from bgad.level import FeatureLevel
+from bgad.method.crossfit import calibration_folds
+from bgad.method.level import FeatureLevel
 
 
 def test_folds_are_balanced_seeded_and_keep_an_images_tiles_together() -> None:

@@ -12,8 +12,8 @@ from sklearn.metrics import confusion_matrix, f1_score, jaccard_score, precision
 from bgad.data.samples import Sample
 from bgad.errors import BGADError
 from bgad.evaluation import Evaluation
+from bgad.method.thresholds import Thresholds, normalized_score, override_thresholds, threshold_for_fpr
 from bgad.metrics import decision_metrics, f1_max, mask_overlaps
-from bgad.thresholds import Thresholds, normalized_score, override_thresholds, threshold_for_fpr
 
 
 def test_decision_metrics_match_sklearn() -> None:

@@ -14,11 +14,11 @@ import torch.distributed as dist
 import torch.multiprocessing
 
 import bgad
-import bgad.training
+import bgad.method.training
 from bgad.config import LossConfig, TrainConfig
 from bgad.distributed import DataParallel, current
-from bgad.level import FeatureLevel
-from bgad.training import LevelData, level_data, train_flows
+from bgad.method.level import FeatureLevel
+from bgad.method.training import LevelData, level_data, train_flows
 
 from .conftest import fit_command, interrupt_at
 
@@ -76,14 +76,14 @@ def _worker(rank: int, port: int, folder: Path) -> None:
 
         levels, data = _problem()
         resumed = {"checkpoint": folder / f"resumed{rank}", "config": {}, "progress": False, "parallel": parallel}
-        original = bgad.training.learning_rate
-        bgad.training.learning_rate = interrupt_at(meta_epoch=2)  # Ctrl-C in every process at the same step
+        original = bgad.method.training.learning_rate
+        bgad.method.training.learning_rate = interrupt_at(meta_epoch=2)  # Ctrl-C in every process at the same step
         try:
             train_flows(levels, data, TRAIN, LOSS, **resumed)
         except KeyboardInterrupt:
             pass
         finally:
-            bgad.training.learning_rate = original
+            bgad.method.training.learning_rate = original
         levels, data = _problem()
         train_flows(levels, data, TRAIN, LOSS, **resumed)  # process 0 resumes; the others get its state
         torch.save({"flows": _flows(levels)}, folder / f"resumed{rank}.pt")
@@ -174,7 +174,7 @@ def test_torchrun_fit_writes_one_run_that_matches_a_single_process_fit(
 
     interrupted = tmp_path / "interrupted"
     with monkeypatch.context() as patch:
-        patch.setattr(bgad.training, "learning_rate", interrupt_at(meta_epoch=2))
+        patch.setattr(bgad.method.training, "learning_rate", interrupt_at(meta_epoch=2))
         assert main(fit_command(tiny_dataset, interrupted, config_file)) == 130
     done = subprocess.run(
         [*torchrun, "bgad", "fit", "--resume", str(interrupted), "--quiet"],

@@ -12,8 +12,8 @@ from bgad import metrics
 from bgad.data.images import content_box
 from bgad.data.samples import Sample
 from bgad.evaluation import Evaluation, evaluate, full_resolution_metrics
-from bgad.features import image_batches
-from bgad.scoring import resize_maps
+from bgad.method.features import image_batches
+from bgad.method.scoring import resize_maps
 
 
 class BrightnessMapper:

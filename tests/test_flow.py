@@ -1,4 +1,4 @@
-"""Tests for the conditional normalizing flow (``bgad.flow``) and its positional condition (``encoding``).
+"""Tests for the conditional normalizing flow (``bgad.method.flow``) and its positional condition (``encoding``).
 
 Float64 checks that need exact invertibility or an exact Jacobian first replace every block's rotation by
 its nearest exactly-orthogonal float64 matrix (see :func:`_to_exact_double`): the buffer is drawn in float64
@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from bgad.encoding import GridEncoding, positional_encoding_2d
-from bgad.flow import ConditionalFlow
+from bgad.method.encoding import GridEncoding, positional_encoding_2d
+from bgad.method.flow import ConditionalFlow
 
 COND_DIM = 128
 

@@ -1,4 +1,4 @@
-"""The inference path (``FeatureLevel.log_prob_map`` through :class:`bgad.flow.GridFlow`, cached) against the
+"""The inference path (``FeatureLevel.log_prob_map`` through :class:`bgad.method.flow.GridFlow`, cached) against the
 general path that training uses (a row index per vector) and a naive per-position normalization written out here.
 
 Weights are random and moved away from their init (``_perturb``: a non-linear clamp, different scales per channel),
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from bgad.config import ModelConfig
-from bgad.encoding import GridEncoding
-from bgad.flow import ConditionalFlow
-from bgad.level import FeatureLevel
-from bgad.model import BGADModel
-from bgad.scoring import anomaly_map, calibrate
+from bgad.method.encoding import GridEncoding
+from bgad.method.flow import ConditionalFlow
+from bgad.method.level import FeatureLevel
+from bgad.method.model import BGADModel
+from bgad.method.scoring import anomaly_map, calibrate
 
 from .test_flow import _perturb, _to_exact_double
 

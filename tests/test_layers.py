@@ -1,7 +1,8 @@
 """The package reads as the method, bottom to top: no module imports from a layer above its own.
 
-``bgad/data`` (datasets, images, checks, synthesis) sits under the method; ``bgad/app`` (command line, run folders,
-reports, benchmark) sits on top of it and nothing else imports it.
+``bgad/data`` (datasets, images, checks, synthesis) sits under the method; ``bgad/method`` holds the method itself,
+checked module by module; ``bgad/app`` (command line, run folders, reports, benchmark) sits on top of it and nothing
+else imports it.
 """
 
 import ast
@@ -14,23 +15,33 @@ PACKAGE = Path(bgad.__file__).parent
 # Lowest first. A module may import from its own layer and the layers below it. A subpackage is listed whole
 # (its modules share its layer) or module by module.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "foundation": ("_version", "errors", "config", "serialization", "progress", "devices", "distributed"),
+    "foundation": ("_version", "errors", "config", "serialization", "progress", "devices", "distributed", "method"),
     "data": ("data",),
-    "features": ("backbones", "features", "whitening"),
-    "flow": ("encoding", "flow", "level"),
-    "losses": ("losses",),
-    "training": ("crossfit", "training", "checkpoint"),
-    "scoring": ("metrics", "scoring", "tiling", "model", "thresholds"),
+    "features": ("method.backbones", "method.features", "method.whitening"),
+    "flow": ("method.encoding", "method.flow", "method.level"),
+    "losses": ("method.losses",),
+    "training": ("method.crossfit", "method.training", "checkpoint"),
+    "scoring": ("metrics", "method.scoring", "method.tiling", "method.model", "method.thresholds"),
     "estimator": ("model_checks", "model_files", "detector", "export", "engines"),
     "evaluation": ("evaluation", "selection"),
     "application": ("app", "__main__"),
 }
+SPLIT = "method"  # the subpackage whose modules have layers of their own
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 
 
 def _module_of(path: Path) -> str:
-    """The top-level module or subpackage a file belongs to (``data/layouts/mvtec.py`` belongs to ``data``)."""
-    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    """The top-level module or subpackage a file belongs to (``data/layouts/mvtec.py`` belongs to ``data``), or
+    ``method.<module>`` for a module of the method (its ``__init__`` is ``method``)."""
+    parts = [part.removesuffix(".py") for part in path.relative_to(PACKAGE).parts]
+    return _named(parts)
+
+
+def _named(parts: list[str]) -> str:
+    """The layer name of the module at ``parts`` below the package."""
+    if parts[0] == SPLIT and len(parts) > 1 and parts[1] != "__init__":
+        return f"{SPLIT}.{parts[1]}"
+    return parts[0]
 
 
 def _imported(path: Path, source: str | None = None) -> set[str]:
@@ -49,12 +60,14 @@ def _imported(path: Path, source: str | None = None) -> set[str]:
             else:
                 base = package[: len(package) - (node.level - 1)]
                 target = [*base, *(node.module.split(".") if node.module else [])]
-            if target:
-                found.add(target[0])
+            if target == [SPLIT]:  # from .method import x: x is a module of the method
+                found.update(_named([SPLIT, alias.name]) for alias in node.names)
+            elif target:
+                found.add(_named(target))
             else:  # from . import x at the top: a module, or a name of the package itself (above every layer)
                 found.update(alias.name if alias.name in RANK else "__init__" for alias in node.names)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("bgad."))
+            found.update(_named(a.name.split(".")[1:]) for a in node.names if a.name.startswith("bgad."))
     return found
 
 
@@ -78,5 +91,7 @@ def test_no_module_imports_from_a_higher_layer() -> None:
 def test_the_check_sees_an_upward_import() -> None:
     """The checker itself: a loader importing the application or the flow is seen, relative or absolute."""
     loader = PACKAGE / "data" / "layouts" / "mvtec.py"
-    source = "from ...app.runs import fit_run\nfrom bgad.flow import ConditionalFlow\nfrom ..samples import GOOD\n"
-    assert _imported(loader, source) == {"app", "flow", "data"}
+    source = (
+        "from ...app.runs import fit_run\nfrom bgad.method.flow import ConditionalFlow\nfrom ..samples import GOOD\n"
+    )
+    assert _imported(loader, source) == {"app", "method.flow", "data"}

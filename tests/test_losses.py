@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bgad.config import LossConfig
-from bgad.losses import (
+from bgad.method.losses import (
     WholeBatch,
     anomaly_focal_weights,
     bgad_loss,

@@ -11,7 +11,7 @@ from bgad.app import report
 from bgad.app.report import write_report
 from bgad.data.samples import Sample
 from bgad.evaluation import Evaluation
-from bgad.thresholds import Thresholds
+from bgad.method.thresholds import Thresholds
 
 SIZE = 24
 

@@ -24,12 +24,12 @@ from bgad.data.images import (
 from bgad.data.samples import Sample
 from bgad.detector import predict_images
 from bgad.evaluation import Evaluation, evaluate
-from bgad.features import image_batches
+from bgad.method.features import image_batches
+from bgad.method.scoring import calibrate, normality_map
+from bgad.method.thresholds import Thresholds, fit_thresholds
+from bgad.method.training import vector_labels
 from bgad.metrics import aupro, pixel_ap, pixel_auroc
 from bgad.model_files import MODEL_JSON
-from bgad.scoring import calibrate, normality_map
-from bgad.thresholds import Thresholds, fit_thresholds
-from bgad.training import vector_labels
 
 pytestmark = pytest.mark.slow  # trains models end to end
 

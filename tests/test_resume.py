@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import bgad.training
+import bgad.method.training
 from bgad import BGAD, BGADError
 from bgad.checkpoint import STATE_JSON, TrainingState, load_checkpoint, save_checkpoint
 from bgad.config import BGADConfig
@@ -46,7 +46,7 @@ def test_resumed_fit_equals_uninterrupted_fit(
 
     checkpoint, log = tmp_path / "resumed", tmp_path / "log.jsonl"
     with monkeypatch.context() as patch:
-        patch.setattr(bgad.training, "learning_rate", interrupt_at(meta_epoch=2, step=1))
+        patch.setattr(bgad.method.training, "learning_rate", interrupt_at(meta_epoch=2, step=1))
         with pytest.raises(KeyboardInterrupt):
             BGAD(config).fit(*sources, checkpoint=checkpoint, log_path=log, progress=False)
     assert load_checkpoint(checkpoint).next_meta_epoch == 2
@@ -66,7 +66,7 @@ def test_fit_with_a_finished_checkpoint_trains_nothing(
 ) -> None:
     config = _config(tiny_config, meta_epochs=2, warmup_meta_epochs=0, synthesis="none")
     first = BGAD(config).fit(*sources, checkpoint=tmp_path, progress=False)
-    monkeypatch.setattr(bgad.training, "learning_rate", interrupt_at(meta_epoch=0, step=0))
+    monkeypatch.setattr(bgad.method.training, "learning_rate", interrupt_at(meta_epoch=0, step=0))
     again = BGAD(config).fit(*sources, checkpoint=tmp_path, progress=False)
     assert again.thresholds_ == first.thresholds_
     assert again.history_ == first.history_

@@ -9,7 +9,7 @@ from PIL import Image
 
 from bgad.app.cli import main
 from bgad.app.review import COLUMNS, THUMBNAIL, Scored, review_queue, write_review
-from bgad.thresholds import Thresholds
+from bgad.method.thresholds import Thresholds
 
 
 def _scored(tmp_path: Path, name: str, score: float, peak: float, threshold: float = 1.0) -> Scored:

@@ -2,7 +2,7 @@
 
 import torch
 
-from bgad.scoring import LOG_NORMALITY_FLOOR, anomaly_map, calibrate, image_scores, normality_map
+from bgad.method.scoring import LOG_NORMALITY_FLOOR, anomaly_map, calibrate, image_scores, normality_map
 
 
 def _levels(seed: int) -> list[torch.Tensor]:

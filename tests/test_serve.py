@@ -20,7 +20,7 @@ from PIL import Image
 from bgad import BGAD
 from bgad.app.review import review_order
 from bgad.app.serve import Scorer, create_app, model_description
-from bgad.thresholds import NormalTail, Thresholds, normalized_score, threshold_for_fpr
+from bgad.method.thresholds import NormalTail, Thresholds, normalized_score, threshold_for_fpr
 
 pytestmark = pytest.mark.slow
 testclient = pytest.importorskip("fastapi.testclient", reason="bgad serve needs its extra: pip install 'bgad[serve]'")
@@ -330,7 +330,7 @@ def test_the_onnx_engine_serves_the_same_scores(tiny_run: Path, tmp_path: Path, 
 
 def test_the_pages_normalized_score_is_the_librarys() -> None:
     """The page recomputes normalized scores when the threshold slider moves: its script must agree with
-    bgad.thresholds.normalized_score, from the tail table /model sends."""
+    bgad.method.thresholds.normalized_score, from the tail table /model sends."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("no node to run the page's script")

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bgad.config import ThresholdConfig
-from bgad.thresholds import (
+from bgad.method.thresholds import (
     NormalTail,
     describe_operating_point,
     fit_thresholds,

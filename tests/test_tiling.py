@@ -15,7 +15,7 @@ from PIL import Image
 from bgad import BGAD, BGADConfig, BGADError
 from bgad.app.cli import main
 from bgad.data.tiles import core_masks, stitch, tile_grid
-from bgad.tiling import image_max
+from bgad.method.tiling import image_max
 
 from .conftest import fit_command
 

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from bgad.config import TrainConfig
-from bgad.training import _epoch_rows, _meta_epoch_plan, _with_synthetic, learning_rate, level_data, vector_labels
+from bgad.method.training import (
+    _epoch_rows,
+    _meta_epoch_plan,
+    _with_synthetic,
+    learning_rate,
+    level_data,
+    vector_labels,
+)
 
 
 def test_cosine_schedule_matches_reference_values() -> None:

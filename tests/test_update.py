@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import bgad.training
+import bgad.method.training
 from bgad import BGAD, BGADError
 from bgad.app.cli import main
 from bgad.app.runs import is_run_folder, partial_folder
@@ -196,7 +196,7 @@ def test_an_interrupted_fit_from_resumes_to_the_same_run(
     whole, resumed, orphan = tmp_path / "whole", tmp_path / "resumed", tmp_path / "orphan"
     assert main(_from(parent, whole, new, epochs=2)) == 0
     with monkeypatch.context() as patch:
-        patch.setattr(bgad.training, "learning_rate", interrupt_at(meta_epoch=1))
+        patch.setattr(bgad.method.training, "learning_rate", interrupt_at(meta_epoch=1))
         assert main(_from(parent, resumed, new, epochs=2)) == 130
         assert main(_from(parent, orphan, new, epochs=2)) == 130
     assert not resumed.exists()

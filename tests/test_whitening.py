@@ -5,8 +5,8 @@ import pytest
 import torch
 from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
 
-from bgad.level import FeatureLevel
-from bgad.whitening import VARIANCE_FLOOR, fit_whitening, ledoit_wolf, whiten
+from bgad.method.level import FeatureLevel
+from bgad.method.whitening import VARIANCE_FLOOR, fit_whitening, ledoit_wolf, whiten
 
 
 def _vectors(n: int = 40, positions: int = 3, channels: int = 6, seed: int = 0) -> torch.Tensor:

@@ -1,11 +1,11 @@
 """bgad: supervised industrial anomaly detection with BGAD (Yao et al., CVPR 2023, arXiv 2207.01463)."""
 
 from ._version import __version__
-from .backbones import create_backbone, list_backbones
 from .config import BGADConfig, LossConfig, ModelConfig, TrainConfig, load_config
 from .detector import BGAD, Prediction
 from .errors import BGADError, NotFittedError
-from .model import BGADModel
+from .method.backbones import create_backbone, list_backbones
+from .method.model import BGADModel
 
 __all__ = [
     "BGAD",

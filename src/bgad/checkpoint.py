@@ -29,7 +29,8 @@ _FLOWS, _OPTIMIZER, _GENERATOR = "flows.", "optimizer.", "generator"
 
 @dataclass(frozen=True)
 class TrainingState:
-    """Everything :func:`bgad.training.train_flows` needs to continue after meta-epoch ``next_meta_epoch - 1``."""
+    """Everything :func:`bgad.method.training.train_flows` needs to continue after meta-epoch
+    ``next_meta_epoch - 1``."""
 
     next_meta_epoch: int
     flows: dict[str, Tensor]  # the flows' state_dict

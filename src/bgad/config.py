@@ -152,11 +152,11 @@ class ThresholdConfig:
     """How the image and pixel decision thresholds are set after training (never from the test set)."""
 
     # The share of new good parts the image threshold may flag (its false-alarm rate), estimated on out-of-sample
-    # normal scores (bgad.crossfit); the known anomalies may raise it within the estimate's sampling error.
+    # normal scores (bgad.method.crossfit); the known anomalies may raise it within the estimate's sampling error.
     target_fpr: float = 0.01
     pixel_quantile: float = 0.999  # quantile of the out-of-sample normals' pixel scores
     refine_with_anomalies: bool = True  # move the thresholds towards the known anomalies' scores
-    # Folds of the training normals for out-of-sample scores (bgad.crossfit); 0 or 1: in-sample (bgad 0.2).
+    # Folds of the training normals for out-of-sample scores (bgad.method.crossfit); 0 or 1: in-sample (bgad 0.2).
     calibration_folds: int = 5
 
     def __post_init__(self) -> None:

@@ -22,7 +22,6 @@ from PIL import Image
 from torch import Tensor
 
 from .config import BGADConfig, ModelConfig, TrainConfig
-from .crossfit import calibration_folds
 from .data.images import (
     BLACK,
     Color,
@@ -41,14 +40,15 @@ from .data.synthetic_pool import SyntheticAnomalies
 from .devices import resolve_device
 from .distributed import current
 from .errors import BGADError, NotFittedError
-from .features import extract_features, image_batches
-from .model import BGADModel
+from .method.crossfit import calibration_folds
+from .method.features import extract_features, image_batches
+from .method.model import BGADModel
+from .method.scoring import anomaly_map, calibrate, image_scores, resize_maps
+from .method.thresholds import NormalTail, Thresholds, fit_thresholds, normalized_score
+from .method.tiling import image_max, input_grid, stitched_map, tile_images
+from .method.training import LevelData, cached_log_prob_maps, level_data, train_flows, vector_labels
 from .model_checks import finite_maps
 from .model_files import load_model, save_model
-from .scoring import anomaly_map, calibrate, image_scores, resize_maps
-from .thresholds import NormalTail, Thresholds, fit_thresholds, normalized_score
-from .tiling import image_max, input_grid, stitched_map, tile_images
-from .training import LevelData, cached_log_prob_maps, level_data, train_flows, vector_labels
 
 MaskSource = str | Path | np.ndarray
 
@@ -57,12 +57,12 @@ MaskSource = str | Path | np.ndarray
 class Prediction:
     """The result for one image; maps and masks are at the image's original resolution."""
 
-    score: float  # maximum of the anomaly map (bgad.scoring): at the model's input size, tiled: at full size
+    score: float  # maximum of the anomaly map (bgad.method.scoring): at the model's input size, tiled: at full size
     anomaly_map: np.ndarray  # (H, W) float32
     mask: np.ndarray  # (H, W) bool: anomaly_map above the pixel threshold; empty when the image is judged good
     is_anomalous: bool  # score above the image threshold
-    normalized_score: float  # the score in [0, 1], 0.5 at the image threshold (bgad.thresholds.normalized_score)
-    # The estimated share of good parts scoring this high or higher (out of sample, bgad.thresholds.NormalTail):
+    normalized_score: float  # the score in [0, 1], 0.5 at the image threshold (bgad.method.thresholds.normalized_score)
+    # The estimated share of good parts scoring this high or higher (out of sample, bgad.method.thresholds.NormalTail):
     # 0.001 is 1 good part in 1,000; None when the model stores no normal scores.
     normal_share: float | None = None
 
@@ -148,8 +148,8 @@ class BGAD:
         """Train on normal images and (optionally) a few anomalies with their pixel masks.
 
         Sets ``model_`` (a :class:`BGADModel`), ``thresholds_`` (image and pixel decision thresholds, see
-        :mod:`bgad.thresholds`), ``normal_scores_`` (the training normals' out-of-fold image scores,
-        :mod:`bgad.crossfit`), ``known_scores_`` (the known anomalies'), ``history_`` (one record per meta-epoch)
+        :mod:`bgad.method.thresholds`), ``normal_scores_`` (the training normals' out-of-fold image scores,
+        :mod:`bgad.method.crossfit`), ``known_scores_`` (the known anomalies'), ``history_`` (one record per meta-epoch)
         and ``train_seconds_``; until the detector is saved, ``normal_log_probs_`` holds the training normals'
         out-of-fold log-likelihood maps, one (N, h, w) tensor per level, from which the calibration was set.
         ``checkpoint`` is a folder where the training state is saved after every meta-epoch; if it holds one, fit
@@ -290,7 +290,7 @@ class BGAD:
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
         """Anomaly maps (N, S, S) at the model's input size, on the CPU; higher = more anomalous. With
         ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.data.images.content_box` is meaningful.
-        A tiled model's are its stitched maps max-pooled to S x S (:func:`bgad.tiling.input_grid`)."""
+        A tiled model's are its stitched maps max-pooled to S x S (:func:`bgad.method.tiling.input_grid`)."""
         model = self._check_is_fitted()
         run = _on_device(model)
         if model.config.tile_size:
@@ -360,7 +360,8 @@ class BGAD:
     @torch.inference_mode()
     def level_log_probs(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> list[Tensor]:
         """Per-level log-likelihood maps (the flows' output before scoring), one (N, h, w) tensor per level on the
-        CPU: what :mod:`bgad.scoring` turns into anomaly maps, for rescoring with other levels or temperatures."""
+        CPU: what :mod:`bgad.method.scoring` turns into anomaly maps, for rescoring with other levels or
+        temperatures."""
         model = self._check_is_fitted()
         return _level_log_probs(model, self._batches(images, batch_size, model))
 
@@ -528,7 +529,7 @@ def _training_vectors(
     model: BGADModel, inputs: _ModelInputs, config: BGADConfig, progress: bool, *, fit_normalization: bool = True
 ) -> list[LevelData]:
     """Extract every training image's features once; fit the normalization (unless the model has one to keep);
-    label every vector. The normals' vectors are cross-fitted (:mod:`bgad.crossfit`) unless
+    label every vector. The normals' vectors are cross-fitted (:mod:`bgad.method.crossfit`) unless
     ``threshold.calibration_folds`` < 2."""
     features = extract_features(
         model.extractor,

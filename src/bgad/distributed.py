@@ -1,10 +1,10 @@
 """Data-parallel flow training over the processes of a ``torchrun`` launch (docs/performance.md).
 
-Every process holds the whole feature cache and draws the same fiber batches (same seed, same generator); each
-runs the flow on its own contiguous chunk of every batch. :func:`bgad.training.train_step` makes the step equal to
-the single-process step: the normal boundary is taken from the log-likelihoods of the whole batch (gathered), each
-loss term is the chunk's sum divided by the whole batch's count, and the gradients are summed over the processes.
-Process 0 alone writes files.
+Every process holds the whole feature cache and draws the same fiber batches (same seed, same generator); each runs the
+flow on its own contiguous chunk of every batch. :func:`bgad.method.training.train_step` makes the step equal to the
+single-process step: the normal boundary is taken from the log-likelihoods of the whole batch (gathered), each loss
+term is the chunk's sum divided by the whole batch's count, and the gradients are summed over the processes. Process 0
+alone writes files.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from torch import Tensor
 from . import metrics
 from .data.images import ImageSource, content_box, content_masks, image_shape, mask_to_tensor, read_mask
 from .data.samples import Sample
+from .method.scoring import image_scores, resize_maps
+from .method.thresholds import Thresholds
 from .progress import progress as progress_bar
-from .scoring import image_scores, resize_maps
-from .thresholds import Thresholds
 
 EVAL_SIZES = ("input", "full")  # pixel metrics on the model's input grid, or at each image's own resolution
 

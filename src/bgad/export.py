@@ -3,7 +3,7 @@
 The exported graph takes ``images`` float32 (B, 3, S, S) RGB in [0, 1] and returns ``anomaly_maps`` (B, S, S)
 and ``scores`` (B,), the maximum of each map; the batch dimension is dynamic. Everything after the resize is
 inside the graph: ImageNet normalization, backbone, feature standardization, flows and the calibrated scoring
-(``level_max``, ``normal_max``). Resizing stays on the host (PIL Lanczos, :func:`bgad.features.image_batches`),
+(``level_max``, ``normal_max``). Resizing stays on the host (PIL Lanczos, :func:`bgad.method.features.image_batches`),
 because no ONNX resize reproduces PIL's Lanczos filter: both runtimes then see exactly the same pixels. With
 ``resize="pad"`` (stored in the metadata) the graph sees the letterboxed canvas and its ``scores`` are maxima over
 the whole canvas; :meth:`OnnxDetector.predict` crops each map to the image's content box first, as BGAD does.
@@ -32,12 +32,12 @@ from .config import BGADConfig, ModelConfig
 from .data.images import Color, ImageSource
 from .detector import BGAD, Prediction, predict_images, tiled_input_maps
 from .errors import BGADError
-from .features import image_batches
-from .model import BGADModel
+from .method.features import image_batches
+from .method.model import BGADModel
+from .method.scoring import image_scores
+from .method.thresholds import Thresholds
 from .model_checks import checked_scores, checked_thresholds, finite_maps
-from .scoring import image_scores
 from .serialization import write_atomic
-from .thresholds import Thresholds
 
 ONNX_FILE = "model.onnx"  # the export's name inside a run folder
 INPUT_NAME = "images"
@@ -64,7 +64,7 @@ def export_onnx(
 ) -> Path:
     """Write the fitted ``detector`` to ``path`` as one self-contained ONNX file; return the path.
 
-    Inputs must be resized on the host as :func:`bgad.features.image_batches` does (``OnnxDetector`` does it).
+    Inputs must be resized on the host as :func:`bgad.method.features.image_batches` does (``OnnxDetector`` does it).
     ``opset`` is the ONNX opset version (None: the exporter's default). The file's metadata holds the bgad
     version, the image size, the configuration and the decision thresholds (JSON), and ``source_digest``, the
     :func:`bgad.model_files.model_digest` of the model folder the detector was loaded from: ``--engine auto``

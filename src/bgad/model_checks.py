@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BGADError
-from .thresholds import Thresholds
+from .method.thresholds import Thresholds
 
-_ROTATION_TOLERANCE = 1e-4  # |R R^T - I|; a float32 rotation drawn by bgad.flow.random_rotation is within 1e-6
+_ROTATION_TOLERANCE = 1e-4  # |R R^T - I|; a float32 rotation drawn by bgad.method.flow.random_rotation is within 1e-6
 
 
 class ScoringError(BGADError):

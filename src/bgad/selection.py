@@ -1,15 +1,14 @@
 """Settings chosen by cross-validation over the user's own labels (``bgad fit --select``), never evaluation images.
 
-The known anomalies are dealt into K folds, each defect type spread over them. Fold k fits a detector on every
-training normal and the other folds' anomalies, with every configured level. Its held-out anomalies and the
-out-of-fold scores of the training normals (:mod:`bgad.crossfit`) then rate every *scoring candidate*: a subset of
-the levels and a score temperature. These need no training of their own: each level has its own flow, trained on
-its own loss, and the temperature only combines the levels' maps (:mod:`bgad.scoring`). A candidate's estimate is
-the mean over folds of image AUROC, pixel AUROC and AUPRO on the held-out data (their mean is its criterion). A
-few held-out defects make the estimates noisy, so another candidate replaces the configured setting only when its
-criterion is higher by more than :data:`MIN_GAIN` and by more than the standard error of its per-fold differences
-to the configured one; the highest such candidate wins. The final model is then fitted on every label with the
-chosen setting.
+The known anomalies are dealt into K folds, each defect type spread over them. Fold k fits a detector on every training
+normal and the other folds' anomalies, with every configured level. Its held-out anomalies and the out-of-fold scores
+of the training normals (:mod:`bgad.method.crossfit`) then rate every *scoring candidate*: a subset of the levels and a
+score temperature. These need no training of their own: each level has its own flow, trained on its own loss, and the
+temperature only combines the levels' maps (:mod:`bgad.method.scoring`). A candidate's estimate is the mean over folds
+of image AUROC, pixel AUROC and AUPRO on the held-out data (their mean is its criterion). A few held-out defects make
+the estimates noisy, so another candidate replaces the configured setting only when its criterion is higher by more
+than :data:`MIN_GAIN` and by more than the standard error of its per-fold differences to the configured one; the
+highest such candidate wins. The final model is then fitted on every label with the chosen setting.
 
 The cost is K fits (of the configured levels), plus scoring: what it measured is in docs/diagnosis.md.
 """
@@ -32,8 +31,8 @@ from .config import BGADConfig
 from .data.images import ImageSource, content_masks, image_shape, mask_to_tensor
 from .detector import BGAD, MaskSource, masks_for
 from .errors import BGADError
+from .method.scoring import anomaly_map, calibrate, image_scores
 from .metrics import aupro, image_auroc, pixel_auroc
-from .scoring import anomaly_map, calibrate, image_scores
 
 TEMPERATURES = (1.0, 2.0, 4.0)  # score temperatures tried for two or more levels (one level: T changes no ranking)
 CRITERIA = ("image_auroc", "pixel_auroc", "pixel_aupro")  # a candidate's estimate: their mean

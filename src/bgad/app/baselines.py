@@ -9,7 +9,7 @@ They answer whether the flows (and the known anomalies) beat a plain per-positio
   Mahalanobis map upsampled and smoothed with a Gaussian of σ = 4 pixels.
 - :class:`UnsmoothedPadim`: the same without smoothing, the strongest floor known on the surface data, and
   :class:`UnsmoothedPadimImagenet`: that with ImageNet input scaling instead of the backbone's own
-  (:data:`bgad.backbones.INPUT_SCALINGS`), so the benchmark shows what the input scaling alone does.
+  (:data:`bgad.method.backbones.INPUT_SCALINGS`), so the benchmark shows what the input scaling alone does.
 
 Unlike PaDiM there is no random channel subsampling: the levels are small (24-112 channels for EfficientNet-Lite0).
 """
@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backbones import create_backbone
 from ..config import BGADConfig
-from ..crossfit import calibration_folds
 from ..data.images import ImageSource
 from ..errors import BGADError
-from ..features import extract_features, image_batches
+from ..method.backbones import create_backbone
+from ..method.crossfit import calibration_folds
+from ..method.features import extract_features, image_batches
 
 EPSILON = 0.01  # covariance regularization (PaDiM): cov + EPSILON * I
 
@@ -79,7 +79,7 @@ class GaussianBaseline:
 
     strides: tuple[int, ...] = (4, 8, 16)
     smoothing_sigma: float = 0.0  # pixels; 0 = no smoothing
-    input_scaling: str | None = None  # None: the backbone's own (bgad.backbones.INPUT_SCALINGS)
+    input_scaling: str | None = None  # None: the backbone's own (bgad.method.backbones.INPUT_SCALINGS)
 
     def __init__(self, config: BGADConfig | None = None, *, epsilon: float = EPSILON):
         self.config = config
@@ -96,7 +96,7 @@ class GaussianBaseline:
 
     def fit(self, normal_images: Sequence[ImageSource], *, progress: bool = False) -> GaussianBaseline:
         """Fit one Gaussian per level and position on the features of normal images; ``normal_maps_`` are the
-        normals' out-of-fold maps (:mod:`bgad.crossfit`), for thresholds set as BGAD's are."""
+        normals' out-of-fold maps (:mod:`bgad.method.crossfit`), for thresholds set as BGAD's are."""
         if len(normal_images) == 0:
             raise BGADError("fit needs at least one normal image")
         config = self._config

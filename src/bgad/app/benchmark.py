@@ -44,8 +44,8 @@ from ..detector import BGAD
 from ..devices import resolve_device
 from ..errors import BGADError, DatasetError
 from ..evaluation import DECISIONS, decision_summary, evaluate
+from ..method.thresholds import fit_thresholds
 from ..serialization import write_atomic
-from ..thresholds import fit_thresholds
 from .baselines import GaussianBaseline, PadimBaseline, UnsmoothedPadim, UnsmoothedPadimImagenet
 from .runs import fit_run
 from .speed import inference_speed, median_seconds
@@ -635,8 +635,8 @@ def _markdown(
         "## Decisions at each method's thresholds",
         "",
         "Every method's image threshold targets the same false-alarm rate on out-of-sample scores of its training "
-        "normals (`threshold.target_fpr`, cross-fitted: `bgad.crossfit`), refined by the same known anomalies "
-        "(`bgad.thresholds.fit_thresholds`). Counts are summed over seeds, rates are mean ± std.",
+        "normals (`threshold.target_fpr`, cross-fitted: `bgad.method.crossfit`), refined by the same known anomalies "
+        "(`bgad.method.thresholds.fit_thresholds`). Counts are summed over seeds, rates are mean ± std.",
         "",
         *_decision_table(results, names, methods),
         "",

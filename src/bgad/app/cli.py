@@ -23,9 +23,9 @@ from ..engines import ENGINES, choose_engine, load_detector
 from ..errors import BGADError, DatasetError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES
 from ..export import ONNX_FILE, export_onnx
-from ..model import BGADModel
+from ..method.model import BGADModel
+from ..method.thresholds import describe_operating_point, override_thresholds
 from ..model_files import model_digest
-from ..thresholds import describe_operating_point, override_thresholds
 from .ablation import run_ablation
 from .benchmark import collect_benchmark, parse_shard, run_benchmark
 from .calibration import calibrate_run

@@ -23,8 +23,8 @@ from ..data.images import read_image, to_canvas
 from ..data.samples import GOOD
 from ..errors import BGADError
 from ..evaluation import Evaluation
+from ..method.thresholds import Thresholds, describe_operating_point
 from ..metrics import pro_curve
-from ..thresholds import Thresholds, describe_operating_point
 
 FILES = "report_files"
 MAX_ROC_PIXELS = 2_000_000  # the pixel ROC curve is drawn from a fixed random sample of this many pixels
@@ -269,7 +269,7 @@ def _gallery(ev: Evaluation, out: Path, threshold: float | None, size: int) -> s
 
 def _decision_table(decisions: dict[str, Any], expected: dict[str, Any] | None) -> list[str]:
     """The verdicts at the model's thresholds: what an inspection line would see, after what the thresholds were
-    expected to do (``expected``: :func:`bgad.thresholds.operating_point`)."""
+    expected to do (``expected``: :func:`bgad.method.thresholds.operating_point`)."""
     rows = ['<tr><th>level</th><th class="n">threshold</th>']
     rows[0] += "".join(
         f'<th class="n">{name}</th>' for name in ("precision", "recall", "F1", "FPR", "TP", "FP", "TN", "FN")
@@ -308,7 +308,7 @@ def write_report(
     """Writes directory/report.html plus its PNG figures (in directory/report_files/) and returns the HTML path.
 
     ``thresholds`` mark the verdicts in the figures; ``decisions`` (:meth:`Evaluation.decisions`) get a table,
-    after the ``operating_point`` (:func:`bgad.thresholds.operating_point`) the thresholds were set for;
+    after the ``operating_point`` (:func:`bgad.method.thresholds.operating_point`) the thresholds were set for;
     ``notes`` are paragraphs under the title (how the model was made, images left out of the evaluation).
     PNG files left in ``report_files/`` by an earlier report are deleted first.
     """

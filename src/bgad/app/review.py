@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..thresholds import Thresholds
+from ..method.thresholds import Thresholds
 from .csv_cells import safe_cell
 
 REVIEW_CSV, REVIEW_SHEET = "review.csv", "review.png"

@@ -31,9 +31,9 @@ from ..devices import resolve_device
 from ..distributed import DataParallel, current
 from ..errors import BGADError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES, Evaluation, Metrics, evaluate, full_resolution_metrics
+from ..method.thresholds import operating_point
 from ..model_files import MODEL_JSON
 from ..selection import Selection, describe_selection, select_settings
-from ..thresholds import operating_point
 from .lineage import EVALUATION_REMOVED, LINEAGE, evaluation_samples, lineage_steps, report_notes, run_category, trainer
 from .locking import run_lock
 from .report import write_report

@@ -47,9 +47,9 @@ from ..data.images import IMAGE_FORMATS, decode_image
 from ..detector import Detector, Prediction
 from ..errors import BGADError
 from ..export import ONNX_FILE
+from ..method.thresholds import NormalTail, Thresholds, normalized_score
 from ..model_checks import ScoringError
 from ..model_files import MODEL_JSON, model_id
-from ..thresholds import NormalTail, Thresholds, normalized_score
 from .review import review_order
 from .visualize import heatmap_overlay
 
@@ -111,7 +111,7 @@ def model_description(run: Path, detector: Detector) -> dict[str, Any]:
         "bgad_version": __version__,
         "config": detector.configuration.to_dict(),
         "thresholds": detector.thresholds_._asdict(),
-        # The page's normalized scores at any threshold (bgad.thresholds.NormalTail.table).
+        # The page's normalized scores at any threshold (bgad.method.thresholds.NormalTail.table).
         "normal_tail": None if detector.normal_scores_ is None else NormalTail(detector.normal_scores_).table(),
     }
     metrics = run / "metrics.json" if run.is_dir() else None

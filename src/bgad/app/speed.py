@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 
 from ..config import LossConfig, TrainConfig
-from ..model import BGADModel
-from ..training import train_step
+from ..method.model import BGADModel
+from ..method.training import train_step
 
 
 def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int) -> float:
@@ -59,7 +59,7 @@ def training_speed(model: BGADModel, train: TrainConfig, loss: LossConfig, *, st
     """Flow-training throughput in feature vectors per second, per level and over a whole epoch's mix.
 
     A step is one fiber batch of random standardized vectors through one level's flow with the phase-2 loss
-    (5 % anomalous vectors), backward and an Adam step: the inner loop of :func:`bgad.training.train_flows`.
+    (5 % anomalous vectors), backward and an Adam step: the inner loop of :func:`bgad.method.training.train_flows`.
     """
     device = model.normal_max.device
     generator = torch.Generator().manual_seed(0)

@@ -156,7 +156,7 @@ def content_box(height: int, width: int, size: int, resize: str = "stretch") -> 
 
 def to_canvas(image: Image.Image, size: int, resize: str = "stretch", fill: Color = BLACK) -> Image.Image:
     """The RGB image as the model sees it: resized (Lanczos) into its content box, padded with ``fill`` (models pad
-    with their backbone's :attr:`~bgad.backbones.FeatureExtractor.pad_color`)."""
+    with their backbone's :attr:`~bgad.method.backbones.FeatureExtractor.pad_color`)."""
     top, left, box_h, box_w = content_box(image.height, image.width, size, resize)
     resized = image.resize((box_w, box_h), Image.Resampling.LANCZOS)
     if (box_h, box_w) == (size, size):

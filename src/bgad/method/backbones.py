@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import BGADError
+from ..errors import BGADError
 
 STRIDES = (4, 8, 16)  # the feature strides every backbone offers
 

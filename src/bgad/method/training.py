@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
-from .config import LossConfig, TrainConfig
-from .distributed import DataParallel
-from .errors import BGADError
+from ..checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from ..config import LossConfig, TrainConfig
+from ..distributed import DataParallel
+from ..errors import BGADError
+from ..progress import Bar, log_line
+from ..progress import progress as progress_bar
 from .level import FeatureLevel
 from .losses import LossTerms, WholeBatch, bgad_loss
-from .progress import Bar, log_line
-from .progress import progress as progress_bar
 
 
 @dataclass(frozen=True)

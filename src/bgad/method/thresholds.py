@@ -1,6 +1,6 @@
 """Decision thresholds and what a score means, from out-of-sample normal scores (never from the test set).
 
-The normals' scores come from cross-fitting (:mod:`bgad.crossfit`) or, after ``bgad calibrate``, from good images
+The normals' scores come from cross-fitting (:mod:`bgad.method.crossfit`) or, after ``bgad calibrate``, from good images
 the model never saw: they are distributed as a new good part's score. :class:`NormalTail` estimates from them the
 share of good parts that score at least as high as a given score (an empirical survival function with an
 exponential tail beyond the top scores, so that it works with 30 normals and with 5,000); the image threshold is
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import ThresholdConfig
-from .errors import BGADError
-from .metrics import mask_overlaps
+from ..config import ThresholdConfig
+from ..errors import BGADError
+from ..metrics import mask_overlaps
 from .scoring import image_scores
 from .tiling import image_max
 

@@ -3,7 +3,7 @@
 A per-position Gaussian fitted on a few hundred images (or 30) scores those images far lower than unseen ones:
 in-sample Mahalanobis distances are biased down, most where channels are many and images few. Thresholds set on
 such scores flag most new good parts. The normals are therefore split into K folds, and each fold's feature
-vectors are normalized (channel statistics and per-position whitening, :mod:`bgad.whitening`) with statistics
+vectors are normalized (channel statistics and per-position whitening, :mod:`bgad.method.whitening`) with statistics
 fitted on the other folds only. The flows train on these out-of-fold vectors, and the score calibration, the
 thresholds and the stored normal scores come from them; the saved model keeps the statistics fitted on all the
 normals, under which a new image's vectors are distributed like the out-of-fold ones. docs/decisions.md has the

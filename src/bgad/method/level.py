@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .config import Normalization
+from ..config import Normalization
 from .encoding import GridEncoding
 from .flow import ConditionalFlow, GridFlow
 from .whitening import fit_whitening, whiten
@@ -22,7 +22,7 @@ class FeatureLevel(nn.Module):
     """Normalization, positional condition and conditional flow of one backbone level with an (h, w) grid.
 
     ``normalization`` (see :class:`bgad.config.ModelConfig`): ``"position"`` standardizes each channel, then
-    whitens every position with its own Gaussian (:mod:`bgad.whitening`); ``"channel"`` only standardizes
+    whitens every position with its own Gaussian (:mod:`bgad.method.whitening`); ``"channel"`` only standardizes
     channels; ``"none"`` feeds the raw features. Statistics come from :meth:`fit_normalization` (normal images).
     """
 
@@ -51,7 +51,7 @@ class FeatureLevel(nn.Module):
             positions = grid[0] * grid[1]
             self.register_buffer("position_mean", torch.zeros(positions, channels))
             self.register_buffer("whitener", torch.eye(channels).repeat(positions, 1, 1))
-        # Calibration (bgad.scoring): the largest log-likelihood of the training normals at this level.
+        # Calibration (bgad.method.scoring): the largest log-likelihood of the training normals at this level.
         self.register_buffer("log_prob_max", torch.zeros(()))
         self._grid_flow_cache: tuple[GridFlow, list[tuple[int, int]], list[Tensor]] | None = None
 
@@ -86,7 +86,7 @@ class FeatureLevel(nn.Module):
     def cross_fitted_vectors(self, features: Tensor, folds: Tensor) -> Tensor:
         """:meth:`vectors` of normal images (N, C, h, w), each normalized with statistics fitted on the images of
         the other ``folds`` (N,) only: vectors distributed as an unseen good image's are under statistics fitted
-        on every image (:mod:`bgad.crossfit`)."""
+        on every image (:mod:`bgad.method.crossfit`)."""
         out = torch.empty(len(features), self.positions, self.channels, dtype=features.dtype, device=features.device)
         for fold in folds.unique():
             held = folds == fold
@@ -110,11 +110,11 @@ class FeatureLevel(nn.Module):
 
     def log_prob_map(self, features: Tensor) -> Tensor:
         """Log-likelihood map (B, h, w) of backbone features (B, C, h, w): :meth:`log_prob` of whole images, computed
-        by the flow's :class:`~bgad.flow.GridFlow`."""
+        by the flow's :class:`~bgad.method.flow.GridFlow`."""
         return self.grid_flow().log_prob(self.vectors(features)).view(-1, *self.grid)
 
     def grid_flow(self) -> GridFlow:
-        """The flow arranged for whole images (:meth:`bgad.flow.ConditionalFlow.grid_flow`). Without gradients it
+        """The flow arranged for whole images (:meth:`bgad.method.flow.ConditionalFlow.grid_flow`). Without gradients it
         is computed once and kept while every parameter and buffer of the level stays as it was: an in-place change
         (an optimizer step, ``load_state_dict``) moves a tensor's version counter, and a move, a cast or a new
         tensor changes its storage, whose old one the cache holds so that no new tensor can take its address.

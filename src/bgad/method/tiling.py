@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .data.images import BLACK, Color, ImageSource, image_to_tensor, read_image
-from .data.tiles import Tile, core_masks, crop_mask, crop_tiles, stitch, tile_grid
+from ..data.images import BLACK, Color, ImageSource, image_to_tensor, read_image
+from ..data.tiles import Tile, core_masks, crop_mask, crop_tiles, stitch, tile_grid
 from .scoring import resize_maps
 
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from ..data.images import BLACK, Color, ImageSource, image_to_tensor, read_image
+from ..progress import progress as progress_bar
 from .backbones import FeatureExtractor
-from .data.images import BLACK, Color, ImageSource, image_to_tensor, read_image
-from .progress import progress as progress_bar
 
 
 def image_batches(

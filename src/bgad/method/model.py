@@ -1,4 +1,4 @@
-"""The inference module: frozen backbone, one :class:`~bgad.level.FeatureLevel` per stride, calibrated scoring.
+"""The inference module: frozen backbone, one :class:`~bgad.method.level.FeatureLevel` per stride, calibrated scoring.
 
 A plain ``nn.Module`` (images in, anomaly maps out) kept apart from the training loop, so that it can be saved,
 loaded and exported on its own.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..config import ModelConfig
 from .backbones import create_backbone
-from .config import ModelConfig
 from .level import FeatureLevel
 from .scoring import anomaly_map
 
@@ -41,7 +41,7 @@ class BGADModel(nn.Module):
 
     @property
     def level_max(self) -> Tensor:
-        """The calibration constants ``max_l`` of the levels (:mod:`bgad.scoring`), stacked in level order."""
+        """The calibration constants ``max_l`` of the levels (:mod:`bgad.method.scoring`), stacked in level order."""
         return torch.stack([level.log_prob_max for level in self.levels])
 
     def fit_normalization(self, features: list[Tensor]) -> None:

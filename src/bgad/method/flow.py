@@ -176,9 +176,9 @@ class ConditionalFlow(nn.Module):
     """A stack of :class:`CouplingBlock` s over C-dimensional feature vectors with a positional condition.
 
     Every method takes vectors ``x`` (N, C) with the condition as a table (P, D) or a
-    :class:`~bgad.encoding.GridEncoding` and ``index`` (N,), the table row of each vector. With ``index=None`` the
-    table's rows match ``x``'s second-to-last dimension: x (N, C) with one row per vector, or whole images
-    x (B, P, C) whose P positions all share one table (no per-vector gather at inference).
+    :class:`~bgad.method.encoding.GridEncoding` and ``index`` (N,), the table row of each vector. With ``index=None``
+    the table's rows match ``x``'s second-to-last dimension: x (N, C) with one row per vector, or whole images x (B, P,
+    C) whose P positions all share one table (no per-vector gather at inference).
     """
 
     def __init__(

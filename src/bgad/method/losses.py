@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import LossConfig
+from ..config import LossConfig
 
 # The abnormal focal weight divides by |ℓ/ν|; vectors this close to ℓ = 0 get the weight of |ℓ/ν| = this.
 _FOCAL_MIN_ABS = 0.01
