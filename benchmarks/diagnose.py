@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-import bgad.detector
+import bgad.method.fitting
 from bgad import BGAD
 from bgad.app.baselines import gaussian_blur
 from bgad.config import BGADConfig, TrainConfig
@@ -101,7 +101,7 @@ def main() -> None:
     train_paths = [s.path for s in category.train] + [s.path for s in known]
     eval_paths = [s.path for s in samples]
     cache = FeatureCache()
-    real_extract = bgad.detector.extract_features
+    real_extract = bgad.method.fitting.extract_features
     seen = {s.defect_type for s in known}
 
     for name in args.variants.split(","):
@@ -119,13 +119,13 @@ def main() -> None:
                 return [cache.get(images, **_features_of)[i] for i in _indices]
             return real_extract(extractor, images, **kwargs)  # synthetic anomalies: new every round
 
-        bgad.detector.extract_features = cached_extract
+        bgad.method.fitting.extract_features = cached_extract
         start = time.perf_counter()
         detector = BGAD(config).fit(
             [s.path for s in category.train], [s.path for s in known], [s.mask_path for s in known], progress=False
         )
         seconds = time.perf_counter() - start
-        bgad.detector.extract_features = real_extract
+        bgad.method.fitting.extract_features = real_extract
         model = detector.model_
         size = (model_config.image_size, model_config.image_size)
         with torch.inference_mode():

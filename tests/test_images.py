@@ -11,7 +11,7 @@ from PIL import Image
 
 from bgad import BGADError
 from bgad.data.images import binarize_mask, image_shape, read_image, read_mask
-from bgad.detector import _mask_tensor
+from bgad.method.fitting import masks_for
 
 GRADIENT = np.arange(0, 256, 16, dtype=np.uint8).reshape(4, 4)  # 0, 16, ..., 240
 
@@ -151,11 +151,11 @@ def test_mask_files_follow_the_documented_rule(tmp_path: Path, image: Image.Imag
 
 def test_mask_arrays_and_mask_files_agree(tmp_path: Path) -> None:
     path = save(tmp_path, "mask.png", Image.fromarray(ANTI_ALIASED))
-    np.testing.assert_array_equal(_mask_tensor(ANTI_ALIASED).numpy(), read_mask(path))
-    np.testing.assert_array_equal(_mask_tensor(path).numpy(), read_mask(path))
-    np.testing.assert_array_equal(_mask_tensor(np.array([[0.0, 0.4, 0.6, 1.0]])).numpy()[0], [0, 0, 1, 1])
+    np.testing.assert_array_equal(masks_for([None], [ANTI_ALIASED])[0].numpy(), read_mask(path))
+    np.testing.assert_array_equal(masks_for([None], [path])[0].numpy(), read_mask(path))
+    np.testing.assert_array_equal(masks_for([None], [np.array([[0.0, 0.4, 0.6, 1.0]])])[0].numpy()[0], [0, 0, 1, 1])
     with pytest.raises(BGADError, match="2-D"):
-        _mask_tensor(np.zeros((2, 2, 3), np.uint8))
+        masks_for([None], [np.zeros((2, 2, 3), np.uint8)])
 
 
 def brute_force_rule(values: np.ndarray, half: int) -> np.ndarray:

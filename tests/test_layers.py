@@ -22,7 +22,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "losses": ("method.losses",),
     "training": ("method.crossfit", "method.training", "checkpoint"),
     "scoring": ("metrics", "method.scoring", "method.tiling", "method.model", "method.thresholds"),
-    "estimator": ("model_checks", "model_files", "detector", "export", "engines"),
+    "fitting": ("method.fitting",),
+    "estimator": ("model_checks", "model_files", "inference", "detector", "export", "engines"),
     "evaluation": ("evaluation", "selection"),
     "application": ("app", "__main__"),
 }

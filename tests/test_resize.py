@@ -22,8 +22,8 @@ from bgad.data.images import (
     to_canvas,
 )
 from bgad.data.samples import Sample
-from bgad.detector import predict_images
 from bgad.evaluation import Evaluation, evaluate
+from bgad.inference import predict_images
 from bgad.method.features import image_batches
 from bgad.method.scoring import calibrate, normality_map
 from bgad.method.thresholds import Thresholds, fit_thresholds

@@ -2,8 +2,9 @@
 
 from ._version import __version__
 from .config import BGADConfig, LossConfig, ModelConfig, TrainConfig, load_config
-from .detector import BGAD, Prediction
+from .detector import BGAD
 from .errors import BGADError, NotFittedError
+from .inference import Prediction
 from .method.backbones import create_backbone, list_backbones
 from .method.model import BGADModel
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .detector import BGAD, Detector
+from .detector import BGAD
 from .errors import BGADError
 from .export import ONNX_FILE, RUNTIMES, SOURCE_DIGEST, OnnxDetector, read_metadata
+from .inference import Detector
 from .model_files import MODEL_WEIGHTS, model_digest
 
 ENGINES = ("auto", "torch", *RUNTIMES)

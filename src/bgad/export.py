@@ -30,8 +30,9 @@ from torch import Tensor, nn
 from ._version import __version__
 from .config import BGADConfig, ModelConfig
 from .data.images import Color, ImageSource
-from .detector import BGAD, Prediction, predict_images, tiled_input_maps
+from .detector import BGAD
 from .errors import BGADError
+from .inference import Prediction, predict_images, tiled_input_maps
 from .method.features import image_batches
 from .method.model import BGADModel
 from .method.scoring import image_scores
@@ -70,13 +71,13 @@ def export_onnx(
     :func:`bgad.model_files.model_digest` of the model folder the detector was loaded from: ``--engine auto``
     uses the export only while that folder's files still have it.
     """
-    model = detector._check_is_fitted()
+    model = detector.fitted_model()
     try:
         import onnx  # noqa: F401  (the exporter needs both)
         import onnxscript  # noqa: F401
     except ImportError as err:
         raise BGADError(f"{_INSTALL_HINT} ({err})") from None
-    config = detector._config
+    config = detector.configuration
     size = config.model.image_size
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,9 @@ from torch import Tensor
 
 from .config import BGADConfig
 from .data.images import ImageSource, content_masks, image_shape, mask_to_tensor
-from .detector import BGAD, MaskSource, masks_for
+from .detector import BGAD
 from .errors import BGADError
+from .method.fitting import MaskSource, masks_for
 from .method.scoring import anomaly_map, calibrate, image_scores
 from .metrics import aupro, image_auroc, pixel_auroc
 

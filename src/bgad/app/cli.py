@@ -16,13 +16,14 @@ from ..config import PRESETS, RESIZE_MODES, SYNTHESES, BGADConfig, load_config
 from ..data.checks import check_dataset
 from ..data.demo import make_demo_dataset
 from ..data.layouts import DatasetSpec
-from ..detector import BGAD, Detector
+from ..detector import BGAD
 from ..devices import DEVICES, resolve_device
 from ..distributed import launched, process_group
 from ..engines import ENGINES, choose_engine, load_detector
 from ..errors import BGADError, DatasetError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES
 from ..export import ONNX_FILE, export_onnx
+from ..inference import Detector
 from ..method.model import BGADModel
 from ..method.thresholds import describe_operating_point, override_thresholds
 from ..model_files import model_digest

@@ -19,8 +19,8 @@ from PIL import Image
 
 from ..data.checks import size_problem
 from ..data.images import IMAGE_SUFFIXES, read_image
-from ..detector import Detector, Prediction
 from ..errors import BGADError
+from ..inference import Detector, Prediction
 from ..model_checks import ScoringError
 from ..model_files import MODEL_JSON
 from ..progress import progress as progress_bar

@@ -44,9 +44,9 @@ from PIL import Image
 from .._version import __version__
 from ..data.checks import size_problem
 from ..data.images import IMAGE_FORMATS, decode_image
-from ..detector import Detector, Prediction
 from ..errors import BGADError
 from ..export import ONNX_FILE
+from ..inference import Detector, Prediction
 from ..method.thresholds import NormalTail, Thresholds, normalized_score
 from ..model_checks import ScoringError
 from ..model_files import MODEL_JSON, model_id

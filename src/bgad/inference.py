@@ -1,0 +1,136 @@
+"""Prediction on any engine: a function from input batches to anomaly maps (torch in :mod:`bgad.detector`,
+onnxruntime or OpenVINO in :mod:`bgad.export`) becomes scores, maps and masks at each image's resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .config import BGADConfig, ModelConfig
+from .data.images import BLACK, Color, ImageSource, content_box, image_to_tensor, read_image
+from .method.scoring import image_scores, resize_maps
+from .method.thresholds import NormalTail, Thresholds, normalized_score
+from .method.tiling import input_grid, stitched_map
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one image; maps and masks are at the image's original resolution."""
+
+    score: float  # maximum of the anomaly map (bgad.method.scoring): at the model's input size, tiled: at full size
+    anomaly_map: np.ndarray  # (H, W) float32
+    mask: np.ndarray  # (H, W) bool: anomaly_map above the pixel threshold; empty when the image is judged good
+    is_anomalous: bool  # score above the image threshold
+    normalized_score: float  # the score in [0, 1], 0.5 at the image threshold (bgad.method.thresholds.normalized_score)
+    # The estimated share of good parts scoring this high or higher (out of sample, bgad.method.thresholds.NormalTail):
+    # 0.001 is 1 good part in 1,000; None when the model stores no normal scores.
+    normal_share: float | None = None
+
+
+class Detector(Protocol):
+    """A fitted detector on any engine, as prediction and serving use it: :class:`BGAD` (torch) or
+    :class:`bgad.export.OnnxDetector` (onnxruntime, OpenVINO). The thresholds are plain attributes that a caller
+    may replace (``--image-threshold``)."""
+
+    thresholds_: Thresholds
+    normal_scores_: np.ndarray | None
+
+    @property
+    def engine(self) -> str: ...
+
+    @property
+    def configuration(self) -> BGADConfig: ...
+
+    @property
+    def resize(self) -> str: ...
+
+    def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = ...) -> Tensor: ...
+
+    def predict(self, image: ImageSource) -> Prediction: ...
+
+    def predict_batch(
+        self, images: Sequence[ImageSource], *, batch_size: int = ..., mask_every_image: bool = ...
+    ) -> list[Prediction]: ...
+
+
+@torch.inference_mode()
+def predict_images(
+    anomaly_maps: Callable[[Tensor], Tensor],
+    images: Sequence[ImageSource],
+    config: ModelConfig,
+    thresholds: Thresholds,
+    normal_scores: np.ndarray | None,
+    batch_size: int,
+    *,
+    fill: Color = BLACK,
+    mask_every_image: bool = False,
+) -> list[Prediction]:
+    """Predictions for ``images`` given a function from input batches (B, 3, S, S) to anomaly maps (B, S, S), with
+    ``normal_scores`` (out-of-sample scores of good images) for the normalized score and the normal share.
+
+    Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.export`). Each map is cropped to the
+    image's content box (the whole map with ``resize="stretch"``), scored, and resized to the image's resolution;
+    a tiled model's tiles are stitched at the image's resolution and scored there. An image judged good gets an
+    empty mask unless ``mask_every_image``.
+    """
+    predictions = []
+    tail = None if normal_scores is None else NormalTail(normal_scores)
+    for start in range(0, len(images), batch_size):
+        pictures = [read_image(image) for image in images[start : start + batch_size]]
+        for score, full in scored_maps(anomaly_maps, pictures, config, batch_size, fill):
+            is_anomalous = score > thresholds.image
+            predictions.append(
+                Prediction(
+                    score=score,
+                    anomaly_map=full,
+                    mask=(full > thresholds.pixel) & (is_anomalous or mask_every_image),
+                    is_anomalous=is_anomalous,
+                    normalized_score=normalized_score(score, thresholds.image, tail),
+                    normal_share=None if tail is None else tail.share(score),
+                )
+            )
+    return predictions
+
+
+def scored_maps(
+    anomaly_maps: Callable[[Tensor], Tensor],
+    pictures: Sequence[Image.Image],
+    config: ModelConfig,
+    batch_size: int,
+    fill: Color,
+) -> list[tuple[float, np.ndarray]]:
+    """(image score, anomaly map at the image's resolution) of each picture."""
+    size = config.image_size
+    if config.tile_size:
+        tiling = {"tile_size": config.tile_size, "overlap": config.tile_overlap, "batch_size": batch_size}
+        full_maps = [stitched_map(anomaly_maps, p, image_size=size, fill=fill, **tiling) for p in pictures]
+        return [(float(full.max()), full.numpy()) for full in full_maps]
+    maps = anomaly_maps(torch.stack([image_to_tensor(p, size, config.resize, fill) for p in pictures]))
+    out = []
+    for picture, scaled in zip(pictures, maps, strict=True):
+        top, left, box_h, box_w = content_box(picture.height, picture.width, size, config.resize)
+        content = scaled[None, top : top + box_h, left : left + box_w]
+        full = resize_maps(content, (picture.height, picture.width))[0].numpy()
+        out.append((float(image_scores(content)[0]), full))
+    return out
+
+
+def tiled_input_maps(
+    anomaly_maps: Callable[[Tensor], Tensor],
+    images: Sequence[ImageSource],
+    config: ModelConfig,
+    batch_size: int,
+    fill: Color,
+) -> Tensor:
+    """A tiled model's anomaly maps on its S x S input grid (the evaluation space): stitched, then max-pooled."""
+    maps = [
+        input_grid(torch.from_numpy(full), config.image_size)
+        for _, full in scored_maps(anomaly_maps, [read_image(i) for i in images], config, batch_size, fill)
+    ]
+    return torch.stack(maps)
