@@ -23,6 +23,7 @@ from bgad.data.checks import DatasetError, check_dataset
 from bgad.data.layouts import DatasetSpec, load_folders, load_manifest
 from bgad.errors import BGADError
 from bgad.model_files import MODEL_JSON
+from bgad.serialization import write_atomic
 
 from .conftest import assert_one_line, fit_command
 from .test_datasets import folder_dataset
@@ -301,11 +302,13 @@ def test_fit_leaves_the_callers_torch_random_state_alone(tiny_dataset: Path, tin
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_checkpoint_writes_make_the_rename_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_writes_make_the_rename_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints, ONNX exports and benchmark plans are written by write_atomic."""
     synced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.path.isdir(f"/proc/self/fd/{fd}")) or real_fsync(fd))
-    bgad.checkpoint._write_atomic(tmp_path / "state.json", b"{}")
+    write_atomic(tmp_path / "state.json", b"{}")
     assert (tmp_path / "state.json").read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
     if os.name == "posix" and Path("/proc/self/fd").is_dir():
         assert synced == [False, True]  # the file's data, then the folder entry of the rename
