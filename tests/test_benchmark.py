@@ -15,8 +15,11 @@ import torch
 import yaml
 
 import bgad.app.benchmark
+import bgad.app.processes
 from bgad.app.baselines import GaussianBaseline, PadimBaseline, _fit_gaussians, _mahalanobis, gaussian_blur
+from bgad.app.benchmark import METHODS
 from bgad.app.cli import main
+from bgad.app.processes import run_in_processes
 from bgad.config import BGADConfig, TrainConfig
 from bgad.data.layouts import load_mvtec
 from bgad.data.samples import Split, make_split
@@ -48,9 +51,7 @@ def test_benchmark_writes_csv_and_markdown(benchmark: tuple[Path, float]) -> Non
     output, _ = benchmark
     with open(output / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert sorted((r["seed"], r["method"]) for r in rows) == [
-        (seed, method) for seed in ("0", "1") for method in ("bgad", "gaussian", "padim")
-    ]
+    assert sorted((r["seed"], r["method"]) for r in rows) == [(s, m) for s in ("0", "1") for m in sorted(METHODS)]
     for row in rows:
         assert row["category"] == "part"
         for key in METRICS:
@@ -61,6 +62,7 @@ def test_benchmark_writes_csv_and_markdown(benchmark: tuple[Path, float]) -> Non
     assert "## bgad" in markdown
     assert "## gaussian" in markdown
     assert "## padim" in markdown
+    assert "## padim_unsmoothed_imagenet" in markdown
     assert "## bgad minus the best floor" in markdown
     assert "| part |" in markdown
     assert "0.994 / 0.993" in markdown
@@ -68,7 +70,7 @@ def test_benchmark_writes_csv_and_markdown(benchmark: tuple[Path, float]) -> Non
         result = json.loads((output / "runs" / "part" / f"seed{seed}" / "benchmark.json").read_text())
         assert result["seed"] == seed
         assert result["config"]["train"]["seed"] == seed
-        assert set(result["methods"]) == {"bgad", "gaussian", "padim"}
+        assert set(result["methods"]) == set(METHODS)
 
 
 def test_benchmark_resumes_finished_tasks(
@@ -140,7 +142,7 @@ def test_two_shards_collected_give_the_unsharded_table(two_shards: dict, benchma
     output = two_shards["output"]
     assert two_shards["code"] == 0
     rows = _csv_metrics(output / "results.csv")
-    assert len(rows) == 6  # 2 seeds x (bgad, gaussian, padim)
+    assert len(rows) == 2 * len(METHODS)  # 2 seeds x (bgad and the floors)
     assert rows == _csv_metrics(unsharded / "results.csv")
     markdown = (output / "results.md").read_text()
     assert "Incomplete" not in markdown
@@ -159,11 +161,7 @@ def test_collect_with_a_shard_missing_writes_what_finished_and_fails(two_shards:
     assert err.startswith("bgad: error: 1 of 2 task(s) have no result (part seed 1); rerun shard(s) 1/2")
     assert "**Incomplete: 1 of 2 task(s) have no result**" in two_shards["partial_md"]
     assert "part seed 1. The tables" in two_shards["partial_md"]
-    assert sorted({(row[1], row[2]) for row in two_shards["partial_csv"]}) == [
-        ("0", "bgad"),
-        ("0", "gaussian"),
-        ("0", "padim"),
-    ]
+    assert sorted({(row[1], row[2]) for row in two_shards["partial_csv"]}) == [("0", m) for m in sorted(METHODS)]
 
 
 def test_shards_split_the_tasks_whatever_the_order_of_the_lists(tmp_path: Path, tiny_config: BGADConfig) -> None:
@@ -273,38 +271,35 @@ def test_gaussian_blur_matches_scipy() -> None:
     torch.testing.assert_close(gaussian_blur(maps, 4.0), torch.tensor(np.stack(expected)))
 
 
-def _dies_for_seed_1(task: bgad.app.benchmark._Task) -> dict:
-    """A stand-in task (runs in its own spawned process): the process of seed 1 is killed, as by the OOM killer."""
-    if task.seed == 1:
+def _dies_for_1(task: int) -> int:
+    """A stand-in task (runs in its own spawned process): the process of task 1 is killed, as by the OOM killer."""
+    if task == 1:
         os.kill(os.getpid(), signal.SIGKILL)
-    return {"task_seconds": 0.0, "methods": {"bgad": {"image_auroc": 1.0, "pixel_auroc": 1.0}}}
+    return 10 * task
 
 
 @pytest.mark.skipif(os.name != "posix", reason="kills a task's process with SIGKILL")
-def test_a_dead_task_process_fails_only_its_own_task(tmp_path: Path, tiny_config: BGADConfig) -> None:
-    tasks = [
-        bgad.app.benchmark._Task(tmp_path, "part", seed, tiny_config, tmp_path, False, 1, False)
-        for seed in (0, 1, 2, 3)
-    ]
-    results: dict = {}
-    failures = bgad.app.benchmark._execute(tasks, 2, results, run=_dies_for_seed_1)
-    assert sorted(results) == [("part", 0), ("part", 2), ("part", 3)]
-    assert len(failures) == 1
-    assert failures[0].startswith("part seed 1: its process died (exit code -9")
+def test_a_dead_task_process_fails_only_its_own_task() -> None:
+    finished = list(run_in_processes([0, 1, 2, 3], 2, _dies_for_1))
+    assert sorted((task, result) for task, result, failure in finished if failure is None) == [(0, 0), (2, 20), (3, 30)]
+    failed = [(task, failure) for task, _, failure in finished if failure is not None]
+    assert len(failed) == 1
+    assert failed[0][0] == 1
+    assert failed[0][1].startswith("its process died (exit code -9")
 
 
 _ORPHAN_SCRIPT = """
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing
-from bgad.app.benchmark import _die_with_parent
+from bgad.app.processes import die_with_parent
 
 def record_pid(path):
     open(path, "w").write(str(os.getpid()))
     time.sleep(60)
 
 if __name__ == "__main__":
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
                                initargs=(os.getpid(),))
     pool.submit(record_pid, sys.argv[1])
     while not os.path.exists(sys.argv[1]) or not open(sys.argv[1]).read():
@@ -332,5 +327,5 @@ def test_usable_cpus_follows_the_affinity(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     if hasattr(os, "sched_getaffinity"):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
-        assert bgad.app.benchmark.usable_cpus() <= 3
-    assert bgad.app.benchmark.usable_cpus() >= 1
+        assert bgad.app.processes.usable_cpus() <= 3
+    assert bgad.app.processes.usable_cpus() >= 1

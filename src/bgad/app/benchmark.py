@@ -1,6 +1,7 @@
 """``bgad benchmark``: BGAD and four one-class Gaussian floors over categories x seeds, with cost figures.
 
-Each (category, seed) task runs in its own child process, so the peak memory it reports is its own. A task
+Each (category, seed) task runs in its own child process (:mod:`bgad.app.processes`), so the peak memory it reports
+is its own; :mod:`bgad.app.tables` writes the results. A task
 trains, saves and evaluates BGAD into ``OUTPUT/runs/<category>/seed<seed>/`` (:func:`bgad.app.runs.fit_run`),
 times its inference and, optionally, fits and evaluates the floors of :mod:`bgad.app.baselines` (``gaussian``,
 ``padim`` and its unsmoothed variants) on the same category with the same known anomalies left out of the
@@ -16,19 +17,13 @@ from it, :func:`collect_benchmark` rebuilds the task list and writes the tables 
 
 from __future__ import annotations
 
-import csv
 import json
-import multiprocessing
-import multiprocessing.connection
 import os
 import platform
 import resource
-import statistics
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,12 +38,14 @@ from ..data.samples import GOOD, Split
 from ..detector import BGAD
 from ..devices import resolve_device
 from ..errors import BGADError, DatasetError
-from ..evaluation import DECISIONS, decision_summary, evaluate
+from ..evaluation import decision_summary, evaluate
 from ..method.thresholds import fit_thresholds
 from ..serialization import write_atomic
 from .baselines import GaussianBaseline, PadimBaseline, UnsmoothedPadim, UnsmoothedPadimImagenet
+from .processes import run_in_processes, usable_cpus
 from .runs import fit_run
 from .speed import inference_speed, median_seconds
+from .tables import INFERENCE_REPEATS, METRICS, write_tables
 
 RESULT_JSON = "benchmark.json"
 PLAN_JSON = "plan.json"
@@ -59,16 +56,6 @@ BASELINES = {  # one-class floors, see bgad.app.baselines
     "padim_unsmoothed_imagenet": UnsmoothedPadimImagenet,
 }
 METHODS = ("bgad", *BASELINES)
-METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap")
-COSTS = ("train_seconds", "inference_ms", "peak_rss_mb")
-CSV_COLUMNS = ("category", "seed", "method", *METRICS, *DECISIONS, *COSTS)
-INFERENCE_REPEATS = 5
-# The only verified paper figure: the official code's comment on its MVTec AD command (see the md footnote).
-PAPER_MVTEC_MEAN = {"image_auroc": 0.994, "pixel_auroc": 0.993}
-MVTEC_CATEGORIES = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
-    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -200,97 +187,18 @@ def _execute(
     results: dict[tuple[str, int], dict[str, Any]],
     run: Callable[[_Task], dict[str, Any]] = _run_task,
 ) -> list[str]:
-    """Run each task in its own child process, ``jobs`` at a time; fill ``results``; return one line per failed
-    task. A child that dies (killed for memory, say) fails its own task only."""
-    context = multiprocessing.get_context("spawn")
-    queue, failures = list(tasks), []
-    running: dict[Any, tuple[Any, Any, _Task]] = {}  # process sentinel -> (process, result pipe, task)
-    outcomes: dict[Any, tuple[str, Any]] = {}
-    try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                task = queue.pop(0)
-                receiver, sender = context.Pipe(duplex=False)
-                process = context.Process(target=_child, args=(run, task, sender, os.getpid()), daemon=True)
-                process.start()
-                sender.close()
-                running[process.sentinel] = (process, receiver, task)
-            pipes = {receiver: sentinel for sentinel, (_, receiver, _) in running.items()}
-            ready = multiprocessing.connection.wait([*running, *pipes])
-            for pipe in (r for r in ready if r in pipes):  # read results as they come: no child blocks on a pipe
-                with suppress(EOFError):
-                    outcomes[pipes[pipe]] = pipe.recv()
-            for sentinel in (r for r in ready if r in running):
-                process, receiver, task = running.pop(sentinel)
-                process.join()
-                outcome = outcomes.pop(sentinel, None)
-                if outcome is None and receiver.poll():
-                    with suppress(EOFError):
-                        outcome = receiver.recv()
-                receiver.close()
-                _record(task, outcome, process.exitcode, len(tasks) - len(queue) - len(running), len(tasks))
-                if outcome is not None and outcome[0] == "ok":
-                    results[(task.category, task.seed)] = outcome[1]
-                else:
-                    failures.append(_failure(task, outcome, process.exitcode))
-    finally:
-        for process, _, _ in running.values():
-            process.kill()
+    """Run the tasks in their own processes (:func:`bgad.app.processes.run_in_processes`), logging each as it
+    ends; fill ``results``; return one line per failed task."""
+    failures = []
+    for done, (task, result, failure) in enumerate(run_in_processes(tasks, jobs, run), start=1):
+        name = f"[{done}/{len(tasks)}] {task.category} seed {task.seed}"
+        if failure is None:
+            results[(task.category, task.seed)] = result
+            _log(f"{name}: done in {result['task_seconds']:.0f} s: {_summary(result)}")
+        else:
+            failures.append(f"{task.category} seed {task.seed}: {failure}")
+            _log(f"{name}: failed: {failure}")
     return failures
-
-
-def _child(run: Callable[[_Task], dict[str, Any]], task: _Task, sender: Any, parent: int) -> None:
-    """A task's process: runs it and sends ``("ok", result)`` or ``("error", message)``."""
-    _die_with_parent(parent)
-    try:
-        outcome = ("ok", run(task))
-    except BGADError as err:
-        outcome = ("error", str(err))
-    except Exception as err:  # a bug: its traceback goes to this process's stderr, the benchmark goes on
-        traceback.print_exc()
-        outcome = ("error", f"{type(err).__name__}: {err}")
-    sender.send(outcome)
-    sender.close()
-
-
-def _failure(task: _Task, outcome: tuple[str, Any] | None, exitcode: int | None) -> str:
-    if outcome is None:
-        return f"{task.category} seed {task.seed}: its process died (exit code {exitcode}; out of memory?)"
-    return f"{task.category} seed {task.seed}: {outcome[1]}"
-
-
-def _record(task: _Task, outcome: tuple[str, Any] | None, exitcode: int | None, done: int, total: int) -> None:
-    name = f"[{done}/{total}] {task.category} seed {task.seed}"
-    if outcome is not None and outcome[0] == "ok":
-        _log(f"{name}: done in {outcome[1]['task_seconds']:.0f} s: {_summary(outcome[1])}")
-    else:
-        _log(f"{name}: failed: {_failure(task, outcome, exitcode).split(': ', 1)[1]}")
-
-
-def _die_with_parent(parent: int) -> None:
-    """Worker start-up: on Linux, ask the kernel to kill this worker when the benchmark process dies (a killed
-    benchmark must not leave workers writing into its run folders); elsewhere, at least not start orphaned."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: its CPU affinity and, in a container, the cgroup's CPU quota (``os.cpu_count``
-    sees neither)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 CPU limit readable here
-    return max(1, cpus)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -414,7 +322,7 @@ def run_benchmark(
             )
         return None
     jobs_note = f"{jobs} (tasks ran side by side: timings include that contention)" if jobs > 1 else "1"
-    md, _ = _write_tables(output, plan, results, {"jobs": jobs_note})
+    md, _ = write_tables(output, plan, results, {"jobs": jobs_note}, METHODS)
     if failures:
         raise BGADError(f"{len(failures)} of {len(every)} task(s) failed (first: {failures[0]}); the rest are in {md}")
     return md
@@ -435,7 +343,7 @@ def collect_benchmark(output: str | Path) -> Path:
     every = _tasks(data_root, plan["categories"], plan["seeds"], base, output, baseline, threads=None, progress=False)
     results = {(task.category, task.seed): result for task in every if (result := _stored_result(task)) is not None}
     count = plan["shards"]
-    md, missing = _write_tables(output, plan, results, {"tasks": f"collected from {count} shard(s)"})
+    md, missing = write_tables(output, plan, results, {"tasks": f"collected from {count} shard(s)"}, METHODS)
     if missing:
         absent = set(missing)
         shards = [k for k in range(count) if any((t.category, t.seed) in absent for t in _shard_of(every, (k, count)))]
@@ -449,221 +357,3 @@ def collect_benchmark(output: str | Path) -> Path:
             f"{len(missing)} of {len(every)} task(s) have no result ({names}); {rerun}; the rest are in {md}"
         )
     return md
-
-
-def _write_tables(
-    output: Path, plan: dict[str, Any], results: dict[tuple[str, int], dict[str, Any]], notes: dict[str, str]
-) -> tuple[Path, list[tuple[str, int]]]:
-    """results.csv and results.md of the plan's tasks that have a result; returns results.md and the tasks
-    without one."""
-    names, seeds = plan["categories"], plan["seeds"]
-    methods = [m for m in METHODS if plan["baseline"] or m == "bgad"]
-    ordered = [results[(n, s)] for n in names for s in seeds if (n, s) in results]
-    missing = [(n, s) for n in names for s in seeds if (n, s) not in results]
-    _write_csv(output / "results.csv", ordered, methods)
-    settings = {
-        "data root": plan["data_root"],
-        "preset": plan["preset"],
-        "seeds": ", ".join(map(str, seeds)),
-        **notes,
-    }
-    md = output / "results.md"
-    md.write_text(_markdown(ordered, names, methods, settings, missing))
-    return md, missing
-
-
-def _write_csv(path: Path, results: list[dict[str, Any]], methods: list[str]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        for result in results:
-            for method in methods:
-                values = result["methods"][method]
-                row = [result["category"], result["seed"], method]
-                row += [values.get(k, "") for k in (*METRICS, *DECISIONS, *COSTS)]
-                writer.writerow(row)
-
-
-def mean_std(values: list[float], digits: int) -> str:
-    """``mean ± std`` (sample std over seeds), or the mean alone for one value."""
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-COLUMN_TITLES = {
-    "image_auroc": ("image AUROC", 3),
-    "pixel_auroc": ("pixel AUROC", 3),
-    "pixel_aupro": ("pixel AUPRO", 3),
-    "image_ap": ("image AP", 3),
-    "pixel_ap": ("pixel AP", 3),
-    "train_seconds": ("train s", 1),
-    "inference_ms": ("inference ms", 1),
-    "peak_rss_mb": ("peak MB", 0),
-}
-
-
-def _method_table(results: list[dict[str, Any]], names: list[str], method: str) -> list[str]:
-    keys = list(COLUMN_TITLES)
-    paper = "paper image / pixel AUROC"
-    lines = [
-        "| category | " + " | ".join(title for title, _ in COLUMN_TITLES.values()) + f" | {paper} |",
-        "|---|" + "---:|" * len(keys) + "---|",
-    ]
-    for name in names:
-        rows = [r["methods"][method] for r in results if r["category"] == name]
-        if not rows:
-            continue
-        cells = [mean_std([row[k] for row in rows], COLUMN_TITLES[k][1]) for k in keys]
-        note = "n/a [^per-category]" if method == "bgad" else "n/a [^baseline]"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {note} |")
-    # Mean row: the mean over categories for each seed, then mean ± std of that over seeds.
-    seeds = sorted({r["seed"] for r in results})
-    per_seed = {
-        k: [statistics.fmean(r["methods"][method][k] for r in results if r["seed"] == s) for s in seeds] for k in keys
-    }
-    cells = [mean_std(per_seed[k], COLUMN_TITLES[k][1]) for k in keys]
-    if method == "bgad":
-        note = f"{PAPER_MVTEC_MEAN['image_auroc']} / {PAPER_MVTEC_MEAN['pixel_auroc']} [^paper-mean]"
-    else:
-        note = "n/a [^baseline]"
-    counted = len({r["category"] for r in results})
-    lines.append(f"| **mean of {counted}** | " + " | ".join(f"**{c}**" for c in cells) + f" | {note} |")
-    return lines
-
-
-def _margin_table(results: list[dict[str, Any]], names: list[str], floors: list[str]) -> str:
-    """Per category: bgad's mean minus the best floor's mean (over seeds), for each quality metric."""
-    lines = [
-        "| category | " + " | ".join(COLUMN_TITLES[k][0] for k in METRICS) + " |",
-        "|---|" + "---:|" * len(METRICS),
-    ]
-    for name in names:
-        rows = [r["methods"] for r in results if r["category"] == name]
-        if not rows:
-            continue
-        cells = []
-        for key in METRICS:
-            bgad = statistics.fmean(row["bgad"][key] for row in rows)
-            floor = max(statistics.fmean(row[f][key] for row in rows) for f in floors)
-            cells.append(f"{bgad - floor:+.3f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _decision_table(results: list[dict[str, Any]], names: list[str], methods: list[str]) -> list[str]:
-    """Per category and method: what the out-of-sample thresholds decide on the evaluation images."""
-    lines = [
-        "| category | method | good flagged (of all seeds) | good flagged rate | defect recall | image F1 | F1 gap to "
-        "best | good images with a mask | mask IoU |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name in names:
-        for method in methods:
-            rows = [r for r in results if r["category"] == name and "good_flagged" in r["methods"].get(method, {})]
-            if not rows:
-                continue
-            values = [r["methods"][method] for r in rows]
-            flagged, n_good = sum(v["good_flagged"] for v in values), sum(v["good_images"] for v in values)
-            total = f"{flagged} of {n_good}"
-            cells = [mean_std([v[k] for v in values], 3) for k in ("good_flagged_rate", "recall", "image_f1", "f1_gap")]
-            masks = sum(v["good_with_masks"] for v in values)
-            iou = mean_std([v["mask_iou"] for v in values], 3)
-            lines.append(f"| {name} | {method} | {total} | " + " | ".join(cells) + f" | {masks} | {iou} |")
-    return lines
-
-
-def _threads(results: list[dict[str, Any]]) -> str:
-    counts = sorted({r["torch_threads"] for r in results})
-    return "/".join(map(str, counts)) if counts else "?"
-
-
-def _markdown(
-    results: list[dict[str, Any]],
-    names: list[str],
-    methods: list[str],
-    settings: dict[str, Any],
-    missing: list[tuple[str, int]],
-) -> str:
-    processor = platform.processor() or platform.machine()
-    machine = (
-        f"{processor}, {usable_cpus()} usable CPUs, torch {torch.__version__} with {_threads(results)} thread(s) "
-        f"per task, Python {platform.python_version()}"
-    )
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        "# bgad benchmark",
-        "",
-        *(f"- {key}: {value}" for key, value in settings.items()),
-        f"- categories: {', '.join(names)}",
-        f"- written: {now} (bgad {__version__}); machine: {machine}",
-        "",
-    ]
-    if missing:
-        lines += [
-            f"**Incomplete: {len(missing)} of {len(results) + len(missing)} task(s) have no result** (failed, not run "
-            f"yet, or in a shard that has not finished): {', '.join(f'{n} seed {s}' for n, s in missing)}. The "
-            "tables and their means cover the finished tasks only.",
-            "",
-        ]
-    if not results:
-        return "\n".join([*lines, "No task has finished yet.", ""])
-    known = sorted({r["n_known_anomalies"] for r in results})
-    lines += [
-        f"Each task trains on the category's normal training images plus {'/'.join(map(str, known))} known "
-        "anomalies taken from its test set (chosen by the seed); those are left out of the evaluation of both "
-        "methods. Cells are mean ± sample std over seeds; the **mean** row is the mean over categories per seed, "
-        "then mean ± std over seeds. *train s*: fit time including feature extraction; *inference ms*: one "
-        f"image (batch 1, tensor in, map out), median of {INFERENCE_REPEATS} after warm-up; *peak MB*: peak "
-        "resident memory of the task's process (ru_maxrss) when the method finished.",
-        "",
-    ]
-    titles = {
-        "bgad": "bgad (boundary-guided normalizing flows)",
-        "gaussian": "gaussian (per-level, per-position Gaussians on the same backbone, strides 4/8/16; normal "
-        "images only)",
-        "padim": "padim (PaDiM's recipe on the same backbone: strides 8+16 concatenated, σ = 4 smoothing; normal "
-        "images only)",
-        "padim_unsmoothed": "padim_unsmoothed (padim without smoothing; normal images only)",
-        "padim_unsmoothed_imagenet": "padim_unsmoothed_imagenet (padim_unsmoothed with ImageNet input scaling "
-        "instead of the backbone's own; normal images only)",
-    }
-    for method in methods:
-        lines += [f"## {titles[method]}", "", *_method_table(results, names, method), ""]
-    lines += [
-        "## Decisions at each method's thresholds",
-        "",
-        "Every method's image threshold targets the same false-alarm rate on out-of-sample scores of its training "
-        "normals (`threshold.target_fpr`, cross-fitted: `bgad.method.crossfit`), refined by the same known anomalies "
-        "(`bgad.method.thresholds.fit_thresholds`). Counts are summed over seeds, rates are mean ± std.",
-        "",
-        *_decision_table(results, names, methods),
-        "",
-    ]
-    floors = [m for m in methods if m in BASELINES]
-    if floors:
-        lines += ["## bgad minus the best floor", "", _margin_table(results, names, floors), ""]
-        lines += [
-            "Peak memory: in each task the baselines run before BGAD in the same process, so BGAD's peak MB is the "
-            "largest of the methods' peaks (BGAD's own whenever it needs more than the baselines).",
-            "",
-        ]
-    if sorted(names) == sorted(MVTEC_CATEGORIES):
-        coverage = "This benchmark covers those 15 categories."
-    else:
-        coverage = "It is comparable only to a mean over those 15 categories, which this benchmark does not cover."
-    lines += [
-        "[^paper-mean]: The only verified figure: the official code's comment on its MVTec AD training command "
-        "(github.com/xcyao00/BGAD, scripts.sh): `seed = 0, img_auc = 0.994, pixel_auc = 0.993`, the mean over the "
-        "15 MVTec AD categories with 10 known anomalies, seed 0. Each category's figure is the maximum over "
-        "meta-epochs of the AUROC measured on the test set after each one (engines/bgad_fas_train_engine.py "
-        "returns `max_score`): model selection on the test set, so optimistic. It uses the reference's own "
-        f"backbone, input size and schedule. Every number above is the final model's. {coverage}",
-        "[^per-category]: n/a: the paper's per-category figures have not been checked against a source, so none "
-        "are shown.",
-        "[^baseline]: The baseline is this package's floor, not a published method's configuration (PaDiM uses "
-        "ResNet/WideResNet features with random channel subsampling); no paper figure applies.",
-        "",
-    ]
-    return "\n".join(lines)

@@ -18,8 +18,8 @@ from typing import Any
 from ..config import BGADConfig
 from ..data.layouts import DatasetSpec
 from ..errors import BGADError
-from .benchmark import mean_std
 from .runs import METRICS_JSON, RUN_JSON, fit_run, read_run_json
+from .tables import mean_std
 
 CV_JSON, CV_MD = "cv.json", "cv.md"
 REPORTED = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_ap", "pixel_ap")
