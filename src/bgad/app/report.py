@@ -27,6 +27,7 @@ from ..method.thresholds import Thresholds, describe_operating_point
 from ..metrics import pro_curve
 
 FILES = "report_files"
+REPORT_HTML = "report.html"
 MAX_ROC_PIXELS = 2_000_000  # the pixel ROC curve is drawn from a fixed random sample of this many pixels
 FPR_LIMIT = 0.3
 CMAP = "turbo"
@@ -353,6 +354,6 @@ def write_report(
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
         f"<style>{_CSS}</style>\n</head>\n<body><main>\n" + "\n".join(body) + "\n</main></body>\n</html>\n"
     )
-    path = directory / "report.html"
+    path = directory / REPORT_HTML
     path.write_text(page, encoding="utf-8")
     return path

@@ -36,7 +36,8 @@ from ..model_files import MODEL_JSON
 from ..selection import Selection, describe_selection, select_settings
 from .lineage import EVALUATION_REMOVED, LINEAGE, evaluation_samples, lineage_steps, report_notes, run_category, trainer
 from .locking import run_lock
-from .report import write_report
+from .report import FILES as REPORT_FILES
+from .report import REPORT_HTML, write_report
 
 RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
@@ -534,7 +535,7 @@ def _check_test_output(output: Path, run: Path) -> None:
     if output.exists() and not output.is_dir():
         raise BGADError(f"output {output} is a file, not a folder")
     if output.is_dir() and any(output.iterdir()):
-        earlier = {METRICS_JSON, "report.html", "report_files"}
+        earlier = {METRICS_JSON, REPORT_HTML, REPORT_FILES}
         if not {p.name for p in output.iterdir()} <= earlier:
             raise BGADError(f"output {output} is not empty: name a new folder (it may only hold an earlier test)")
 

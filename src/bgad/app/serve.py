@@ -51,6 +51,7 @@ from ..method.thresholds import NormalTail, Thresholds, normalized_score
 from ..model_checks import ScoringError
 from ..model_files import MODEL_JSON, model_id
 from .review import review_order
+from .runs import METRICS_JSON
 from .visualize import heatmap_overlay
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -114,7 +115,7 @@ def model_description(run: Path, detector: Detector) -> dict[str, Any]:
         # The page's normalized scores at any threshold (bgad.method.thresholds.NormalTail.table).
         "normal_tail": None if detector.normal_scores_ is None else NormalTail(detector.normal_scores_).table(),
     }
-    metrics = run / "metrics.json" if run.is_dir() else None
+    metrics = run / METRICS_JSON if run.is_dir() else None
     if metrics is not None and metrics.is_file():
         description["training_metrics"] = {k: v for k, v in json.loads(metrics.read_text()).items() if k != "per_type"}
     return description
