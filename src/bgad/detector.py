@@ -34,6 +34,7 @@ from .method.fitting import (
     training_vectors,
 )
 from .method.model import BGADModel
+from .method.thresholds import Thresholds
 from .method.training import train_flows
 from .model_checks import finite_maps
 from .model_files import load_model, save_model
@@ -254,12 +255,18 @@ class BGAD:
             fill=model.extractor.pad_color,
         )
 
-    def predict(self, image: ImageSource) -> Prediction:
-        """Score one image: its score, anomaly map and defect mask at the image's own resolution."""
-        return self.predict_batch([image])[0]
+    def predict(self, image: ImageSource, *, thresholds: Thresholds | None = None) -> Prediction:
+        """Score one image: its score, anomaly map and defect mask at the image's own resolution, judged by
+        ``thresholds`` (default: the model's own, :attr:`thresholds_`)."""
+        return self.predict_batch([image], thresholds=thresholds)[0]
 
     def predict_batch(
-        self, images: Sequence[ImageSource], *, batch_size: int = 4, mask_every_image: bool = False
+        self,
+        images: Sequence[ImageSource],
+        *,
+        batch_size: int = 4,
+        mask_every_image: bool = False,
+        thresholds: Thresholds | None = None,
     ) -> list[Prediction]:
         """:meth:`predict` for many images, ``batch_size`` at a time; ``mask_every_image`` gives images judged
         good their above-threshold pixels too (by default their mask is empty, as the verdict says)."""
@@ -268,7 +275,7 @@ class BGAD:
             _on_device(model),
             images,
             model.config,
-            self.thresholds_,
+            thresholds or self.thresholds_,
             self.normal_scores_,
             batch_size,
             fill=model.extractor.pad_color,

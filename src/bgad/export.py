@@ -376,19 +376,24 @@ class OnnxDetector:
         )
         return torch.cat([self._run(batch) for batch in batches])
 
-    def predict(self, image: ImageSource) -> Prediction:
+    def predict(self, image: ImageSource, *, thresholds: Thresholds | None = None) -> Prediction:
         """As :meth:`bgad.BGAD.predict`."""
-        return self.predict_batch([image])[0]
+        return self.predict_batch([image], thresholds=thresholds)[0]
 
     def predict_batch(
-        self, images: Sequence[ImageSource], *, batch_size: int = 4, mask_every_image: bool = False
+        self,
+        images: Sequence[ImageSource],
+        *,
+        batch_size: int = 4,
+        mask_every_image: bool = False,
+        thresholds: Thresholds | None = None,
     ) -> list[Prediction]:
         """As :meth:`bgad.BGAD.predict_batch`."""
         return predict_images(
             self._run,
             images,
             self.model_config,
-            self.thresholds_,
+            thresholds or self.thresholds_,
             self.normal_scores_,
             batch_size,
             fill=self.pad_color,

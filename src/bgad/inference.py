@@ -35,8 +35,8 @@ class Prediction:
 
 class Detector(Protocol):
     """A fitted detector on any engine, as prediction and serving use it: :class:`BGAD` (torch) or
-    :class:`bgad.export.OnnxDetector` (onnxruntime, OpenVINO). The thresholds are plain attributes that a caller
-    may replace (``--image-threshold``)."""
+    :class:`bgad.export.OnnxDetector` (onnxruntime, OpenVINO). ``thresholds_`` are the model's own; a caller with
+    others (``--image-threshold``) passes them to :meth:`predict` and :meth:`predict_batch`."""
 
     thresholds_: Thresholds
     normal_scores_: np.ndarray | None
@@ -52,10 +52,15 @@ class Detector(Protocol):
 
     def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = ...) -> Tensor: ...
 
-    def predict(self, image: ImageSource) -> Prediction: ...
+    def predict(self, image: ImageSource, *, thresholds: Thresholds | None = ...) -> Prediction: ...
 
     def predict_batch(
-        self, images: Sequence[ImageSource], *, batch_size: int = ..., mask_every_image: bool = ...
+        self,
+        images: Sequence[ImageSource],
+        *,
+        batch_size: int = ...,
+        mask_every_image: bool = ...,
+        thresholds: Thresholds | None = ...,
     ) -> list[Prediction]: ...
 
 

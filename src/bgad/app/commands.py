@@ -23,7 +23,7 @@ from ..errors import BGADError
 from ..export import ONNX_FILE, export_onnx
 from ..inference import Detector
 from ..method.model import BGADModel
-from ..method.thresholds import describe_operating_point, override_thresholds
+from ..method.thresholds import Thresholds, describe_operating_point, override_thresholds
 from ..model_files import model_digest
 from .ablation import run_ablation
 from .benchmark import collect_benchmark, run_benchmark
@@ -222,9 +222,10 @@ def _load_for_prediction(args: argparse.Namespace) -> Detector:
     return detector
 
 
-def _apply_thresholds(args: argparse.Namespace, detector: Detector) -> None:
-    """The --image-threshold, --pixel-threshold and --target-fpr options, over the model's own thresholds."""
-    detector.thresholds_ = override_thresholds(
+def _thresholds(args: argparse.Namespace, detector: Detector) -> Thresholds:
+    """The thresholds to judge by: the --image-threshold, --pixel-threshold and --target-fpr options over the
+    model's own."""
+    return override_thresholds(
         detector.thresholds_,
         detector.normal_scores_,
         image=args.image_threshold,
@@ -238,7 +239,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise BGADError("--review shows the heatmaps: it needs --maps all")
     check_output(args.output)
     detector = _load_for_prediction(args)
-    _apply_thresholds(args, detector)
+    thresholds = _thresholds(args, detector)
     images, problems = collect_images(args.paths, skip=args.output)
     for problem in problems:
         print(f"bgad: error: {problem}", file=sys.stderr)
@@ -253,6 +254,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             mask_every_image=args.mask_every_image,
             maps=args.maps,
+            thresholds=thresholds,
             problems=problems,
             progress=not args.quiet,
         )
@@ -262,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     flagged = sum(s.is_anomalous for s in scored)
     print(f"{len(scored)} images scored, {flagged} flagged anomalous; results in {args.output}", file=sys.stderr)
     if args.review:
-        items = review_queue(scored, detector.thresholds_, args.review)
+        items = review_queue(scored, thresholds, args.review)
         write_review(args.output, items)
         print(f"{len(items)} images to review: {args.output / REVIEW_CSV} and {REVIEW_SHEET}", file=sys.stderr)
     if problems:
@@ -276,8 +278,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     with listening_socket(args.host, args.port) as listener:  # a port in use fails now, before the model loads
         detector = _load_for_prediction(args)
-        _apply_thresholds(args, detector)
-        scorer = Scorer(detector, model_description(args.run, detector), max_pixels=args.max_pixels)
+        thresholds = _thresholds(args, detector)
+        description = model_description(args.run, detector, thresholds)
+        scorer = Scorer(detector, description, max_pixels=args.max_pixels, thresholds=thresholds)
         print(
             f"bgad serve: http://{args.host}:{args.port}/ (API schema at /openapi.json); Ctrl-C stops", file=sys.stderr
         )

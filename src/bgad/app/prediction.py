@@ -21,6 +21,7 @@ from ..data.checks import size_problem
 from ..data.images import IMAGE_SUFFIXES, read_image
 from ..errors import BGADError
 from ..inference import Detector, Prediction
+from ..method.thresholds import Thresholds
 from ..model_checks import ScoringError
 from ..model_files import MODEL_JSON
 from ..progress import progress as progress_bar
@@ -151,11 +152,14 @@ def predict_folder(
     batch_size: int,
     mask_every_image: bool = False,
     maps: str = "all",
+    thresholds: Thresholds | None = None,
     problems: list[str],
     progress: bool = True,
 ) -> list[Scored]:
     """Score ``images`` into ``output`` and return them, in order; unreadable images go to ``problems`` (and to
-    stderr as they are met). ``maps`` (one of :data:`MAPS`) says which image files are written beside the scores."""
+    stderr as they are met). ``maps`` (one of :data:`MAPS`) says which image files are written beside the scores;
+    ``thresholds`` judge them (default: the model's own)."""
+    thresholds = thresholds or detector.thresholds_
     if maps not in MAPS:
         raise BGADError(f"maps must be one of {', '.join(MAPS)}, got {maps!r}")
     heatmaps, masks = output / "heatmaps", output / "masks"
@@ -165,7 +169,7 @@ def predict_folder(
     (output / PREDICT_MARK).write_text("written by bgad predict: a later bgad predict may write over this folder\n")
     names = dict(zip(images, _output_names(images), strict=True))
     batches = [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
-    threshold, pixel_threshold = f"{detector.thresholds_.image:.6g}", detector.thresholds_.pixel
+    threshold, pixel_threshold = f"{thresholds.image:.6g}", thresholds.pixel
     # A row is written once its image's files are (an interrupted run keeps what it finished), in UTF-8 whatever
     # the locale; file names that are not valid UTF-8 keep their bytes.
     with (
@@ -202,7 +206,10 @@ def predict_folder(
                 print(f"bgad: error: {error}", file=sys.stderr)
             try:
                 predictions = detector.predict_batch(
-                    list(readable.values()), batch_size=batch_size, mask_every_image=mask_every_image
+                    list(readable.values()),
+                    batch_size=batch_size,
+                    mask_every_image=mask_every_image,
+                    thresholds=thresholds,
                 )
             except ScoringError as err:
                 raise ScoringError(f"{', '.join(map(str, readable))}: {err}") from None

@@ -101,8 +101,9 @@ def _require_serving_packages() -> Any:
     return fastapi
 
 
-def model_description(run: Path, detector: Detector) -> dict[str, Any]:
-    """What ``GET /model`` returns: identity, configuration, thresholds and (for a run folder) its metrics."""
+def model_description(run: Path, detector: Detector, thresholds: Thresholds | None = None) -> dict[str, Any]:
+    """What ``GET /model`` returns: identity, configuration, the thresholds served (default: the model's own) and
+    (for a run folder) its metrics."""
     onnx_file = run / ONNX_FILE if run.is_dir() else run
     source = run / MODEL_JSON if detector.engine == "torch" else onnx_file
     description = {
@@ -111,7 +112,7 @@ def model_description(run: Path, detector: Detector) -> dict[str, Any]:
         "engine": detector.engine,
         "bgad_version": __version__,
         "config": detector.configuration.to_dict(),
-        "thresholds": detector.thresholds_._asdict(),
+        "thresholds": (thresholds or detector.thresholds_)._asdict(),
         # The page's normalized scores at any threshold (bgad.method.thresholds.NormalTail.table).
         "normal_tail": None if detector.normal_scores_ is None else NormalTail(detector.normal_scores_).table(),
     }
@@ -140,8 +141,11 @@ def _raw_map(anomaly_map: np.ndarray) -> dict[str, Any]:
 class Scorer:
     """The model and its lock: decoding runs in parallel, the forward pass one request at a time."""
 
-    def __init__(self, detector: Detector, description: dict[str, Any], max_pixels: int):
+    def __init__(
+        self, detector: Detector, description: dict[str, Any], max_pixels: int, thresholds: Thresholds | None = None
+    ):
         self.detector, self.description, self.max_pixels = detector, description, max_pixels
+        self.thresholds = thresholds or detector.thresholds_  # the model's own unless the command line set others
         scores = detector.normal_scores_
         self.normal_tail = None if scores is None else NormalTail(scores)  # built once: /review uses it per image
         self._lock = threading.Lock()
@@ -168,7 +172,7 @@ class Scorer:
         with self._lock:
             inference_start = time.perf_counter()
             try:
-                prediction: Prediction = self.detector.predict(picture)
+                prediction: Prediction = self.detector.predict(picture, thresholds=self.thresholds)
             except ScoringError as err:
                 raise ScoringError(f"{name}: {err}") from None
             inference_end = time.perf_counter()
@@ -179,14 +183,12 @@ class Scorer:
             "normal_share": prediction.normal_share,
             "is_anomalous": prediction.is_anomalous,
             "map_peak": float(prediction.anomaly_map.max()),  # for the review list (POST /review)
-            "thresholds": self.detector.thresholds_._asdict(),
+            "thresholds": self.thresholds._asdict(),
             "image": {"width": picture.width, "height": picture.height},
             "model": {"id": self.description["model_id"], "bgad_version": __version__},
         }
         if maps == "png":
-            overlay = heatmap_overlay(
-                np.asarray(picture), prediction.anomaly_map, threshold=self.detector.thresholds_.pixel
-            )
+            overlay = heatmap_overlay(np.asarray(picture), prediction.anomaly_map, threshold=self.thresholds.pixel)
             result["overlay_png"] = _png(overlay)
             result["mask_png"] = _png(prediction.mask.astype(np.uint8) * 255)
         elif maps == "raw":
@@ -432,7 +434,7 @@ def create_app(
         """What to label next among images already scored (their ``score`` and ``map_peak`` from /predict), by the
         rule of ``bgad predict --review``: the ``n`` nearest the image threshold, then those judged good whose map
         rises above the pixel threshold, highest peaks first."""
-        model = scorer.detector.thresholds_
+        model = scorer.thresholds
         thresholds = Thresholds(
             image=model.image if body.image_threshold is None else body.image_threshold,
             pixel=model.pixel if body.pixel_threshold is None else body.pixel_threshold,
