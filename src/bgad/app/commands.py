@@ -85,20 +85,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise BGADError(f"process {parallel.rank} stopped with the launch: {reason}") from None
 
 
+def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options a new run (or each fold's run) takes from the command line, as :func:`fit_run` names them."""
+    return {
+        "overwrite": args.overwrite,
+        "eval_size": args.eval_size or "input",
+        "drop_duplicates": args.drop_duplicates,
+        "progress": not args.quiet,
+        "device": args.device,
+    }
+
+
 def _plain_fit(args: argparse.Namespace) -> int:
     if args.output is None:
         raise BGADError("--output is required (the run folder to create)")
-    results = fit_run(
-        required_dataset(args),
-        args.output,
-        config_for(args),
-        overwrite=args.overwrite,
-        eval_size=args.eval_size or "input",
-        drop_duplicates=args.drop_duplicates,
-        progress=not args.quiet,
-        device=args.device,
-        select_folds=args.select,
-    )
+    options = _fit_options(args)
+    results = fit_run(required_dataset(args), args.output, config_for(args), select_folds=args.select, **options)
     return _report_fit(results, args.output)
 
 
@@ -138,17 +140,7 @@ def _resume(args: argparse.Namespace) -> int:
 def _cross_validate(args: argparse.Namespace) -> int:
     if args.output is None:
         raise BGADError("--output is required (the folder for the folds' runs and cv.md)")
-    summary = cross_validate(
-        required_dataset(args),
-        args.output,
-        config_for(args),
-        args.cv,
-        overwrite=args.overwrite,
-        eval_size=args.eval_size or "input",
-        drop_duplicates=args.drop_duplicates,
-        progress=not args.quiet,
-        device=args.device,
-    )
+    summary = cross_validate(required_dataset(args), args.output, config_for(args), args.cv, **_fit_options(args))
     print(json.dumps(summary, indent=2))
     print(f"folds, cv.json and cv.md written to {args.output}", file=sys.stderr)
     return 0
