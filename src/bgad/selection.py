@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 
 from .config import BGADConfig
-from .data.images import ImageSource, content_masks, image_shape, mask_to_tensor
+from .data.images import ImageSource, mask_to_tensor
 from .detector import BGAD
 from .errors import BGADError
-from .method.fitting import MaskSource, masks_for
+from .method.fitting import MaskSource, masks_for, model_inputs
 from .method.scoring import anomaly_map, calibrate, image_scores
 from .metrics import aupro, image_auroc, pixel_auroc
 
@@ -180,6 +180,12 @@ def select_settings(
     fold_of = anomaly_folds(list(groups) if groups is not None else [""] * len(masks), folds, config.train.seed)
     candidates = scoring_candidates(config)
     rated: list[list[dict[str, float]]] = [[] for _ in candidates]
+    # What every fold rates with, made once: the images' content on the model's input and the masks there.
+    inputs = model_inputs(normal_images, anomaly_images, masks, config)
+    size, resize = config.model.image_size, config.model.resize
+    input_masks = torch.stack([mask_to_tensor(m.numpy(), size, resize) for m in masks])
+    n, rng = len(normal_images), np.random.default_rng(config.train.seed)
+    pixel_normals = np.sort(rng.choice(n, min(n, MAX_PIXEL_NORMALS), replace=False))
     for k in range(folds):
         if progress:
             print(f"bgad: selection fold {k + 1} of {folds}", file=sys.stderr)
@@ -188,8 +194,14 @@ def select_settings(
         detector = BGAD(config, device=device).fit(
             normal_images, [anomaly_images[i] for i in train], [masks[i].numpy() for i in train], progress=progress
         )
-        held_out = _HeldOut.of(
-            detector, config, normal_images, [anomaly_images[i] for i in held], [masks[i] for i in held]
+        held_out = _HeldOut(
+            tuple(config.model.strides),
+            detector.normal_log_probs_,
+            detector.level_log_probs([anomaly_images[i] for i in held]),
+            input_masks[held],
+            inputs.normal_valid,
+            None if inputs.anomaly_valid is None else inputs.anomaly_valid[held],
+            pixel_normals,
         )
         for ratings, candidate in zip(rated, candidates, strict=True):
             ratings.append(held_out.rate(candidate, config))
@@ -210,28 +222,6 @@ class _HeldOut:
     normal_valid: Tensor | None
     anomaly_valid: Tensor | None
     pixel_normals: np.ndarray  # indices of the normals whose maps enter the pixel metrics
-
-    @classmethod
-    def of(
-        cls,
-        detector: BGAD,
-        config: BGADConfig,
-        normals: Sequence[ImageSource],
-        anomalies: Sequence[ImageSource],
-        masks: list[Tensor],
-    ) -> _HeldOut:
-        model, n = config.model, len(normals)
-        size, resize = model.image_size, model.resize
-        rng = np.random.default_rng(config.train.seed)
-        return cls(
-            tuple(model.strides),
-            detector.normal_log_probs_,
-            detector.level_log_probs(anomalies),
-            torch.stack([mask_to_tensor(m.numpy(), size, resize) for m in masks]),
-            content_masks((image_shape(image) for image in normals), size, resize),
-            content_masks((tuple(m.shape) for m in masks), size, resize),
-            np.sort(rng.choice(n, min(n, MAX_PIXEL_NORMALS), replace=False)),
-        )
 
     def rate(self, candidate: Candidate, config: BGADConfig) -> dict[str, float]:
         """Image AUROC (every normal against the held-out anomalies), pixel AUROC and AUPRO (a sample of normals
