@@ -11,13 +11,13 @@ Run: python benchmarks/decisions.py --data-root ../shared/data/mvtec_ad RUN [RUN
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
 from bgad import BGAD
+from bgad.app.record import read_run
 from bgad.data.layouts import load_mvtec
 from bgad.data.samples import Split
 from bgad.evaluation import evaluate
@@ -35,9 +35,9 @@ def pooled_f1_pixel_threshold(detector: BGAD, split: Split) -> float:
 
 
 def decisions(run: Path, data_root: Path) -> list[str]:
-    info = json.loads((run / "run.json").read_text())
-    category = load_mvtec(data_root, info["category"])
-    names = set(info["known_anomalies"])
+    record = read_run(run / "run.json")
+    category = load_mvtec(data_root, str(record.category))
+    names = set(record.known_anomalies)
     split = Split(category, tuple(s for s in category.test if category.relative(s.path) in names))
     detector = BGAD.load(run)
     known = split.known
@@ -49,7 +49,7 @@ def decisions(run: Path, data_root: Path) -> list[str]:
         d = evaluation.decisions(thresholds, mask_every_image=every)
         n_good = d["image"]["fp"] + d["image"]["tn"]
         cells = [
-            info["category"],
+            record.category,
             rule,
             f"{thresholds.pixel:.3f}",
             f"{d['image']['f1']:.3f}",

@@ -38,7 +38,7 @@ import openvino
 import torch
 
 from bgad import BGAD
-from bgad.app.runs import read_run_json
+from bgad.app.record import read_run
 from bgad.app.speed import median_seconds
 from bgad.data.layouts import DatasetSpec
 from bgad.evaluation import evaluate
@@ -202,12 +202,12 @@ def measure(
 
 def evaluation_samples(run_dir: Path, data_root: Path | None) -> tuple[list, list]:
     """The run's evaluation samples (test minus its known anomalies) and its training normals."""
-    info = read_run_json(run_dir / "run.json")
-    dataset = dict(info["dataset"])
+    record = read_run(run_dir / "run.json")
+    dataset = record.dataset.to_dict()
     if data_root is not None:
         dataset["data_root"] = str(data_root.absolute())
     category = DatasetSpec.from_dict(dataset).load()
-    known = set(info["known_anomalies"])
+    known = set(record.known_anomalies)
     return [s for s in category.test if category.relative(s.path) not in known], list(category.train)
 
 

@@ -30,9 +30,8 @@ import numpy as np
 from PIL import Image
 
 from bgad import BGAD, BGADConfig
-from bgad.app.runs import read_run_json
+from bgad.app.record import read_run
 from bgad.data.images import read_image, read_mask
-from bgad.data.layouts import DatasetSpec
 from bgad.metrics import aupro, image_auroc, pixel_auroc
 
 SIDE, CROP, DEFECT = 4096, 256, 12
@@ -127,10 +126,10 @@ def run_mosaic(data_root: Path, output: Path) -> dict:
 
 
 def run_pair(resized_run: Path, tiled_run: Path) -> dict:
-    info = read_run_json(resized_run / "run.json")
-    category = DatasetSpec.from_dict(info["dataset"]).load()
-    known = set(info["known_anomalies"])  # both runs must share them (same dataset, seed and sampling)
-    if read_run_json(tiled_run / "run.json")["known_anomalies"] != info["known_anomalies"]:
+    record = read_run(resized_run / "run.json")
+    category = record.dataset.load()
+    known = set(record.known_anomalies)  # both runs must share them (same dataset, seed and sampling)
+    if read_run(tiled_run / "run.json").known_anomalies != record.known_anomalies:
         raise SystemExit("the two runs trained on different known anomalies")
     samples = [s for s in category.test if category.relative(s.path) not in known]
     masks = [read_mask(s.mask_path) if s.mask_path else None for s in samples]

@@ -17,7 +17,8 @@ import bgad.checkpoint
 from bgad import BGAD
 from bgad.app.cli import main
 from bgad.app.locking import lock_path, run_lock
-from bgad.app.runs import RUN_JSON, fit_run, partial_folder, resume_run
+from bgad.app.record import RUN_JSON
+from bgad.app.runs import fit_run, partial_folder, resume_run
 from bgad.config import BGADConfig, TrainConfig
 from bgad.data.checks import DatasetError, check_dataset
 from bgad.data.layouts import DatasetSpec, load_folders, load_manifest

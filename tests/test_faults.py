@@ -49,11 +49,11 @@ def _fails_on_call(target: Callable, call: int, fault: BaseException) -> Callabl
 
 # (module, attribute, call): every place a fit writes to disk, in the order it writes.
 FIT_WRITE_POINTS = {
-    "run.json": (bgad.app.runs, "_write_json", 1),
+    "run.json": (bgad.app.runs, "write_run", 1),
     "first checkpoint": (bgad.checkpoint, "write_atomic", 1),
     "later checkpoint": (bgad.checkpoint, "write_atomic", 3),
     "model weights": (bgad.model_files, "save_file", 1),
-    "metrics.json": (bgad.app.runs, "_write_json", 2),
+    "metrics.json": (bgad.app.runs, "_write_json", 1),
     "install": (bgad.app.runs, "_install", 1),
 }
 

@@ -20,7 +20,8 @@ from PIL import Image
 from bgad import BGAD
 from bgad.app.cli import main
 from bgad.app.csv_cells import safe_cell
-from bgad.app.runs import RUN_JSON, _install
+from bgad.app.record import RUN_JSON
+from bgad.app.runs import _install
 from bgad.data.images import decode_image, read_image, read_mask
 from bgad.errors import BGADError
 from bgad.model_files import MODEL_JSON

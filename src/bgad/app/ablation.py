@@ -18,7 +18,8 @@ from typing import Any
 
 from ..config import BGADConfig
 from ..data.layouts import DatasetSpec
-from .runs import METRICS_JSON, RUN_JSON, fit_run
+from .record import RUN_JSON, read_run
+from .runs import METRICS_JSON, fit_run
 
 _COLUMNS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
@@ -54,7 +55,7 @@ def run_ablation(
             fit_run(dataset, run, variant, overwrite=True, progress=progress, device=device)
         rows.append((name, json.loads((run / METRICS_JSON).read_text())))
     path = output / "ablation.md"
-    path.write_text(_table(json.loads((run / RUN_JSON).read_text())["category"], base, rows))
+    path.write_text(_table(str(read_run(run / RUN_JSON).category), base, rows))
     return path
 
 

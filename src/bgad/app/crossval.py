@@ -18,7 +18,8 @@ from typing import Any
 from ..config import BGADConfig
 from ..data.layouts import DatasetSpec
 from ..errors import BGADError
-from .runs import METRICS_JSON, RUN_JSON, fit_run, read_run_json
+from .record import RUN_JSON, read_run
+from .runs import METRICS_JSON, fit_run
 from .tables import mean_std
 
 CV_JSON, CV_MD = "cv.json", "cv.md"
@@ -62,8 +63,8 @@ def _finished(run: Path, dataset: DatasetSpec, config: BGADConfig) -> bool:
     """True for a fold run made with this dataset and configuration (an earlier invocation's)."""
     if not (run / METRICS_JSON).is_file() or not (run / RUN_JSON).is_file():
         return False
-    info = read_run_json(run / RUN_JSON)
-    return info["config"] == config.to_dict() and info["dataset"] == dataset.to_dict()
+    record = read_run(run / RUN_JSON)
+    return record.config == config and record.dataset == dataset
 
 
 def _markdown(summary: dict[str, Any]) -> str:

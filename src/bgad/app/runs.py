@@ -1,9 +1,10 @@
 """Run folders: check, train, save and evaluate one dataset, resume an interrupted fit, re-evaluate a saved run.
 
-A run folder holds the model files (:mod:`bgad.model_files`), ``run.json`` (the dataset, the configuration and the
-known anomalies used for training), the training log, the metrics and the HTML report. While training, all of it
-is written into ``.<name>.partial`` beside the run folder, which becomes the run folder only at the end; a fit
-stopped by Ctrl-C keeps it, with a checkpoint of every finished meta-epoch, for ``bgad fit --resume``.
+A run folder holds the model files (:mod:`bgad.model_files`), ``run.json`` (:mod:`bgad.app.record`: the dataset,
+the configuration and the known anomalies used for training), the training log, the metrics and the HTML report.
+While training, all of it is written into ``.<name>.partial`` beside the run folder, which becomes the run folder
+only at the end; a fit stopped by Ctrl-C keeps it, with a checkpoint of every finished meta-epoch, for
+``bgad fit --resume``.
 
 Under ``torchrun`` a fit or a resume is data-parallel (:mod:`bgad.distributed`): process 0 does all of the above
 and tells the other processes what to train on; they only train with it, and write nothing.
@@ -16,11 +17,10 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .._version import __version__
 from ..checkpoint import STATE_JSON
 from ..config import BGADConfig
 from ..data.checks import DatasetReport, check_dataset, drop_evaluation_duplicates
@@ -34,12 +34,12 @@ from ..evaluation import EVAL_SIZES, Evaluation, Metrics, evaluate, full_resolut
 from ..method.thresholds import operating_point
 from ..model_files import MODEL_JSON
 from ..selection import Selection, describe_selection, select_settings
-from .lineage import EVALUATION_REMOVED, LINEAGE, evaluation_samples, lineage_steps, report_notes, run_category, trainer
+from .lineage import evaluation_samples, report_notes, run_category, trainer
 from .locking import run_lock
+from .record import RUN_JSON, RunRecord, read_run, write_run
 from .report import FILES as REPORT_FILES
 from .report import REPORT_HTML, write_report
 
-RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 KNOWN_ANOMALIES = "known_anomalies.txt"
@@ -222,80 +222,70 @@ def fit_run(
     left behind if the fit fails before its first checkpoint; after it, the partial folder stays for
     :func:`resume_run` (Ctrl-C, or an error in evaluation: the trained model is kept).
     """
-    run = {
-        "bgad_version": __version__,
-        "dataset": dataset.to_dict(),
-        "config": config.to_dict(),
-        "drop_duplicates": drop_duplicates,
-        "eval_size": eval_size,
-    }
-    if select_folds is not None:
-        run["select_folds"] = select_folds
+    record = RunRecord(dataset, config, eval_size=eval_size, drop_duplicates=drop_duplicates)
     on_check = None if on_split is None else lambda report: on_split(report.split)
-    return start_run(run, output, overwrite=overwrite, progress=progress, on_check=on_check, device=device)
+    return start_run(
+        record,
+        output,
+        overwrite=overwrite,
+        progress=progress,
+        on_check=on_check,
+        device=device,
+        select_folds=select_folds,
+    )
 
 
 def start_run(
-    run: dict[str, Any],
+    record: RunRecord,
     output: Path,
     *,
     overwrite: bool = False,
     progress: bool = True,
     on_check: Callable[[DatasetReport], None] | None = None,
     device: str = "cpu",
+    select_folds: int | None = None,
 ) -> RunResults | None:
-    """The body of :func:`fit_run` and of ``bgad fit --from`` (:func:`bgad.app.update.update_run`): ``run`` gives
-    the dataset, the configuration, ``drop_duplicates``, ``eval_size`` and, for a run trained on from another, its
-    lineage (:mod:`bgad.app.lineage`); the rest of ``run.json`` (the known anomalies, the fingerprint) comes from
-    the dataset check, after which ``on_check`` may still refuse the fit."""
+    """The body of :func:`fit_run` and of ``bgad fit --from`` (:func:`bgad.app.update.update_run`): ``record``
+    gives the dataset, the configuration, ``drop_duplicates``, ``eval_size`` and, for a run trained on from
+    another, its lineage (:mod:`bgad.app.lineage`); the rest of ``run.json`` (the known anomalies, the fingerprint)
+    comes from the dataset check, after which ``on_check`` may still refuse the fit."""
     resolve_device(device)  # a missing GPU fails now, not after the dataset check
     parallel = current()
     if parallel is not None and not parallel.is_main:
         return _follow(parallel, device)
-    _check_eval_size(run["eval_size"])
+    _check_eval_size(record.eval_size)
     _make_parent(output)
     with run_lock(output):
         _check_output(output, overwrite=overwrite)
-        category, removed = run_category(run)
+        category, removed = run_category(record)
         _check_data_outside(output, category)
-        config = BGADConfig.from_dict(run["config"])
-        drop_duplicates = run.get("drop_duplicates") is True
-        report = _checked(category, config, drop_duplicates=drop_duplicates, progress=progress)
+        report = _checked(category, record.config, drop_duplicates=record.drop_duplicates, progress=progress)
         split = report.split
         if on_check is not None:
             on_check(report)
-        selection = None
-        if run.get("select_folds") is not None:
-            selection = _select(split, config, run["select_folds"], progress=progress, device=device)
-            run = {**run, "config": selection.config.to_dict()}
+        if select_folds is not None:
+            selection = _select(split, record.config, select_folds, progress=progress, device=device)
+            record = replace(record, config=selection.config, selection=selection.to_dict())
+        record = replace(
+            record,
+            category=category.name,
+            known_anomalies=tuple(split.known_names),
+            known_types=tuple(split.known_types),
+            known_anomaly_sha1=tuple(report.hashes[s.path] for s in split.known),
+            training_fingerprint=report.training_fingerprint(),
+            evaluation_removed=removed,
+        )
         partial = partial_folder(output)
         shutil.rmtree(partial, ignore_errors=True)
-        description = {
-            "bgad_version": __version__,
-            "dataset": run["dataset"],
-            "category": category.name,
-            "config": run["config"],
-            "known_anomalies": split.known_names,
-            "known_types": split.known_types,
-            # `bgad test` leaves these out by content, even on a copy of the data or another path to it.
-            "known_anomaly_sha1": [report.hashes[s.path] for s in split.known],
-            "drop_duplicates": drop_duplicates,
-            "training_fingerprint": report.training_fingerprint(),
-            "eval_size": run["eval_size"],
-        }
-        if selection is not None:
-            description["selection"] = selection.to_dict()
-        if steps := lineage_steps(run):
-            description |= {LINEAGE: steps, EVALUATION_REMOVED: removed}
         try:
             partial.mkdir()
-            _write_json(partial / RUN_JSON, description)
-            names = "".join(f"{name}\n" for name in description["known_anomalies"])
+            write_run(partial / RUN_JSON, record)
+            names = "".join(f"{name}\n" for name in record.known_anomalies)
             (partial / KNOWN_ANOMALIES).write_text(names, encoding="utf-8", errors="surrogateescape")
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)  # nothing trained yet: leave nothing behind
             raise
-        return _train_and_evaluate(partial, output, description, split, progress=progress, device=device)
+        return _train_and_evaluate(partial, output, record, split, progress=progress, device=device)
 
 
 def _select(split: Split, config: BGADConfig, folds: int, *, progress: bool, device: str) -> Selection:
@@ -349,71 +339,43 @@ def resume_run(output: Path, *, progress: bool = True, device: str = "cpu") -> R
         raise BGADError(f"no interrupted fit of {output} to resume ({partial / RUN_JSON} is missing)")
     _refuse_link(output)
     with run_lock(output):
-        run = read_run_json(partial / RUN_JSON)
-        category, _ = run_category(run)
+        record = read_run(partial / RUN_JSON)
+        category, _ = run_category(record)
         _check_data_outside(output, category)
-        config = BGADConfig.from_dict(run["config"])
-        report = _checked(category, config, drop_duplicates=run.get("drop_duplicates") is True, progress=progress)
+        report = _checked(category, record.config, drop_duplicates=record.drop_duplicates, progress=progress)
         # The fingerprint covers the known anomalies: unchanged, the split is the interrupted fit's own.
-        if run.get("training_fingerprint", report.training_fingerprint()) != report.training_fingerprint():
+        if (record.training_fingerprint or report.training_fingerprint()) != report.training_fingerprint():
             raise BGADError(
                 f"the training images changed since the interrupted fit of {output} (added, removed or edited): "
                 "resuming would mix two datasets; start a new fit"
             )
-        if report.split.known_names != run["known_anomalies"]:
+        if tuple(report.split.known_names) != record.known_anomalies:
             raise BGADError(f"the known anomalies of the interrupted fit of {output} are no longer in the dataset")
-        return _train_and_evaluate(partial, output, run, report.split, progress=progress, device=device)
-
-
-def read_run_json(path: Path) -> dict[str, Any]:
-    """The description of a run (``run.json``), checked for the fields bgad reads; a damaged one is a BGADError."""
-    try:
-        run = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BGADError(f"cannot read {path}: {err}") from None
-    if not isinstance(run, dict):
-        raise BGADError(f"{path} is damaged: not a JSON object")
-    if "dataset" not in run:
-        raise BGADError(f"{path} was written by an older bgad that did not record its dataset; fit it again")
-    expected = {"dataset": dict, "config": dict, "known_anomalies": list, "known_types": list}
-    for key, kind in expected.items():
-        if not isinstance(run.get(key), kind):
-            raise BGADError(f"{path} is damaged: {key!r} is missing or not a {kind.__name__}")
-    names = run["known_anomalies"] + run["known_types"] + run.get("known_anomaly_sha1", [])
-    if not isinstance(run.get("known_anomaly_sha1", []), list) or not all(isinstance(name, str) for name in names):
-        raise BGADError(f"{path} is damaged: the known anomalies are not a list of names")
-    try:
-        lineage_steps(run)
-    except BGADError as err:
-        raise BGADError(f"{path} is damaged: {err}") from None
-    return run
+        return _train_and_evaluate(partial, output, record, report.split, progress=progress, device=device)
 
 
 def _train_and_evaluate(
-    partial: Path, output: Path, run: dict[str, Any], split: Split, *, progress: bool, device: str
+    partial: Path, output: Path, record: RunRecord, split: Split, *, progress: bool, device: str
 ) -> RunResults:
     detector = _saved_detector(partial)
     images = ([s.path for s in split.train], [s.path for s in split.known], [s.mask_path for s in split.known])
     if (parallel := current()) is not None:  # what the other processes train on (nothing: training had finished)
-        if lineage_steps(run):
+        if record.lineage:
             raise BGADError("fit --from does not run under torchrun: run it as one process")
-        parallel.broadcast(None if detector is not None else (run["config"], images))
+        parallel.broadcast(None if detector is not None else (record.config, images))
     if detector is not None:
         detector.to(device)
     else:
-        detector = _train(
-            partial, output, trainer(run, BGADConfig.from_dict(run["config"]), device), images, progress=progress
-        )
+        detector = _train(partial, output, trainer(record, device), images, progress=progress)
     try:
         evaluation = evaluate(detector, split.evaluation, progress=progress)
         seconds = detector.train_seconds_
         seconds = None if seconds is None else round(seconds, 1)
-        eval_size = run.get("eval_size", "input")
-        results = _results(evaluation, detector, len(split.known), split.known_types, eval_size, seconds)
+        results = _results(evaluation, detector, len(split.known), split.known_types, record.eval_size, seconds)
         _write_json(partial / METRICS_JSON, results.to_dict())
-        notes = report_notes(run, run.get(EVALUATION_REMOVED, []))
-        if "selection" in run:
-            notes.append(describe_selection(run["selection"]))
+        notes = report_notes(record, record.evaluation_removed)
+        if record.selection is not None:
+            notes.append(describe_selection(record.selection))
         _write_report(evaluation, results, partial, detector, split.category.name, notes)
         _install(partial, output)
     except KeyboardInterrupt:
@@ -444,7 +406,7 @@ def _follow(parallel: DataParallel, device: str) -> None:
     job = parallel.broadcast(None)
     if job is not None:
         config, images = job
-        BGAD(BGADConfig.from_dict(config), device=device).fit(*images, progress=False)
+        BGAD(config, device=device).fit(*images, progress=False)
 
 
 def _train(
@@ -503,19 +465,19 @@ def evaluate_run(
     run_json = run / RUN_JSON
     if not run_json.is_file():
         raise BGADError(f"not a bgad run: {run_json} is missing")
-    info = read_run_json(run_json)
+    record = read_run(run_json)
     detector = BGAD.load(run).to(device)
-    stored = DatasetSpec.from_dict(info["dataset"])
+    stored = record.dataset
     category = (dataset or stored).load()
-    if info.get("drop_duplicates") is True:
+    if record.drop_duplicates:
         category, dropped = drop_evaluation_duplicates(category)
         if dropped:
             print(
                 f"bgad: note: {dropped} evaluation image(s) identical to a training image were dropped", file=sys.stderr
             )
-    samples, removed = evaluation_samples(category, info, same_dataset=dataset in (None, stored))
+    samples, removed = evaluation_samples(category, record, same_dataset=dataset in (None, stored))
     evaluation = evaluate(detector, samples, progress=progress)
-    results = _results(evaluation, detector, len(info["known_anomalies"]), info["known_types"], eval_size)
+    results = _results(evaluation, detector, len(record.known_anomalies), list(record.known_types), eval_size)
     if (left_out := len(category.test) - len(samples)) and dataset not in (None, stored):
         print(
             f"bgad: {left_out} training anomalies found in this data were left out of the evaluation", file=sys.stderr
@@ -523,7 +485,7 @@ def evaluate_run(
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         _write_json(output / METRICS_JSON, results.to_dict())
-        _write_report(evaluation, results, output, detector, category.name, report_notes(info, removed))
+        _write_report(evaluation, results, output, detector, category.name, report_notes(record, removed))
     return results
 
 

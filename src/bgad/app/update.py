@@ -10,17 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from ..config import BGADConfig
 from ..data.checks import DatasetReport
 from ..data.layouts import labelled_defects
 from ..data.layouts.files import existing_folder, image_files
 from ..errors import BGADError, DatasetError
-from .lineage import LINEAGE, lineage_steps, new_step
-from .runs import RUN_JSON, RunResults, read_run_json, start_run
-
-INHERITED = ("dataset", "config", "known_anomalies", "known_anomaly_sha1", "drop_duplicates", "eval_size")
+from .lineage import new_step
+from .record import RUN_JSON, LineageStep, RunRecord, read_run
+from .runs import RunResults, start_run
 
 
 def update_run(
@@ -47,7 +44,7 @@ def update_run(
         raise BGADError(f"output {output} is the run {parent} or inside it (fit --from never changes it): name another")
     if output.is_dir() and any(output.iterdir()):
         raise BGADError(f"output {output} is not empty: fit --from writes a new run into a new or empty folder")
-    info = read_run_json(parent / RUN_JSON)
+    parent_record = read_run(parent / RUN_JSON)
     added, problems = labelled_defects(defect_dirs, mask_dirs)
     if problems:
         raise DatasetError(problems)
@@ -56,21 +53,28 @@ def update_run(
         raise BGADError(f"no images in normal folder {normal_dir}")
     if not added and not normals:
         raise BGADError("nothing to add: give new defect images (--defect-dir) or good images (--normal-dir)")
-    train = BGADConfig.from_dict(info["config"]).train
-    run = {key: info[key] for key in INHERITED if key in info}
-    run["eval_size"] = eval_size or info.get("eval_size", "input")
+    train = parent_record.config.train
     fraction = train.update_normal_fraction if normal_fraction is None else normal_fraction
     step = new_step(parent, added, normals, meta_epochs or train.update_meta_epochs, fraction)
-    run[LINEAGE] = [*lineage_steps(info), step]
-    return start_run(run, output, progress=progress, on_check=lambda report: _check_new(report, run), device=device)
+    # The parent's dataset, configuration and known anomalies, and its lineage with this step; the rest of the
+    # record comes from the dataset check.
+    record = RunRecord(
+        parent_record.dataset,
+        parent_record.config,
+        eval_size=eval_size or parent_record.eval_size,
+        drop_duplicates=parent_record.drop_duplicates,
+        lineage=(*parent_record.lineage, step),
+        known_anomalies=parent_record.known_anomalies,
+        known_anomaly_sha1=parent_record.known_anomaly_sha1,
+    )
+    return start_run(record, output, progress=progress, on_check=lambda report: _check_new(report, step), device=device)
 
 
-def _check_new(report: DatasetReport, run: dict[str, Any]) -> None:
+def _check_new(report: DatasetReport, step: LineageStep) -> None:
     """Refuse an added image whose content is already in the training set (one of RUN's, or another new one)."""
-    step = lineage_steps(run)[-1]
     split = report.split
     # run_category puts the step's additions last, in order
-    n_train, n_known = len(split.train) - len(step["added_normals"]), len(split.known) - len(step["added_anomalies"])
+    n_train, n_known = len(split.train) - len(step.added_normals), len(split.known) - len(step.added_anomalies)
     first = {report.hashes[s.path]: s.path for s in reversed(split.train[:n_train] + split.known[:n_known])}
     problems = []
     for sample in split.train[n_train:] + split.known[n_known:]:
