@@ -41,8 +41,8 @@ from bgad import BGAD
 from bgad.app.record import read_run
 from bgad.app.speed import median_seconds
 from bgad.data.layouts import DatasetSpec
+from bgad.deploy.export import export_onnx, open_onnxruntime, open_openvino
 from bgad.evaluation import evaluate
-from bgad.export import export_onnx, open_onnxruntime, open_openvino
 from bgad.method.features import image_batches
 
 Run = Callable[[np.ndarray], np.ndarray]  # input batch -> anomaly maps

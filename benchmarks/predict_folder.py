@@ -15,7 +15,7 @@ from pathlib import Path
 
 import bgad.app.prediction as prediction
 from bgad.app.prediction import collect_images, predict_folder
-from bgad.engines import load_detector
+from bgad.deploy.engines import load_detector
 
 SETTINGS = [  # (name, --maps, PNG compression level)
     ("heatmaps, level 6", "all", 6),

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import bgad.app.runs
-import bgad.checkpoint
+import bgad.storage.checkpoint
 from bgad import BGAD
 from bgad.app.cli import main
 from bgad.app.locking import lock_path, run_lock
@@ -23,8 +23,8 @@ from bgad.config import BGADConfig, TrainConfig
 from bgad.data.checks import DatasetError, check_dataset
 from bgad.data.layouts import DatasetSpec, load_folders, load_manifest
 from bgad.errors import BGADError
-from bgad.model_files import MODEL_JSON
-from bgad.serialization import write_atomic
+from bgad.storage.model_files import MODEL_JSON
+from bgad.storage.serialization import write_atomic
 
 from .conftest import assert_one_line, fit_command
 from .test_datasets import folder_dataset

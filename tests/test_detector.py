@@ -9,7 +9,7 @@ from bgad import BGAD, BGADError, NotFittedError
 from bgad.config import BGADConfig, TrainConfig
 from bgad.data.layouts import load_mvtec
 from bgad.data.samples import make_split
-from bgad.model_files import MODEL_JSON, MODEL_WEIGHTS
+from bgad.storage.model_files import MODEL_JSON, MODEL_WEIGHTS
 
 pytestmark = pytest.mark.slow  # trains models end to end
 

@@ -12,7 +12,7 @@ from bgad.app.cli import main
 from bgad.app.runs import evaluate_run, fit_run
 from bgad.config import BGADConfig
 from bgad.data.layouts import DatasetSpec
-from bgad.devices import resolve_device
+from bgad.runtime.devices import resolve_device
 
 from .conftest import assert_one_line
 

@@ -1,4 +1,4 @@
-"""Data-parallel training (bgad.distributed): processes that each take one chunk of every fiber batch train the
+"""Data-parallel training (bgad.runtime.distributed): processes that each take one chunk of every fiber batch train the
 flows as one process does with the whole batch."""
 
 import json
@@ -16,9 +16,9 @@ import torch.multiprocessing
 import bgad
 import bgad.method.training
 from bgad.config import LossConfig, TrainConfig
-from bgad.distributed import DataParallel, current
 from bgad.method.level import FeatureLevel
 from bgad.method.training import LevelData, level_data, train_flows
+from bgad.runtime.distributed import DataParallel, current
 
 from .conftest import fit_command, interrupt_at
 

@@ -14,10 +14,10 @@ import pytest
 
 from bgad import BGAD
 from bgad.app.cli import main
-from bgad.engines import FASTEST_FIRST, choose_engine, is_stale_export, load_detector
+from bgad.deploy.engines import FASTEST_FIRST, choose_engine, is_stale_export, load_detector
+from bgad.deploy.export import SOURCE_DIGEST, OnnxDetector, read_metadata
 from bgad.errors import BGADError
-from bgad.export import SOURCE_DIGEST, OnnxDetector, read_metadata
-from bgad.model_files import model_digest
+from bgad.storage.model_files import model_digest
 
 from .conftest import assert_one_line
 

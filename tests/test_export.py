@@ -11,7 +11,7 @@ import torch
 from bgad import BGAD, BGADError, NotFittedError, __version__
 from bgad.config import BGADConfig
 from bgad.data.layouts import load_mvtec
-from bgad.export import OnnxDetector, export_onnx
+from bgad.deploy.export import OnnxDetector, export_onnx
 from bgad.method.features import image_batches
 
 from .conftest import SHARED_DATA

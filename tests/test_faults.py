@@ -19,13 +19,13 @@ import yaml
 from PIL import Image
 
 import bgad.app.runs
-import bgad.checkpoint
-import bgad.export
-import bgad.model_files
+import bgad.deploy.export
+import bgad.storage.checkpoint
+import bgad.storage.model_files
 from bgad.app.cli import main
 from bgad.app.runs import CHECKPOINT, is_run_folder, partial_folder
-from bgad.checkpoint import STATE_JSON
 from bgad.config import BGADConfig
+from bgad.storage.checkpoint import STATE_JSON
 
 from .conftest import fit_command, snapshot
 
@@ -50,9 +50,9 @@ def _fails_on_call(target: Callable, call: int, fault: BaseException) -> Callabl
 # (module, attribute, call): every place a fit writes to disk, in the order it writes.
 FIT_WRITE_POINTS = {
     "run.json": (bgad.app.runs, "write_run", 1),
-    "first checkpoint": (bgad.checkpoint, "write_atomic", 1),
-    "later checkpoint": (bgad.checkpoint, "write_atomic", 3),
-    "model weights": (bgad.model_files, "save_file", 1),
+    "first checkpoint": (bgad.storage.checkpoint, "write_atomic", 1),
+    "later checkpoint": (bgad.storage.checkpoint, "write_atomic", 3),
+    "model weights": (bgad.storage.model_files, "save_file", 1),
     "metrics.json": (bgad.app.runs, "_write_json", 1),
     "install": (bgad.app.runs, "_install", 1),
 }
@@ -140,7 +140,7 @@ def test_a_fault_while_exporting_keeps_the_earlier_file(
     target = tmp_path / "model.onnx"
     target.write_bytes(b"an earlier export")
     with monkeypatch.context() as patch:
-        patch.setattr(bgad.export.os, "replace", _fails_on_call(os.replace, 1, fault))
+        patch.setattr(bgad.deploy.export.os, "replace", _fails_on_call(os.replace, 1, fault))
         code = main(["export", "--run", str(tiny_run), "--output", str(target)])
     err = capsys.readouterr().err.strip()
     assert code == (130 if isinstance(fault, KeyboardInterrupt) else 2)

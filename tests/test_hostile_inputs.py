@@ -24,7 +24,7 @@ from bgad.app.record import RUN_JSON
 from bgad.app.runs import _install
 from bgad.data.images import decode_image, read_image, read_mask
 from bgad.errors import BGADError
-from bgad.model_files import MODEL_JSON
+from bgad.storage.model_files import MODEL_JSON
 
 from .conftest import assert_one_line, fit_command, snapshot
 

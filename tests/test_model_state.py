@@ -16,8 +16,8 @@ from bgad import BGAD
 from bgad.app.cli import main
 from bgad.app.prediction import predict_folder
 from bgad.errors import BGADError
-from bgad.model_checks import ScoringError
-from bgad.model_files import MODEL_JSON, MODEL_WEIGHTS
+from bgad.storage.model_checks import ScoringError
+from bgad.storage.model_files import MODEL_JSON, MODEL_WEIGHTS
 
 from .conftest import assert_one_line
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bgad.app.cli import main
-from bgad.progress import LineProgress, log_line, progress
+from bgad.runtime.progress import LineProgress, log_line, progress
 
 from .conftest import fit_command
 

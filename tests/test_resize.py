@@ -29,7 +29,7 @@ from bgad.method.scoring import calibrate, normality_map
 from bgad.method.thresholds import Thresholds, fit_thresholds
 from bgad.method.training import vector_labels
 from bgad.metrics import aupro, pixel_ap, pixel_auroc
-from bgad.model_files import MODEL_JSON
+from bgad.storage.model_files import MODEL_JSON
 
 pytestmark = pytest.mark.slow  # trains models end to end
 
@@ -280,7 +280,7 @@ def test_resize_is_saved_and_checked_against_the_weights(padded: BGAD, tmp_path:
 def test_onnx_agrees_with_torch_under_pad(padded: BGAD, wide: dict[str, list], tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from bgad.export import OnnxDetector, export_onnx
+    from bgad.deploy.export import OnnxDetector, export_onnx
 
     onnx_detector = OnnxDetector.load(export_onnx(padded, tmp_path / "model.onnx"))
     assert onnx_detector.resize == "pad"

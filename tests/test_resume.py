@@ -7,8 +7,8 @@ import torch
 
 import bgad.method.training
 from bgad import BGAD, BGADError
-from bgad.checkpoint import STATE_JSON, TrainingState, load_checkpoint, save_checkpoint
 from bgad.config import BGADConfig
+from bgad.storage.checkpoint import STATE_JSON, TrainingState, load_checkpoint, save_checkpoint
 
 from .conftest import interrupt_at
 

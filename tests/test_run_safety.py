@@ -15,7 +15,7 @@ from bgad.app.cli import main
 from bgad.app.runs import CHECKPOINT, METRICS_JSON, fit_run, is_run_folder, partial_folder, resume_run
 from bgad.config import BGADConfig
 from bgad.data.layouts import DatasetSpec
-from bgad.model_files import MODEL_JSON
+from bgad.storage.model_files import MODEL_JSON
 
 from .conftest import assert_one_line, fit_command, snapshot
 

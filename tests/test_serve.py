@@ -314,7 +314,7 @@ def test_the_page_lists_what_to_review_in_the_order_of_predict_review(
 
 
 def test_the_onnx_engine_serves_the_same_scores(tiny_run: Path, tmp_path: Path, image_bytes: bytes, client) -> None:
-    from bgad.export import OnnxDetector, export_onnx
+    from bgad.deploy.export import OnnxDetector, export_onnx
 
     onnx_file = export_onnx(BGAD.load(tiny_run), tmp_path / "model.onnx")
     detector = OnnxDetector.load(onnx_file)

@@ -132,7 +132,7 @@ def test_tiled_evaluation_maps_keep_the_peak(tiled: tuple) -> None:
 
 def test_tiled_model_saves_loads_and_exports(tiled: tuple, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
-    from bgad.export import OnnxDetector, export_onnx
+    from bgad.deploy.export import OnnxDetector, export_onnx
 
     detector, _, spot, _ = tiled
     detector.save(tmp_path / "model")

@@ -19,8 +19,6 @@ from torch import Tensor
 
 from .config import BGADConfig, TrainConfig
 from .data.images import ImageSource
-from .devices import resolve_device
-from .distributed import current
 from .errors import BGADError, NotFittedError
 from .inference import Prediction, predict_images, tiled_input_maps
 from .method.features import image_batches
@@ -36,8 +34,10 @@ from .method.fitting import (
 from .method.model import BGADModel
 from .method.thresholds import Thresholds
 from .method.training import train_flows
-from .model_checks import finite_maps
-from .model_files import load_model, save_model
+from .runtime.devices import resolve_device
+from .runtime.distributed import current
+from .storage.model_checks import finite_maps
+from .storage.model_files import load_model, save_model
 
 
 class BGAD:
@@ -64,7 +64,7 @@ class BGAD:
 
     ``device`` is where :meth:`fit` trains and the fitted model then runs: ``"cpu"`` (default), ``"cuda"`` or
     ``"auto"`` (the GPU when torch sees one). Under ``torchrun``, :meth:`fit` trains data-parallel over the
-    processes (:mod:`bgad.distributed`) once the process group is initialized.
+    processes (:mod:`bgad.runtime.distributed`) once the process group is initialized.
     """
 
     def __init__(self, config: BGADConfig | None = None, *, device: str = "cpu"):

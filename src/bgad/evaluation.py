@@ -15,7 +15,7 @@ from .data.images import ImageSource, content_box, content_masks, image_shape, m
 from .data.samples import Sample
 from .method.scoring import image_scores, resize_maps
 from .method.thresholds import Thresholds
-from .progress import progress as progress_bar
+from .runtime.progress import progress as progress_bar
 
 EVAL_SIZES = ("input", "full")  # pixel metrics on the model's input grid, or at each image's own resolution
 

@@ -1,5 +1,5 @@
 """Prediction on any engine: a function from input batches to anomaly maps (torch in :mod:`bgad.detector`,
-onnxruntime or OpenVINO in :mod:`bgad.export`) becomes scores, maps and masks at each image's resolution."""
+onnxruntime or OpenVINO in :mod:`bgad.deploy.export`) becomes scores, maps and masks at each image's resolution."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Prediction:
 
 class Detector(Protocol):
     """A fitted detector on any engine, as prediction and serving use it: :class:`BGAD` (torch) or
-    :class:`bgad.export.OnnxDetector` (onnxruntime, OpenVINO). ``thresholds_`` are the model's own; a caller with
+    :class:`bgad.deploy.export.OnnxDetector` (onnxruntime, OpenVINO). ``thresholds_`` are the model's own; a caller with
     others (``--image-threshold``) passes them to :meth:`predict` and :meth:`predict_batch`."""
 
     thresholds_: Thresholds
@@ -79,7 +79,7 @@ def predict_images(
     """Predictions for ``images`` given a function from input batches (B, 3, S, S) to anomaly maps (B, S, S), with
     ``normal_scores`` (out-of-sample scores of good images) for the normalized score and the normal share.
 
-    Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.export`). Each map is cropped to the
+    Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.deploy.export`). Each map is cropped to the
     image's content box (the whole map with ``resize="stretch"``), scored, and resized to the image's resolution;
     a tiled model's tiles are stitched at the image's resolution and scored there. An image judged good gets an
     empty mask unless ``mask_every_image``.

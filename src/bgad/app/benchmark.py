@@ -36,11 +36,11 @@ from ..config import BGADConfig, load_config
 from ..data.layouts import DatasetSpec, load_mvtec
 from ..data.samples import GOOD, Split
 from ..detector import BGAD
-from ..devices import resolve_device
 from ..errors import BGADError, DatasetError
 from ..evaluation import decision_summary, evaluate
 from ..method.thresholds import fit_thresholds
-from ..serialization import write_atomic
+from ..runtime.devices import resolve_device
+from ..storage.serialization import write_atomic
 from .baselines import GaussianBaseline, PadimBaseline, UnsmoothedPadim, UnsmoothedPadimImagenet
 from .processes import run_in_processes, usable_cpus
 from .runs import fit_run

@@ -11,10 +11,10 @@ from typing import NoReturn
 
 from .._version import __version__
 from ..config import PRESETS, SYNTHESES
-from ..devices import resolve_device
-from ..distributed import launched
+from ..deploy.export import ONNX_FILE
 from ..errors import BGADError, DatasetError, TrainingInterrupted
-from ..export import ONNX_FILE
+from ..runtime.devices import resolve_device
+from ..runtime.distributed import launched
 from .commands import (
     cmd_ablate,
     cmd_benchmark,

@@ -15,16 +15,16 @@ from ..config import BGADConfig, load_config
 from ..data.checks import check_dataset
 from ..data.demo import make_demo_dataset
 from ..data.layouts import DatasetSpec
+from ..deploy.engines import choose_engine, load_detector
+from ..deploy.export import ONNX_FILE, export_onnx
 from ..detector import BGAD
-from ..devices import resolve_device
-from ..distributed import process_group
-from ..engines import choose_engine, load_detector
 from ..errors import BGADError
-from ..export import ONNX_FILE, export_onnx
 from ..inference import Detector
 from ..method.model import BGADModel
 from ..method.thresholds import Thresholds, describe_operating_point, override_thresholds
-from ..model_files import model_digest
+from ..runtime.devices import resolve_device
+from ..runtime.distributed import process_group
+from ..storage.model_files import model_digest
 from .ablation import run_ablation
 from .benchmark import collect_benchmark, run_benchmark
 from .calibration import calibrate_run

@@ -19,7 +19,7 @@ from typing import Any
 from ..data.samples import Category, Sample, content_hash
 from ..detector import BGAD
 from ..errors import BGADError
-from ..model_files import MODEL_JSON, MODEL_WEIGHTS, model_id
+from ..storage.model_files import MODEL_JSON, MODEL_WEIGHTS, model_id
 from .record import AddedImage, LeftOut, LineageStep, Parent, RunRecord
 
 

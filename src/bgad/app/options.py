@@ -8,10 +8,10 @@ from pathlib import Path
 
 from ..config import PRESETS, RESIZE_MODES, BGADConfig, load_config
 from ..data.layouts import DatasetSpec
-from ..devices import DEVICES
-from ..engines import ENGINES
+from ..deploy.engines import ENGINES
 from ..errors import BGADError
 from ..evaluation import EVAL_SIZES
+from ..runtime.devices import DEVICES
 from .benchmark import parse_shard
 
 

@@ -22,9 +22,9 @@ from ..data.images import IMAGE_SUFFIXES, read_image
 from ..errors import BGADError
 from ..inference import Detector, Prediction
 from ..method.thresholds import Thresholds
-from ..model_checks import ScoringError
-from ..model_files import MODEL_JSON
-from ..progress import progress as progress_bar
+from ..runtime.progress import progress as progress_bar
+from ..storage.model_checks import ScoringError
+from ..storage.model_files import MODEL_JSON
 from .csv_cells import safe_cell
 from .review import Scored
 from .visualize import heatmap_overlay

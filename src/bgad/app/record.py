@@ -21,7 +21,7 @@ from .._version import __version__
 from ..config import BGADConfig
 from ..data.layouts import DatasetSpec
 from ..errors import BGADError
-from ..serialization import write_atomic
+from ..storage.serialization import write_atomic
 
 RUN_JSON = "run.json"
 

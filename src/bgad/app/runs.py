@@ -1,12 +1,12 @@
 """Run folders: check, train, save and evaluate one dataset, resume an interrupted fit, re-evaluate a saved run.
 
-A run folder holds the model files (:mod:`bgad.model_files`), ``run.json`` (:mod:`bgad.app.record`: the dataset,
+A run folder holds the model files (:mod:`bgad.storage.model_files`), ``run.json`` (:mod:`bgad.app.record`: the dataset,
 the configuration and the known anomalies used for training), the training log, the metrics and the HTML report.
 While training, all of it is written into ``.<name>.partial`` beside the run folder, which becomes the run folder
 only at the end; a fit stopped by Ctrl-C keeps it, with a checkpoint of every finished meta-epoch, for
 ``bgad fit --resume``.
 
-Under ``torchrun`` a fit or a resume is data-parallel (:mod:`bgad.distributed`): process 0 does all of the above
+Under ``torchrun`` a fit or a resume is data-parallel (:mod:`bgad.runtime.distributed`): process 0 does all of the above
 and tells the other processes what to train on; they only train with it, and write nothing.
 """
 
@@ -21,19 +21,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import STATE_JSON
 from ..config import BGADConfig
 from ..data.checks import DatasetReport, check_dataset, drop_evaluation_duplicates
 from ..data.layouts import DatasetSpec
 from ..data.samples import Category, Split
 from ..detector import BGAD
-from ..devices import resolve_device
-from ..distributed import DataParallel, current
 from ..errors import BGADError, TrainingInterrupted
 from ..evaluation import EVAL_SIZES, Evaluation, Metrics, evaluate, full_resolution_metrics
 from ..method.thresholds import operating_point
-from ..model_files import MODEL_JSON
+from ..runtime.devices import resolve_device
+from ..runtime.distributed import DataParallel, current
 from ..selection import Selection, describe_selection, select_settings
+from ..storage.checkpoint import STATE_JSON
+from ..storage.model_files import MODEL_JSON
 from .lineage import evaluation_samples, report_notes, run_category, trainer
 from .locking import run_lock
 from .record import RUN_JSON, RunRecord, read_run, write_run

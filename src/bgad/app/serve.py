@@ -2,7 +2,7 @@
 
 FastAPI on uvicorn: request parsing, multipart uploads and an OpenAPI schema (``/openapi.json``; no ``/docs`` page,
 whose scripts would come from a CDN) come with the standard ASGI stack integrators already run; the model stays a
-plain :class:`bgad.BGAD` or :class:`bgad.export.OnnxDetector`.
+plain :class:`bgad.BGAD` or :class:`bgad.deploy.export.OnnxDetector`.
 
 Concurrency: uploads are received and decoded in the server's thread pool, several at a time; the model runs one
 request at a time behind a lock, because a forward pass already uses every core and, on CPU, EfficientNet is slower
@@ -44,12 +44,12 @@ from PIL import Image
 from .._version import __version__
 from ..data.checks import size_problem
 from ..data.images import IMAGE_FORMATS, decode_image
+from ..deploy.export import ONNX_FILE
 from ..errors import BGADError
-from ..export import ONNX_FILE
 from ..inference import Detector, Prediction
 from ..method.thresholds import NormalTail, Thresholds, normalized_score
-from ..model_checks import ScoringError
-from ..model_files import MODEL_JSON, model_id
+from ..storage.model_checks import ScoringError
+from ..storage.model_files import MODEL_JSON, model_id
 from .review import review_order
 from .runs import METRICS_JSON
 from .visualize import heatmap_overlay

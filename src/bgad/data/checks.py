@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..config import TrainConfig
 from ..errors import BGADError, DatasetError
-from ..progress import progress as progress_bar
+from ..runtime.progress import progress as progress_bar
 from .images import read_image, read_mask
 from .samples import Category, Sample, Split, content_hash, make_split
 

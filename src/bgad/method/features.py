@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..data.images import BLACK, Color, ImageSource, image_to_tensor, read_image
-from ..progress import progress as progress_bar
+from ..runtime.progress import progress as progress_bar
 from .backbones import FeatureExtractor
 
 

@@ -3,9 +3,9 @@
 All functions take the per-dimension log-likelihood ``log_prob`` (written ℓ below) of a fiber batch of feature
 vectors. ``normalizer`` (ν) rescales ℓ to roughly unit magnitude so that the margin ``tau`` is easy to set.
 
-In data-parallel training (:mod:`bgad.distributed`) ``log_prob`` is one process's chunk of the batch: every mean is
-then this chunk's sum divided by the count over the whole batch (the ``count`` arguments), so that the terms of all
-chunks add up to the single-process terms, and their gradients too.
+In data-parallel training (:mod:`bgad.runtime.distributed`) ``log_prob`` is one process's chunk of the batch: every
+mean is then this chunk's sum divided by the count over the whole batch (the ``count`` arguments), so that the terms
+of all chunks add up to the single-process terms, and their gradients too.
 """
 
 from __future__ import annotations

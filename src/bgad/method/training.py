@@ -9,7 +9,7 @@ One Adam optimizer holds all levels; a step back-propagates through one level on
 None by ``zero_grad``, Adam leaves the other levels untouched (PyTorch >= 2 semantics, reference §3.2).
 
 Training runs where the flows and the cached vectors are (the CPU or a GPU). Under ``torchrun`` it is
-data-parallel (:mod:`bgad.distributed`): every process draws the same fiber batches and takes one chunk of each.
+data-parallel (:mod:`bgad.runtime.distributed`): every process draws the same fiber batches and takes one chunk of each.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from ..config import LossConfig, TrainConfig
-from ..distributed import DataParallel
 from ..errors import BGADError
-from ..progress import Bar, log_line
-from ..progress import progress as progress_bar
+from ..runtime.distributed import DataParallel
+from ..runtime.progress import Bar, log_line
+from ..runtime.progress import progress as progress_bar
+from ..storage.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .level import FeatureLevel
 from .losses import LossTerms, WholeBatch, bgad_loss
 
@@ -141,7 +141,7 @@ def train_flows(
     None if it could make none; it is called at the first phase-2 meta-epoch and every ``synthesis_refresh``
     meta-epochs after, and must depend on its argument only.
 
-    With ``checkpoint`` (a folder, see :mod:`bgad.checkpoint`), the state is saved there after every meta-epoch,
+    With ``checkpoint`` (a folder, see :mod:`bgad.storage.checkpoint`), the state is saved there after every meta-epoch,
     tagged with ``config``; a checkpoint found there at the start is resumed (it must carry the same ``config``) and
     the run ends with the same flows as an uninterrupted one. Ctrl-C propagates; the last checkpoint stays complete.
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .detector import BGAD
-from .errors import BGADError
+from ..detector import BGAD
+from ..errors import BGADError
+from ..inference import Detector
+from ..storage.model_files import MODEL_WEIGHTS, model_digest
 from .export import ONNX_FILE, RUNTIMES, SOURCE_DIGEST, OnnxDetector, read_metadata
-from .inference import Detector
-from .model_files import MODEL_WEIGHTS, model_digest
 
 ENGINES = ("auto", "torch", *RUNTIMES)
 # Fastest first (benchmarks/engines.py on the trained bottle model, 2 cores: OpenVINO FP32 10.6 / 8.6 ms per image

@@ -1,7 +1,7 @@
 """A model that cannot score fails closed: its loaded state is checked before it scores anything, and a score that is
 not a finite number is an error, never a verdict (a NaN is above no threshold, so it would read as "good").
 
-:func:`check_state` and :func:`check_scores` run when a model is loaded (:func:`bgad.model_files.load_model`);
+:func:`check_state` and :func:`check_scores` run when a model is loaded (:func:`bgad.storage.model_files.load_model`);
 :func:`finite_maps` guards every engine's anomaly maps (torch and the exported ONNX file alike).
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import BGADError
-from .method.thresholds import Thresholds
+from ..errors import BGADError
+from ..method.thresholds import Thresholds
 
 _ROTATION_TOLERANCE = 1e-4  # |R R^T - I|; a float32 rotation drawn by bgad.method.flow.random_rotation is within 1e-6
 

@@ -14,16 +14,16 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ._version import __version__
-from .config import BGADConfig
-from .data.samples import content_hash
-from .errors import BGADError
-from .method.thresholds import Thresholds
+from .._version import __version__
+from ..config import BGADConfig
+from ..data.samples import content_hash
+from ..errors import BGADError
+from ..method.thresholds import Thresholds
 from .model_checks import check_scores, check_state, checked_scores, checked_thresholds
 from .serialization import read_description
 
 if TYPE_CHECKING:
-    from .method.model import BGADModel
+    from ..method.model import BGADModel
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
@@ -123,7 +123,7 @@ def model_digest(directory: Path) -> str:
 
 def load_model(directory: Path) -> SavedModel:
     """Load what :func:`save_model` wrote; any missing, foreign, truncated or tampered file is a BGADError."""
-    from .method.model import BGADModel
+    from ..method.model import BGADModel
 
     json_path, weights_path = directory / MODEL_JSON, directory / MODEL_WEIGHTS
     for path in (json_path, weights_path):

@@ -27,22 +27,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._version import __version__
-from .config import BGADConfig, ModelConfig
-from .data.images import Color, ImageSource
-from .detector import BGAD
-from .errors import BGADError
-from .inference import Prediction, predict_images, tiled_input_maps
-from .method.features import image_batches
-from .method.model import BGADModel
-from .method.scoring import image_scores
-from .method.thresholds import Thresholds
-from .model_checks import checked_scores, checked_thresholds, finite_maps
-from .serialization import write_atomic
+from .._version import __version__
+from ..config import BGADConfig, ModelConfig
+from ..data.images import Color, ImageSource
+from ..detector import BGAD
+from ..errors import BGADError
+from ..inference import Prediction, predict_images, tiled_input_maps
+from ..method.features import image_batches
+from ..method.model import BGADModel
+from ..method.scoring import image_scores
+from ..method.thresholds import Thresholds
+from ..storage.model_checks import checked_scores, checked_thresholds, finite_maps
+from ..storage.serialization import write_atomic
 
 ONNX_FILE = "model.onnx"  # the export's name inside a run folder
 INPUT_NAME = "images"
-SOURCE_DIGEST = "model_sha1"  # the metadata key of the exported model folder's bgad.model_files.model_digest
+SOURCE_DIGEST = "model_sha1"  # the metadata key of the exported model folder's bgad.storage.model_files.model_digest
 OUTPUT_NAMES = ("anomaly_maps", "scores")
 _INSTALL_HINT = "ONNX export and inference need onnx, onnxscript and onnxruntime: pip install 'bgad[onnx]'"
 _OPENVINO_HINT = "the openvino engine needs OpenVINO: pip install 'bgad[openvino]'"
@@ -68,7 +68,7 @@ def export_onnx(
     Inputs must be resized on the host as :func:`bgad.method.features.image_batches` does (``OnnxDetector`` does it).
     ``opset`` is the ONNX opset version (None: the exporter's default). The file's metadata holds the bgad
     version, the image size, the configuration and the decision thresholds (JSON), and ``source_digest``, the
-    :func:`bgad.model_files.model_digest` of the model folder the detector was loaded from: ``--engine auto``
+    :func:`bgad.storage.model_files.model_digest` of the model folder the detector was loaded from: ``--engine auto``
     uses the export only while that folder's files still have it.
     """
     model = detector.fitted_model()

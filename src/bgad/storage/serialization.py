@@ -8,8 +8,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ._version import __version__
-from .errors import BGADError
+from .._version import __version__
+from ..errors import BGADError
 
 
 def read_description(json_path: Path, format_name: str, format_version: int, kind: str) -> dict:

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from .errors import BGADError
+from ..errors import BGADError
 
 DEVICES = ("cpu", "cuda", "auto")
 

@@ -17,8 +17,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
-from ._version import __version__
-from .errors import BGADError
+from .._version import __version__
+from ..errors import BGADError
 from .serialization import read_description, write_atomic
 
 STATE_JSON = "training.json"
