@@ -16,7 +16,7 @@ import yaml
 
 import bgad.app.benchmark
 import bgad.app.processes
-from bgad.app.baselines import GaussianBaseline, PadimBaseline, _fit_gaussians, _mahalanobis, gaussian_blur
+from bgad.app.baselines import GaussianBaseline, PadimBaseline, fit_gaussians, gaussian_blur, mahalanobis
 from bgad.app.benchmark import METHODS
 from bgad.app.cli import main
 from bgad.app.processes import run_in_processes
@@ -166,10 +166,10 @@ def test_collect_with_a_shard_missing_writes_what_finished_and_fails(two_shards:
 
 def test_shards_split_the_tasks_whatever_the_order_of_the_lists(tmp_path: Path, tiny_config: BGADConfig) -> None:
     def shards(names: list[str], seeds: list[int], count: int) -> list[list[tuple[str, int]]]:
-        tasks = bgad.app.benchmark._tasks(
+        tasks = bgad.app.benchmark.benchmark_tasks(
             tmp_path, names, seeds, tiny_config, tmp_path, False, threads=1, progress=False
         )
-        return [[(t.category, t.seed) for t in bgad.app.benchmark._shard_of(tasks, (k, count))] for k in range(count)]
+        return [[(t.category, t.seed) for t in bgad.app.benchmark.shard_of(tasks, (k, count))] for k in range(count)]
 
     split = shards(["b", "a", "c"], [1, 0], 4)
     assert split == shards(["a", "c", "b"], [0, 1], 4)
@@ -225,20 +225,20 @@ def test_mahalanobis_is_zero_at_the_mean_and_grows_away_from_it() -> None:
             [[-3.0, 0.0], [0.0, -3.0]],
         ]
     )  # (N=4, P=2, C=2)
-    mean, precision = _fit_gaussians(vectors, epsilon=0.01)
+    mean, precision = fit_gaussians(vectors, epsilon=0.01)
     torch.testing.assert_close(mean, torch.zeros(2, 2))
     variance = (1 + 1 + 9 + 9) / 3
     expected = torch.linalg.inv(torch.diag(torch.tensor([variance, 0.0])) + 0.01 * torch.eye(2))
     torch.testing.assert_close(precision[0], expected, rtol=1e-4, atol=1e-4)
-    at_mean = _mahalanobis(torch.zeros(1, 2, 2), mean, precision)
+    at_mean = mahalanobis(torch.zeros(1, 2, 2), mean, precision)
     torch.testing.assert_close(at_mean, torch.zeros(1, 2))
     # One unit along each position's spread direction is 1/sqrt(variance + eps) ...
-    along = _mahalanobis(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), mean, precision)
+    along = mahalanobis(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), mean, precision)
     torch.testing.assert_close(along, torch.full((1, 2), (variance + 0.01) ** -0.5))
     # ... and across it, where the training data never varied, it is 1/sqrt(eps) = 10.
-    across = _mahalanobis(torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]), mean, precision)
+    across = mahalanobis(torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]), mean, precision)
     torch.testing.assert_close(across, torch.full((1, 2), 10.0), rtol=1e-4, atol=1e-4)
-    far = _mahalanobis(torch.tensor([[[10.0, 0.0], [0.0, 10.0]]]), mean, precision)
+    far = mahalanobis(torch.tensor([[[10.0, 0.0], [0.0, 10.0]]]), mean, precision)
     assert (far > along).all()
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgad.data.demo import DEFECT_TYPES, _render_sample, make_demo_dataset
+from bgad.data.demo import DEFECT_TYPES, make_demo_dataset, render_sample
 
 SMALL = {"n_train": 3, "n_test_good": 2, "n_test_per_defect": 3, "image_size": 64}
 
@@ -45,7 +45,7 @@ def test_layout_counts_and_masks(tmp_path: Path) -> None:
 @pytest.mark.parametrize("defect", DEFECT_TYPES)
 def test_mask_is_exactly_the_changed_region(defect: str) -> None:
     for index in range(5):
-        clean, image, mask = _render_sample(80, 3, f"test/{defect}", index)
+        clean, image, mask = render_sample(80, 3, f"test/{defect}", index)
         inside = mask > 0
         np.testing.assert_array_equal(image[~inside], clean[~inside])
         change = np.abs(image[inside].astype(int) - clean[inside].astype(int)).mean()
@@ -54,22 +54,22 @@ def test_mask_is_exactly_the_changed_region(defect: str) -> None:
 
 def test_good_images_have_no_defect() -> None:
     for stream in ("train/good", "test/good"):
-        clean, image, mask = _render_sample(64, 0, stream, 0)
+        clean, image, mask = render_sample(64, 0, stream, 0)
         np.testing.assert_array_equal(image, clean)
         assert not mask.any()
 
 
 def test_files_match_rendered_samples(tmp_path: Path) -> None:
     category_dir = make_demo_dataset(tmp_path, seed=5, **SMALL)
-    _, image, mask = _render_sample(64, 5, "test/crack", 2)
+    _, image, mask = render_sample(64, 5, "test/crack", 2)
     np.testing.assert_array_equal(np.asarray(Image.open(category_dir / "test" / "crack" / "002.png")), image)
     mask_path = category_dir / "ground_truth" / "crack" / "002_mask.png"
     np.testing.assert_array_equal(np.asarray(Image.open(mask_path)), mask)
 
 
 def test_normal_images_vary() -> None:
-    train = [_render_sample(64, 0, "train/good", i)[1] for i in range(3)]
-    test = _render_sample(64, 0, "test/good", 0)[1]
+    train = [render_sample(64, 0, "train/good", i)[1] for i in range(3)]
+    test = render_sample(64, 0, "test/good", 0)[1]
     assert not np.array_equal(train[0], train[1])
     assert not np.array_equal(train[0], test)
 

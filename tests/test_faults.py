@@ -54,7 +54,7 @@ FIT_WRITE_POINTS = {
     "later checkpoint": (bgad.storage.checkpoint, "write_atomic", 3),
     "model weights": (bgad.storage.model_files, "save_file", 1),
     "metrics.json": (bgad.app.runs, "_write_json", 1),
-    "install": (bgad.app.runs, "_install", 1),
+    "install": (bgad.app.runs, "install_run", 1),
 }
 
 

@@ -21,7 +21,7 @@ from bgad import BGAD
 from bgad.app.cli import main
 from bgad.app.csv_cells import safe_cell
 from bgad.app.record import RUN_JSON
-from bgad.app.runs import _install
+from bgad.app.runs import install_run
 from bgad.data.images import decode_image, read_image, read_mask
 from bgad.errors import BGADError
 from bgad.storage.model_files import MODEL_JSON
@@ -207,7 +207,7 @@ def test_a_link_left_aside_by_an_older_bgad_is_removed_not_followed(tmp_path: Pa
         (folder / MODEL_JSON).write_text("{}")
     (partial / "new.txt").write_text("new")
     (tmp_path / ".run.replaced").symlink_to(victim)
-    _install(partial, output)
+    install_run(partial, output)
     assert (output / "new.txt").is_file()
     assert (victim / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "victim"]

@@ -108,7 +108,7 @@ def test_a_failed_swap_puts_the_old_run_back(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(Path, "rename", failing_rename)
     with pytest.raises(OSError, match="No space"):
-        bgad.app.runs._install(partial, output)
+        bgad.app.runs.install_run(partial, output)
     assert (output / "run.json").read_text() == "old"
     assert (partial / "run.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.partial", "run"]

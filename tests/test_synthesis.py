@@ -8,7 +8,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bgad.data.foreground import estimate_foreground
-from bgad.data.synthesis import AUGMENTATIONS, _paste, augment_defect, cut_paste, nsa
+from bgad.data.synthesis import AUGMENTATIONS, augment_defect, cut_paste, nsa, paste_defect
 
 from .conftest import SHARED_DATA
 
@@ -118,7 +118,7 @@ def test_relocated_region_is_moved_whole_with_its_centroid_in_the_foreground(see
     mask = np.zeros((SIZE, SIZE), bool)
     mask[50:57, 2:11] = True  # outside the foreground
     mask[57:60, 2:5] = True
-    image, label = _paste(normal, foreground, defect, mask, np.random.default_rng(seed))
+    image, label = paste_defect(normal, foreground, defect, mask, np.random.default_rng(seed))
     assert label.sum() == mask.sum()  # moved whole: the central box keeps it inside the image
     ys, xs = np.nonzero(label)
     assert foreground[round(ys.mean()), round(xs.mean())]
@@ -137,7 +137,7 @@ def test_each_region_is_relocated_independently() -> None:
     mask[58:62, 50:60] = True
     checked = 0
     for seed in range(10):
-        _, label = _paste(texture(1), foreground, texture(2), mask, np.random.default_rng(seed))
+        _, label = paste_defect(texture(1), foreground, texture(2), mask, np.random.default_rng(seed))
         regions, count = ndimage.label(label, structure=np.ones((3, 3)))
         for index in range(1, count + 1):
             ys, xs = np.nonzero(regions == index)
@@ -149,12 +149,12 @@ def test_each_region_is_relocated_independently() -> None:
 
 def test_paste_in_place_when_mostly_in_foreground_or_nowhere_to_go() -> None:
     normal, defect, mask = texture(1), texture(2), blob_mask()
-    image, label = _paste(normal, disc(), defect, mask, np.random.default_rng(0))
+    image, label = paste_defect(normal, disc(), defect, mask, np.random.default_rng(0))
     assert np.array_equal(label, mask)
     assert np.array_equal(image[mask], defect[mask])
     corner_only = np.zeros((SIZE, SIZE), bool)
     corner_only[:3, :3] = True  # foreground only outside the admissible central box
-    image, label = _paste(normal, corner_only, defect, mask, np.random.default_rng(0))
+    image, label = paste_defect(normal, corner_only, defect, mask, np.random.default_rng(0))
     assert np.array_equal(label, mask)
 
 

@@ -34,7 +34,7 @@ from ..method.features import extract_features, image_batches
 EPSILON = 0.01  # covariance regularization (PaDiM): cov + EPSILON * I
 
 
-def _fit_gaussians(vectors: Tensor, epsilon: float = EPSILON) -> tuple[Tensor, Tensor]:
+def fit_gaussians(vectors: Tensor, epsilon: float = EPSILON) -> tuple[Tensor, Tensor]:
     """Mean (P, C) and precision (P, C, C) per position from vectors (N, P, C); covariance + epsilon * I."""
     n, _, c = vectors.shape
     vectors = vectors.double()
@@ -46,7 +46,7 @@ def _fit_gaussians(vectors: Tensor, epsilon: float = EPSILON) -> tuple[Tensor, T
     return mean.float(), precision.float()
 
 
-def _mahalanobis(vectors: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
+def mahalanobis(vectors: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
     """Mahalanobis distances (B, P) of vectors (B, P, C) to per-position Gaussians (P, C), (P, C, C)."""
     diff = vectors - mean
     squared = (torch.einsum("bpc,pcd->bpd", diff, precision) * diff).sum(dim=-1)
@@ -130,7 +130,7 @@ class GaussianBaseline:
 
     def _gaussians(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Means and precisions, one per level, of features (N, C, h, w)."""
-        gaussians = [_fit_gaussians(_positions_last(f), self.epsilon) for f in features]
+        gaussians = [fit_gaussians(_positions_last(f), self.epsilon) for f in features]
         return [mean for mean, _ in gaussians], [precision for _, precision in gaussians]
 
     @torch.inference_mode()
@@ -147,7 +147,7 @@ class GaussianBaseline:
         total = None
         for feature, mean, precision in zip(features, means, precisions, strict=True):
             b, c, h, w = feature.shape
-            distance = _mahalanobis(_positions_last(feature), mean, precision).view(b, 1, h, w) / math.sqrt(c)
+            distance = mahalanobis(_positions_last(feature), mean, precision).view(b, 1, h, w) / math.sqrt(c)
             up = F.interpolate(distance, size=size, mode="bilinear", align_corners=True)[:, 0]
             total = up if total is None else total + up
         return gaussian_blur(total, self.smoothing_sigma) if self.smoothing_sigma else total

@@ -59,7 +59,7 @@ METHODS = ("bgad", *BASELINES)
 
 
 @dataclass(frozen=True)
-class _Task:
+class BenchmarkTask:
     data_root: Path
     category: str
     seed: int
@@ -81,7 +81,7 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-def _baseline(task: _Task, method: str, split: Split) -> dict[str, float]:
+def _baseline(task: BenchmarkTask, method: str, split: Split) -> dict[str, float]:
     """Fit and evaluate a floor on BGAD's split (normal images only; the known anomalies are left out of the
     evaluation)."""
     baseline = BASELINES[method](task.config).fit([s.path for s in split.train], progress=task.progress)
@@ -106,7 +106,7 @@ def _baseline(task: _Task, method: str, split: Split) -> dict[str, float]:
     }
 
 
-def _run_task(task: _Task) -> dict[str, Any]:
+def _run_task(task: BenchmarkTask) -> dict[str, Any]:
     """One (category, seed): runs in a fresh child process; writes and returns the task's result."""
     if task.threads is not None:
         torch.set_num_threads(task.threads)
@@ -149,7 +149,7 @@ def _run_task(task: _Task) -> dict[str, Any]:
     return result
 
 
-def _stored_result(task: _Task) -> dict[str, Any] | None:
+def _stored_result(task: BenchmarkTask) -> dict[str, Any] | None:
     """The task's earlier result if it can be reused; an error if it was made with other settings."""
     path = task.run_dir / RESULT_JSON
     if not path.is_file():
@@ -182,10 +182,10 @@ def _summary(result: dict[str, Any]) -> str:
 
 
 def _execute(
-    tasks: list[_Task],
+    tasks: list[BenchmarkTask],
     jobs: int,
     results: dict[tuple[str, int], dict[str, Any]],
-    run: Callable[[_Task], dict[str, Any]] = _run_task,
+    run: Callable[[BenchmarkTask], dict[str, Any]] = _run_task,
 ) -> list[str]:
     """Run the tasks in their own processes (:func:`bgad.app.processes.run_in_processes`), logging each as it
     ends; fill ``results``; return one line per failed task."""
@@ -209,19 +209,21 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
-def _tasks(
+def benchmark_tasks(
     data_root: Path, names: list[str], seeds: Sequence[int], base: BGADConfig, output: Path, baseline: bool, **run: Any
-) -> list[_Task]:
+) -> list[BenchmarkTask]:
     """Every (category, seed) task of a benchmark, in table order (``run``: the worker's threads and progress)."""
     tasks = []
     for name in names:
         for seed in seeds:
             config = BGADConfig.from_dict({"train": {"seed": seed}}, base=base)
-            tasks.append(_Task(data_root, name, seed, config, output / "runs" / name / f"seed{seed}", baseline, **run))
+            tasks.append(
+                BenchmarkTask(data_root, name, seed, config, output / "runs" / name / f"seed{seed}", baseline, **run)
+            )
     return tasks
 
 
-def _shard_of(tasks: list[_Task], shard: tuple[int, int]) -> list[_Task]:
+def shard_of(tasks: list[BenchmarkTask], shard: tuple[int, int]) -> list[BenchmarkTask]:
     """The tasks of shard ``(i, n)``: those whose index in (category, seed) order is i mod n. The order does not
     depend on the order of ``--categories`` or ``--seeds``, so shards given the same lists in another order agree."""
     index, count = shard
@@ -286,8 +288,8 @@ def run_benchmark(
         raise BGADError("no categories given")
     threads = max(1, usable_cpus() // jobs) if jobs > 1 else None
     run = {"threads": threads, "progress": progress and jobs == 1, "device": device}
-    every = _tasks(data_root, names, seeds, base, output, baseline, **run)
-    mine = _shard_of(every, (index, count))
+    every = benchmark_tasks(data_root, names, seeds, base, output, baseline, **run)
+    mine = shard_of(every, (index, count))
     for name in dict.fromkeys(task.category for task in mine):
         category = load_mvtec(data_root, name)  # fail early, before any process starts
         if category.problems:
@@ -340,13 +342,15 @@ def collect_benchmark(output: str | Path) -> Path:
     plan = _read_plan(output)
     base = BGADConfig.from_dict(plan["config"])
     data_root, baseline = Path(plan["data_root"]), plan["baseline"]
-    every = _tasks(data_root, plan["categories"], plan["seeds"], base, output, baseline, threads=None, progress=False)
+    every = benchmark_tasks(
+        data_root, plan["categories"], plan["seeds"], base, output, baseline, threads=None, progress=False
+    )
     results = {(task.category, task.seed): result for task in every if (result := _stored_result(task)) is not None}
     count = plan["shards"]
     md, missing = write_tables(output, plan, results, {"tasks": f"collected from {count} shard(s)"}, METHODS)
     if missing:
         absent = set(missing)
-        shards = [k for k in range(count) if any((t.category, t.seed) in absent for t in _shard_of(every, (k, count)))]
+        shards = [k for k in range(count) if any((t.category, t.seed) in absent for t in shard_of(every, (k, count)))]
         names = ", ".join(f"{name} seed {seed}" for name, seed in missing[:5]) + (", ..." if len(missing) > 5 else "")
         if count > 1:
             which = ", ".join(f"{k}/{count}" for k in shards)

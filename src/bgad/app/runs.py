@@ -179,7 +179,7 @@ def _check_data_outside(output: Path, category: Category) -> None:
                 raise BGADError(f"output {output} contains the dataset's file {path}: put the run somewhere else")
 
 
-def _install(partial: Path, output: Path) -> None:
+def install_run(partial: Path, output: Path) -> None:
     """Rename the finished ``partial`` folder to ``output``; an existing run there is renamed aside first and
     deleted only once the new one is in place, so that a failure never leaves neither."""
     aside = output.parent / f".{output.name}.replaced"
@@ -377,7 +377,7 @@ def _train_and_evaluate(
         if record.selection is not None:
             notes.append(describe_selection(record.selection))
         _write_report(evaluation, results, partial, detector, split.category.name, notes)
-        _install(partial, output)
+        install_run(partial, output)
     except KeyboardInterrupt:
         raise TrainingInterrupted(
             f"interrupted after training; the model is saved: finish with `bgad fit --resume {output}`"

@@ -114,7 +114,7 @@ def _defect_layer(
     return _line_alpha(points, rng.uniform(1.0, 1.8), size), 0.25 * clean
 
 
-def _render_sample(image_size: int, seed: int, stream: str, index: int) -> tuple[np.ndarray, ...]:
+def render_sample(image_size: int, seed: int, stream: str, index: int) -> tuple[np.ndarray, ...]:
     """Returns (clean, image, mask) as uint8 arrays for image ``index`` of folder ``stream``.
 
     ``clean`` is the normal image the defect was drawn on; for ``train/good`` and ``test/good`` the image
@@ -180,7 +180,7 @@ def make_demo_dataset(
         if defect in DEFECT_TYPES:
             mask_dir.mkdir(parents=True)
         for index in range(count):
-            _, image, mask = _render_sample(image_size, seed, stream, index)
+            _, image, mask = render_sample(image_size, seed, stream, index)
             Image.fromarray(image).save(image_dir / f"{index:03d}.png")
             if defect in DEFECT_TYPES:
                 Image.fromarray(mask).save(mask_dir / f"{index:03d}_mask.png")

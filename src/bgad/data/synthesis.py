@@ -120,7 +120,9 @@ def augment_defect(
     return image.copy(), binary
 
 
-def _paste(normal: Image, foreground: Mask, defect: Image, mask: Mask, rng: np.random.Generator) -> tuple[Image, Mask]:
+def paste_defect(
+    normal: Image, foreground: Mask, defect: Image, mask: Mask, rng: np.random.Generator
+) -> tuple[Image, Mask]:
     """Paste the ``mask`` pixels of ``defect`` into ``normal`` (§4.3); returns the image and exactly the pasted pixels.
 
     In place if more than 2/3 of the mask lies in the foreground. Otherwise every connected region is moved whole
@@ -184,7 +186,7 @@ def cut_paste(
     if not mask.any() or mask.all():
         raise ValueError("anomaly_mask is empty or covers the whole image: nothing to cut")
     defect, defect_mask = augment_defect(anomaly, mask, rng, n_ops=n_ops, ops=ops)
-    return _paste(normal, foreground, defect, defect_mask, rng)
+    return paste_defect(normal, foreground, defect, defect_mask, rng)
 
 
 def nsa(
