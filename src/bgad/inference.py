@@ -66,7 +66,7 @@ class Detector(Protocol):
 
 @torch.inference_mode()
 def predict_images(
-    anomaly_maps: Callable[[Tensor], Tensor],
+    maps_of_batch: Callable[[Tensor], Tensor],
     images: Sequence[ImageSource],
     config: ModelConfig,
     thresholds: Thresholds,
@@ -76,11 +76,11 @@ def predict_images(
     fill: Color = BLACK,
     mask_every_image: bool = False,
 ) -> list[Prediction]:
-    """Predictions for ``images`` given a function from input batches (B, 3, S, S) to anomaly maps (B, S, S), with
-    ``normal_scores`` (out-of-sample scores of good images) for the normalized score and the normal share.
+    """Predictions for ``images`` given ``maps_of_batch``, a function from input batches (B, 3, S, S) to anomaly maps
+    (B, S, S), with ``normal_scores`` (out-of-sample scores of good images) for the normalized score and the normal share.
 
-    Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.deploy.export`). Each map is cropped to the
-    image's content box (the whole map with ``resize="stretch"``), scored, and resized to the image's resolution;
+    Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.deploy.export`). Each map is cropped to
+    the image's content box (the whole map with ``resize="stretch"``), scored, and resized to the image's resolution;
     a tiled model's tiles are stitched at the image's resolution and scored there. An image judged good gets an
     empty mask unless ``mask_every_image``.
     """
@@ -88,7 +88,7 @@ def predict_images(
     tail = None if normal_scores is None else NormalTail(normal_scores)
     for start in range(0, len(images), batch_size):
         pictures = [read_image(image) for image in images[start : start + batch_size]]
-        for score, full in scored_maps(anomaly_maps, pictures, config, batch_size, fill):
+        for score, full in scored_maps(maps_of_batch, pictures, config, batch_size, fill):
             is_anomalous = score > thresholds.image
             predictions.append(
                 Prediction(
@@ -104,7 +104,7 @@ def predict_images(
 
 
 def scored_maps(
-    anomaly_maps: Callable[[Tensor], Tensor],
+    maps_of_batch: Callable[[Tensor], Tensor],
     pictures: Sequence[Image.Image],
     config: ModelConfig,
     batch_size: int,
@@ -114,9 +114,9 @@ def scored_maps(
     size = config.image_size
     if config.tile_size:
         tiling = {"tile_size": config.tile_size, "overlap": config.tile_overlap, "batch_size": batch_size}
-        full_maps = [stitched_map(anomaly_maps, p, image_size=size, fill=fill, **tiling) for p in pictures]
+        full_maps = [stitched_map(maps_of_batch, p, image_size=size, fill=fill, **tiling) for p in pictures]
         return [(float(full.max()), full.numpy()) for full in full_maps]
-    maps = anomaly_maps(torch.stack([image_to_tensor(p, size, config.resize, fill) for p in pictures]))
+    maps = maps_of_batch(torch.stack([image_to_tensor(p, size, config.resize, fill) for p in pictures]))
     out = []
     for picture, scaled in zip(pictures, maps, strict=True):
         top, left, box_h, box_w = content_box(picture.height, picture.width, size, config.resize)
@@ -127,7 +127,7 @@ def scored_maps(
 
 
 def tiled_input_maps(
-    anomaly_maps: Callable[[Tensor], Tensor],
+    maps_of_batch: Callable[[Tensor], Tensor],
     images: Sequence[ImageSource],
     config: ModelConfig,
     batch_size: int,
@@ -136,6 +136,6 @@ def tiled_input_maps(
     """A tiled model's anomaly maps on its S x S input grid (the evaluation space): stitched, then max-pooled."""
     maps = [
         input_grid(torch.from_numpy(full), config.image_size)
-        for _, full in scored_maps(anomaly_maps, [read_image(i) for i in images], config, batch_size, fill)
+        for _, full in scored_maps(maps_of_batch, [read_image(i) for i in images], config, batch_size, fill)
     ]
     return torch.stack(maps)

@@ -62,7 +62,7 @@ def image_max(tile_scores: np.ndarray, owner: np.ndarray | None) -> np.ndarray:
 
 @torch.inference_mode()
 def stitched_map(
-    anomaly_maps: Callable[[Tensor], Tensor],
+    maps_of_batch: Callable[[Tensor], Tensor],
     picture: Image.Image,
     *,
     image_size: int,
@@ -79,7 +79,7 @@ def stitched_map(
         batch = torch.stack(
             [image_to_tensor(t, image_size, "stretch", fill) for t in tiles[start : start + batch_size]]
         )
-        maps += list(anomaly_maps(batch))
+        maps += list(maps_of_batch(batch))
     at_tile_size = [_at_size(m, t) for m, t in zip(maps, grid, strict=True)]
     return stitch(at_tile_size, grid, (picture.height, picture.width))
 
