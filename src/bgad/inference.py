@@ -76,8 +76,9 @@ def predict_images(
     fill: Color = BLACK,
     mask_every_image: bool = False,
 ) -> list[Prediction]:
-    """Predictions for ``images`` given ``maps_of_batch``, a function from input batches (B, 3, S, S) to anomaly maps
-    (B, S, S), with ``normal_scores`` (out-of-sample scores of good images) for the normalized score and the normal share.
+    """Predictions for ``images`` given ``maps_of_batch``, a function from input batches (B, 3, S, S) to anomaly
+    maps (B, S, S), with ``normal_scores`` (out-of-sample scores of good images) for the normalized score and the
+    normal share.
 
     Shared by every inference engine (torch here, onnxruntime in :mod:`bgad.deploy.export`). Each map is cropped to
     the image's content box (the whole map with ``resize="stretch"``), scored, and resized to the image's resolution;
