@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import bgad.detector
 import bgad.method.training
 from bgad import BGAD, BGADError
 from bgad.app.cli import main
@@ -308,3 +309,23 @@ def test_update_can_train_on_a_seeded_sample_of_the_normals(tiny_run: Path, tiny
     assert half[0].history_[0]["steps"] < whole.history_[0]["steps"]
     with pytest.raises(BGADError, match="normal_fraction"):
         parent.update(normals, defects, masks, normal_fraction=0, progress=False)
+
+
+@pytest.mark.parametrize(("refresh", "pools"), [(None, 3), (2, 2), (3, 1), (10, 1)])
+def test_an_update_draws_a_synthetic_pool_every_synthesis_refresh_meta_epochs(
+    tiny_run: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch, refresh: int | None, pools: int
+) -> None:
+    part = tiny_dataset / "part"
+    normals = sorted((part / "train" / "good").glob("*.png"))
+    defects = sorted((part / "test" / "crack").glob("*.png"))[:2]
+    masks = [part / "ground_truth" / "crack" / f"{p.stem}_mask.png" for p in defects]
+    rounds = []
+    source = bgad.detector.synthetic_source
+
+    def counted(*args: object) -> object:
+        draw = source(*args)
+        return lambda meta_epoch: rounds.append(meta_epoch) or draw(meta_epoch)
+
+    monkeypatch.setattr(bgad.detector, "synthetic_source", counted)
+    BGAD.load(tiny_run).update(normals, defects, masks, meta_epochs=3, synthesis_refresh=refresh, progress=False)
+    assert len(rounds) == pools  # None: train.update_synthesis_refresh, 1 (a pool every meta-epoch)

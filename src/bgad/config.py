@@ -120,6 +120,7 @@ class TrainConfig:
     # of the parent's training normals (the new images are always trained on); docs/deployment.md measures them.
     update_meta_epochs: int = 6
     update_normal_fraction: float = 0.5
+    update_synthesis_refresh: int = 1  # an update's synthesis_refresh (update_meta_epochs or more: one pool)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -138,6 +139,7 @@ class TrainConfig:
             extract_batch_size=self.extract_batch_size >= 1,
             update_meta_epochs=self.update_meta_epochs >= 1,
             update_normal_fraction=0 < self.update_normal_fraction <= 1,
+            update_synthesis_refresh=self.update_synthesis_refresh >= 1,
             anomaly_sampling=self.anomaly_sampling in ("stratified", "random")
             or self.anomaly_sampling.startswith("type:")
             or fold_of(self.anomaly_sampling) is not None,

@@ -128,6 +128,7 @@ class BGAD:
         new_normal_images: Sequence[ImageSource] = (),
         meta_epochs: int | None = None,
         normal_fraction: float | None = None,
+        synthesis_refresh: int | None = None,
         log_path: str | Path | None = None,
         checkpoint: str | Path | None = None,
         progress: bool = True,
@@ -139,8 +140,9 @@ class BGAD:
         It keeps this detector's feature normalization, skips the normal-only phase and the warm-up, and runs
         ``meta_epochs`` (default ``train.update_meta_epochs``) BG-SPP meta-epochs with the cosine schedule on a
         sample of ``normal_fraction`` (default ``train.update_normal_fraction``, seeded by ``train.seed``) of
-        ``normal_images``, all of ``new_normal_images`` and every defect; then the score calibration and
-        thresholds are set again on those normals. This detector is left as it was. ``log_path`` and
+        ``normal_images``, all of ``new_normal_images`` and every defect, with a new synthetic pool every
+        ``synthesis_refresh`` (default ``train.update_synthesis_refresh``) meta-epochs; then the score calibration
+        and thresholds are set again on those normals. This detector is left as it was. ``log_path`` and
         ``checkpoint`` work as in :meth:`fit`.
         """
         config = self._config
@@ -152,6 +154,7 @@ class BGAD:
             meta_epochs=meta_epochs or config.train.update_meta_epochs,
             normal_only_meta_epochs=0,
             warmup_meta_epochs=0,
+            synthesis_refresh=synthesis_refresh or config.train.update_synthesis_refresh,
         )
         parent = self.fitted_model()
         count = max(1, round(fraction * len(normal_images))) if normal_images else 0

@@ -158,7 +158,11 @@ def _stored_result(task: BenchmarkTask) -> dict[str, Any] | None:
         result = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None  # damaged: run the task again
-    if result.get("config") != task.config.to_dict() or result.get("data_root") != str(task.data_root.resolve()):
+    try:  # a field added since, at its default, is the same config
+        same_config = BGADConfig.from_dict(result.get("config", {})) == task.config
+    except (BGADError, TypeError, AttributeError):
+        same_config = False
+    if not same_config or result.get("data_root") != str(task.data_root.resolve()):
         raise BGADError(f"{path} was made with another config or data root; use another --output or delete it")
     if task.baseline and not set(BASELINES) <= set(result.get("methods", {})):
         return None  # made with --no-baseline (or before a baseline existed): run again with the baselines
