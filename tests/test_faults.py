@@ -51,9 +51,9 @@ def _fails_on_call(target: Callable, call: int, fault: BaseException) -> Callabl
 FIT_WRITE_POINTS = {
     "run.json": (bgad.app.runs, "write_run", 1),
     "first checkpoint": (bgad.storage.checkpoint, "write_atomic", 1),
-    "later checkpoint": (bgad.storage.checkpoint, "write_atomic", 3),
+    "later checkpoint": (bgad.storage.checkpoint, "write_atomic", 2),
     "model weights": (bgad.storage.model_files, "save_file", 1),
-    "metrics.json": (bgad.app.runs, "_write_json", 1),
+    "metrics.json": (bgad.app.runs, "write_json", 1),
     "install": (bgad.app.runs, "install_run", 1),
 }
 

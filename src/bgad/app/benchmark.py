@@ -40,7 +40,7 @@ from ..errors import BGADError, DatasetError
 from ..evaluation import decision_summary, evaluate
 from ..method.thresholds import fit_thresholds
 from ..runtime.devices import resolve_device
-from ..storage.serialization import write_atomic
+from ..storage.serialization import write_json
 from .baselines import GaussianBaseline, PadimBaseline, UnsmoothedPadim, UnsmoothedPadimImagenet
 from .processes import run_in_processes, usable_cpus
 from .runs import fit_run
@@ -145,7 +145,7 @@ def _run_task(task: BenchmarkTask) -> dict[str, Any]:
         "bgad_version": __version__,
         "methods": {m: methods[m] for m in METHODS if m in methods},
     }
-    (task.run_dir / RESULT_JSON).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(task.run_dir / RESULT_JSON, result)
     return result
 
 
@@ -239,7 +239,7 @@ def _write_plan(output: Path, plan: dict[str, Any]) -> None:
     """Write ``plan.json`` atomically: the shards of one benchmark write the same plan at the same time."""
     output.mkdir(parents=True, exist_ok=True)
     temporary = output / f".{PLAN_JSON}.{platform.node()}.{os.getpid()}"  # one per process, even across machines
-    write_atomic(output / PLAN_JSON, (json.dumps(plan, indent=2) + "\n").encode(), temporary=temporary)
+    write_json(output / PLAN_JSON, plan, temporary=temporary)
 
 
 def _read_plan(output: Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 from ..config import BGADConfig
 from ..data.layouts import DatasetSpec
 from ..errors import BGADError
+from ..storage.serialization import write_json
 from .record import RUN_JSON, read_run
 from .runs import METRICS_JSON, fit_run
 from .tables import mean_std
@@ -54,7 +55,7 @@ def cross_validate(
         "mean": {key: statistics.fmean(fold[key] for fold in per_fold) for key in REPORTED},
         "std": {key: statistics.stdev(fold[key] for fold in per_fold) for key in REPORTED},
     }
-    (output / CV_JSON).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(output / CV_JSON, summary)
     (output / CV_MD).write_text(_markdown(summary))
     return summary
 

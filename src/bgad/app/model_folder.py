@@ -3,13 +3,13 @@ record of how they were made, written whole or not at all, never over the source
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..detector import BGAD
 from ..errors import BGADError
+from ..storage.serialization import write_json
 from .locking import run_lock
 from .runs import partial_folder
 
@@ -34,7 +34,7 @@ def write_model_folder(detector: BGAD, output: Path, source: Path, record_name: 
         shutil.rmtree(partial, ignore_errors=True)
         try:
             detector.save(partial)
-            (partial / record_name).write_text(json.dumps(record, indent=2) + "\n")
+            write_json(partial / record_name, record)
             if output.exists():
                 output.rmdir()  # empty, checked above
             partial.rename(output)

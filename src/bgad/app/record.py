@@ -21,7 +21,7 @@ from .._version import __version__
 from ..config import BGADConfig
 from ..data.layouts import DatasetSpec
 from ..errors import BGADError
-from ..storage.serialization import write_atomic
+from ..storage.serialization import write_json
 
 RUN_JSON = "run.json"
 
@@ -234,4 +234,4 @@ def read_run(path: Path) -> RunRecord:
 
 def write_run(path: Path, record: RunRecord) -> None:
     """Write ``record`` to ``path`` atomically."""
-    write_atomic(path, (json.dumps(record.to_dict(), indent=2) + "\n").encode())
+    write_json(path, record.to_dict())

@@ -12,7 +12,6 @@ and tells the other processes what to train on; they only train with it, and wri
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -34,6 +33,7 @@ from ..runtime.distributed import DataParallel, current
 from ..selection import Selection, describe_selection, select_settings
 from ..storage.checkpoint import STATE_JSON
 from ..storage.model_files import MODEL_JSON
+from ..storage.serialization import write_json
 from .lineage import evaluation_samples, report_notes, run_category, trainer
 from .locking import run_lock
 from .record import RUN_JSON, RunRecord, read_run, write_run
@@ -49,10 +49,6 @@ CHECKPOINT = "checkpoint"
 def partial_folder(output: Path) -> Path:
     """Where a fit into ``output`` works until it is complete."""
     return output.parent / f".{output.name}.partial"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 @dataclass(frozen=True)
@@ -372,7 +368,7 @@ def _train_and_evaluate(
         seconds = detector.train_seconds_
         seconds = None if seconds is None else round(seconds, 1)
         results = _results(evaluation, detector, len(split.known), split.known_types, record.eval_size, seconds)
-        _write_json(partial / METRICS_JSON, results.to_dict())
+        write_json(partial / METRICS_JSON, results.to_dict())
         notes = report_notes(record, record.evaluation_removed)
         if record.selection is not None:
             notes.append(describe_selection(record.selection))
@@ -484,7 +480,7 @@ def evaluate_run(
         )
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        _write_json(output / METRICS_JSON, results.to_dict())
+        write_json(output / METRICS_JSON, results.to_dict())
         _write_report(evaluation, results, output, detector, category.name, report_notes(record, removed))
     return results
 

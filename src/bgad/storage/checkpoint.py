@@ -7,7 +7,6 @@ folder still describes the previous checkpoint, afterwards the new one, so a cra
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from torch import Tensor
 
 from .._version import __version__
 from ..errors import BGADError
-from .serialization import read_description, write_atomic
+from .serialization import read_description, write_atomic, write_json
 
 STATE_JSON = "training.json"
 FORMAT = "bgad-training-checkpoint"
@@ -61,7 +60,7 @@ def save_checkpoint(state: TrainingState, directory: Path) -> None:
         "history": state.history,
         "config": state.config,
     }
-    write_atomic(directory / STATE_JSON, (json.dumps(description, indent=1) + "\n").encode())
+    write_json(directory / STATE_JSON, description, indent=1)
     for stale in directory.glob("state-*.safetensors"):
         if stale.name != tensors_name:
             stale.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from ..data.samples import content_hash
 from ..errors import BGADError
 from ..method.thresholds import Thresholds
 from .model_checks import check_scores, check_state, checked_scores, checked_thresholds
-from .serialization import read_description
+from .serialization import read_description, write_json
 
 if TYPE_CHECKING:
     from ..method.model import BGADModel
@@ -102,7 +102,7 @@ def save_model(
         "feature_shapes": [list(level.grid) for level in model.levels],
         "train_seconds": train_seconds,
     }
-    (directory / MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")
+    write_json(directory / MODEL_JSON, description)
 
 
 def model_id(path: Path) -> str:

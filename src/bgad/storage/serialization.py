@@ -49,6 +49,11 @@ def write_atomic(path: Path, write: bytes | Callable[[Path], object], *, tempora
         raise
 
 
+def write_json(path: Path, data: object, *, indent: int = 2, temporary: Path | None = None) -> None:
+    """Write ``data`` as indented JSON to ``path`` with :func:`write_atomic`."""
+    write_atomic(path, (json.dumps(data, indent=indent) + "\n").encode(), temporary=temporary)
+
+
 def _fsync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable (POSIX: the rename lives in the folder's entry, not in the file)."""
     if os.name != "posix":
