@@ -3,6 +3,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +85,26 @@ def test_benchmark_resumes_finished_tasks(
     code, _ = _benchmark(tiny_dataset, output, "--config", str(config_file))
     assert code == 0
     assert [p.stat().st_mtime_ns for p in metrics] == mtimes
+    assert capsys.readouterr().err.count("already done") == 2
+
+
+def test_benchmark_reuses_results_made_before_a_config_field_was_added(
+    benchmark: tuple[Path, float],
+    tiny_dataset: Path,
+    config_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A field added since (here: absent from the stored config) at its default is the same config."""
+    output, _ = benchmark
+    copy = tmp_path / "bench"
+    shutil.copytree(output, copy)
+    for path in (copy / "runs").glob("*/*/benchmark.json"):
+        result = json.loads(path.read_text())
+        del result["config"]["train"]["update_synthesis_refresh"]
+        path.write_text(json.dumps(result))
+    capsys.readouterr()
+    assert _benchmark(tiny_dataset, copy, "--config", str(config_file))[0] == 0
     assert capsys.readouterr().err.count("already done") == 2
 
 
