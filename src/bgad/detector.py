@@ -20,7 +20,7 @@ from torch import Tensor
 from .config import BGADConfig, TrainConfig
 from .data.images import ImageSource
 from .errors import BGADError, NotFittedError
-from .inference import Prediction, predict_images, tiled_input_maps
+from .inference import MapEngine, Predictor
 from .method.features import image_batches
 from .method.fitting import (
     MaskSource,
@@ -32,7 +32,6 @@ from .method.fitting import (
     training_vectors,
 )
 from .method.model import BGADModel
-from .method.thresholds import Thresholds
 from .method.training import train_flows
 from .runtime.devices import resolve_device
 from .runtime.distributed import current
@@ -40,7 +39,7 @@ from .storage.model_checks import finite_maps
 from .storage.model_files import load_model, save_model
 
 
-class BGAD:
+class BGAD(Predictor):
     """Supervised anomaly detector: BGAD flows on frozen backbone features.
 
     Images are paths, PIL images or uint8 arrays; masks are paths or 2-D arrays. A tiny example (random "normal"
@@ -237,16 +236,10 @@ class BGAD:
         self.device = device
         return self
 
-    @torch.inference_mode()
-    def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
-        """Anomaly maps (N, S, S) at the model's input size, on the CPU; higher = more anomalous. With
-        ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.data.images.content_box` is meaningful.
-        A tiled model's are its stitched maps max-pooled to S x S (:func:`bgad.method.tiling.input_grid`)."""
+    def map_engine(self) -> MapEngine:
+        """The fitted model as prediction runs it: on :attr:`device`, maps back on the CPU."""
         model = self.fitted_model()
-        run = _on_device(model)
-        if model.config.tile_size:
-            return tiled_input_maps(run, images, model.config, batch_size, model.extractor.pad_color)
-        return torch.cat([run(batch) for batch in self._batches(images, batch_size, model)])
+        return MapEngine(_on_device(model), model.config, model.extractor.pad_color)
 
     def _batches(self, images: Sequence[ImageSource], batch_size: int, model: BGADModel) -> Iterator[Tensor]:
         """Input batches (B, 3, S, S) as ``model`` sees them: its input size, resize mode and pad colour."""
@@ -256,33 +249,6 @@ class BGAD:
             batch_size=batch_size,
             resize=self.resize,
             fill=model.extractor.pad_color,
-        )
-
-    def predict(self, image: ImageSource, *, thresholds: Thresholds | None = None) -> Prediction:
-        """Score one image: its score, anomaly map and defect mask at the image's own resolution, judged by
-        ``thresholds`` (default: the model's own, :attr:`thresholds_`)."""
-        return self.predict_batch([image], thresholds=thresholds)[0]
-
-    def predict_batch(
-        self,
-        images: Sequence[ImageSource],
-        *,
-        batch_size: int = 4,
-        mask_every_image: bool = False,
-        thresholds: Thresholds | None = None,
-    ) -> list[Prediction]:
-        """:meth:`predict` for many images, ``batch_size`` at a time; ``mask_every_image`` gives images judged
-        good their above-threshold pixels too (by default their mask is empty, as the verdict says)."""
-        model = self.fitted_model()
-        return predict_images(
-            _on_device(model),
-            images,
-            model.config,
-            thresholds or self.thresholds_,
-            self.normal_scores_,
-            batch_size,
-            fill=model.extractor.pad_color,
-            mask_every_image=mask_every_image,
         )
 
     @torch.inference_mode()

@@ -1,8 +1,10 @@
 """Prediction on any engine: a function from input batches to anomaly maps (torch in :mod:`bgad.detector`,
-onnxruntime or OpenVINO in :mod:`bgad.deploy.export`) becomes scores, maps and masks at each image's resolution."""
+onnxruntime or OpenVINO in :mod:`bgad.deploy.export`) becomes scores, maps and masks at each image's resolution.
+:class:`Predictor` gives every engine's detector the same ``anomaly_maps``, ``predict`` and ``predict_batch``."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,6 +16,7 @@ from torch import Tensor
 
 from .config import BGADConfig, ModelConfig
 from .data.images import BLACK, Color, ImageSource, content_box, image_to_tensor, read_image
+from .method.features import image_batches
 from .method.scoring import image_scores, resize_maps
 from .method.thresholds import NormalTail, Thresholds, normalized_score
 from .method.tiling import input_grid, stitched_map
@@ -62,6 +65,68 @@ class Detector(Protocol):
         mask_every_image: bool = ...,
         thresholds: Thresholds | None = ...,
     ) -> list[Prediction]: ...
+
+
+@dataclass(frozen=True)
+class MapEngine:
+    """What prediction needs of a fitted model, whatever engine runs it."""
+
+    maps_of_batch: Callable[[Tensor], Tensor]  # input batches (B, 3, S, S) to anomaly maps (B, S, S)
+    config: ModelConfig
+    pad_color: Color
+
+
+class Predictor(ABC):
+    """``anomaly_maps``, ``predict`` and ``predict_batch`` of a fitted detector, from :meth:`map_engine`,
+    its thresholds and its normal scores."""
+
+    thresholds_: Thresholds
+    normal_scores_: np.ndarray | None
+
+    @abstractmethod
+    def map_engine(self) -> MapEngine:
+        """The engine's maps function, model configuration and pad colour (an error if not fitted)."""
+
+    @torch.inference_mode()
+    def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
+        """Anomaly maps (N, S, S) at the model's input size, on the CPU; higher = more anomalous. With
+        ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.data.images.content_box` is meaningful.
+        A tiled model's are its stitched maps max-pooled to S x S (:func:`bgad.method.tiling.input_grid`)."""
+        engine = self.map_engine()
+        config = engine.config
+        if config.tile_size:
+            return tiled_input_maps(engine.maps_of_batch, images, config, batch_size, engine.pad_color)
+        batches = image_batches(
+            images, image_size=config.image_size, batch_size=batch_size, resize=config.resize, fill=engine.pad_color
+        )
+        return torch.cat([engine.maps_of_batch(batch) for batch in batches])
+
+    def predict(self, image: ImageSource, *, thresholds: Thresholds | None = None) -> Prediction:
+        """Score one image: its score, anomaly map and defect mask at the image's own resolution, judged by
+        ``thresholds`` (default: the model's own, ``thresholds_``)."""
+        return self.predict_batch([image], thresholds=thresholds)[0]
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageSource],
+        *,
+        batch_size: int = 4,
+        mask_every_image: bool = False,
+        thresholds: Thresholds | None = None,
+    ) -> list[Prediction]:
+        """:meth:`predict` for many images, ``batch_size`` at a time; ``mask_every_image`` gives images judged
+        good their above-threshold pixels too (by default their mask is empty, as the verdict says)."""
+        engine = self.map_engine()
+        return predict_images(
+            engine.maps_of_batch,
+            images,
+            engine.config,
+            thresholds or self.thresholds_,
+            self.normal_scores_,
+            batch_size,
+            fill=engine.pad_color,
+            mask_every_image=mask_every_image,
+        )
 
 
 @torch.inference_mode()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,11 +29,10 @@ from torch import Tensor, nn
 
 from .._version import __version__
 from ..config import BGADConfig, ModelConfig
-from ..data.images import Color, ImageSource
+from ..data.images import Color
 from ..detector import BGAD
 from ..errors import BGADError
-from ..inference import Prediction, predict_images, tiled_input_maps
-from ..method.features import image_batches
+from ..inference import MapEngine, Predictor
 from ..method.model import BGADModel
 from ..method.scoring import image_scores
 from ..method.thresholds import Thresholds
@@ -310,7 +309,7 @@ def _checked_metadata(path: Path, metadata: dict[str, str]) -> _Exported:
     return _Exported(config.model.image_size, config, thresholds, pad_color, checked_scores(scores, path))
 
 
-class OnnxDetector:
+class OnnxDetector(Predictor):
     """Inference with a file written by :func:`export_onnx` on the CPU (no torch model), through one of the
     :data:`RUNTIMES`."""
 
@@ -367,35 +366,6 @@ class OnnxDetector:
         """The exported model's :class:`~bgad.config.ModelConfig` (image size, resize mode, tiling)."""
         return self._exported.config.model
 
-    def anomaly_maps(self, images: Sequence[ImageSource], *, batch_size: int = 4) -> Tensor:
-        """Anomaly maps (N, S, S) at the model's input size; higher = more anomalous (as ``BGAD.anomaly_maps``)."""
-        if self.model_config.tile_size:
-            return tiled_input_maps(self._run, images, self.model_config, batch_size, self.pad_color)
-        batches = image_batches(
-            images, image_size=self.image_size, batch_size=batch_size, resize=self.resize, fill=self.pad_color
-        )
-        return torch.cat([self._run(batch) for batch in batches])
-
-    def predict(self, image: ImageSource, *, thresholds: Thresholds | None = None) -> Prediction:
-        """As :meth:`bgad.BGAD.predict`."""
-        return self.predict_batch([image], thresholds=thresholds)[0]
-
-    def predict_batch(
-        self,
-        images: Sequence[ImageSource],
-        *,
-        batch_size: int = 4,
-        mask_every_image: bool = False,
-        thresholds: Thresholds | None = None,
-    ) -> list[Prediction]:
-        """As :meth:`bgad.BGAD.predict_batch`."""
-        return predict_images(
-            self._run,
-            images,
-            self.model_config,
-            thresholds or self.thresholds_,
-            self.normal_scores_,
-            batch_size,
-            fill=self.pad_color,
-            mask_every_image=mask_every_image,
-        )
+    def map_engine(self) -> MapEngine:
+        """The exported graph on its runtime, with the exported configuration and pad colour."""
+        return MapEngine(self._run, self.model_config, self.pad_color)
