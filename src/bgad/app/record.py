@@ -62,11 +62,8 @@ class Parent:
 
     @classmethod
     def from_dict(cls, data: object, where: str) -> Parent:
-        return cls(
-            Path(_field(data, "run", str, where)),
-            _field(data, "model_id", str, where),
-            _field(data, "weights_sha1", str, where),
-        )
+        run, model_id, weights_sha1 = (_field(data, key, str, where) for key in ("run", "model_id", "weights_sha1"))
+        return cls(Path(run), model_id, weights_sha1)
 
 
 @dataclass(frozen=True)
