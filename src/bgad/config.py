@@ -117,10 +117,11 @@ class TrainConfig:
     foreground: str = "auto"  # where pastes may land: "auto" (estimated per image), "full", or a folder of masks
     extract_batch_size: int = 4  # images per backbone forward; larger is slower per image on CPU
     # BGAD.update / bgad fit --from: BG-SPP meta-epochs from the parent's flows, on a seeded sample of this fraction
-    # of the parent's training normals (the new images are always trained on); docs/deployment.md measures them.
-    update_meta_epochs: int = 6
+    # of the parent's training normals (the new images are always trained on), with a new synthetic pool every
+    # update_synthesis_refresh meta-epochs (update_meta_epochs or more: one pool); docs/deployment.md measures them.
+    update_meta_epochs: int = 4
     update_normal_fraction: float = 0.5
-    update_synthesis_refresh: int = 1  # an update's synthesis_refresh (update_meta_epochs or more: one pool)
+    update_synthesis_refresh: int = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
