@@ -21,7 +21,6 @@ from .config import BGADConfig, TrainConfig
 from .data.images import ImageSource
 from .errors import BGADError, NotFittedError
 from .inference import MapEngine, Predictor
-from .method.features import image_batches
 from .method.fitting import (
     MaskSource,
     cached_maps,
@@ -241,16 +240,6 @@ class BGAD(Predictor):
         model = self.fitted_model()
         return MapEngine(_on_device(model), model.config, model.extractor.pad_color)
 
-    def _batches(self, images: Sequence[ImageSource], batch_size: int, model: BGADModel) -> Iterator[Tensor]:
-        """Input batches (B, 3, S, S) as ``model`` sees them: its input size, resize mode and pad colour."""
-        return image_batches(
-            images,
-            image_size=model.config.image_size,
-            batch_size=batch_size,
-            resize=self.resize,
-            fill=model.extractor.pad_color,
-        )
-
     @torch.inference_mode()
     def calibrate(
         self,
@@ -270,8 +259,9 @@ class BGAD(Predictor):
         model = copy.deepcopy(self.fitted_model())
         config = self._config
         inputs = model_inputs(normal_images, anomaly_images, masks_for(anomaly_images, anomaly_masks), config)
-        known = _level_log_probs(model, self._batches(inputs.anomalies, batch_size, model)) if inputs.masks else None
-        normal = _level_log_probs(model, self._batches(inputs.normals, batch_size, model))
+        batches = self.map_engine().input_batches
+        known = _level_log_probs(model, batches(inputs.anomalies, batch_size)) if inputs.masks else None
+        normal = _level_log_probs(model, batches(inputs.normals, batch_size))
         calibrated = BGAD(config, device=self.device)
         calibrated.model_, calibrated.normal_log_probs_ = model, normal
         calibrated.thresholds_, calibrated.normal_scores_, calibrated.known_scores_ = set_calibration(
@@ -285,8 +275,7 @@ class BGAD(Predictor):
         """Per-level log-likelihood maps (the flows' output before scoring), one (N, h, w) tensor per level on the
         CPU: what :mod:`bgad.method.scoring` turns into anomaly maps, for rescoring with other levels or
         temperatures."""
-        model = self.fitted_model()
-        return _level_log_probs(model, self._batches(images, batch_size, model))
+        return _level_log_probs(self.fitted_model(), self.map_engine().input_batches(images, batch_size))
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` and ``model.json`` into ``directory`` (no pickle)."""

@@ -5,7 +5,7 @@ onnxruntime or OpenVINO in :mod:`bgad.deploy.export`) becomes scores, maps and m
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -75,6 +75,13 @@ class MapEngine:
     config: ModelConfig
     pad_color: Color
 
+    def input_batches(self, images: Sequence[ImageSource], batch_size: int) -> Iterator[Tensor]:
+        """Input batches (B, 3, S, S) as the model sees them: its input size, resize mode and pad colour."""
+        config = self.config
+        return image_batches(
+            images, image_size=config.image_size, batch_size=batch_size, resize=config.resize, fill=self.pad_color
+        )
+
 
 class Predictor(ABC):
     """``anomaly_maps``, ``predict`` and ``predict_batch`` of a fitted detector, from :meth:`map_engine`,
@@ -93,13 +100,9 @@ class Predictor(ABC):
         ``resize="pad"`` they cover the whole canvas: only the :func:`bgad.data.images.content_box` is meaningful.
         A tiled model's are its stitched maps max-pooled to S x S (:func:`bgad.method.tiling.input_grid`)."""
         engine = self.map_engine()
-        config = engine.config
-        if config.tile_size:
-            return tiled_input_maps(engine.maps_of_batch, images, config, batch_size, engine.pad_color)
-        batches = image_batches(
-            images, image_size=config.image_size, batch_size=batch_size, resize=config.resize, fill=engine.pad_color
-        )
-        return torch.cat([engine.maps_of_batch(batch) for batch in batches])
+        if engine.config.tile_size:
+            return tiled_input_maps(engine.maps_of_batch, images, engine.config, batch_size, engine.pad_color)
+        return torch.cat([engine.maps_of_batch(batch) for batch in engine.input_batches(images, batch_size)])
 
     def predict(self, image: ImageSource, *, thresholds: Thresholds | None = None) -> Prediction:
         """Score one image: its score, anomaly map and defect mask at the image's own resolution, judged by

@@ -208,7 +208,9 @@ class RunRecord:
             known_anomalies=names["known_anomalies"],
             known_types=names["known_types"],
             known_anomaly_sha1=hashes,
-            training_fingerprint=data.get("training_fingerprint"),
+            training_fingerprint=_field(data, "training_fingerprint", str, "")
+            if data.get("training_fingerprint") is not None
+            else None,
             evaluation_removed=removed,
             selection=_field(data, "selection", dict, "") if "selection" in data else None,
             bgad_version=str(data.get("bgad_version", "unknown")),
