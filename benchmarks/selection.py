@@ -31,17 +31,21 @@ from bgad.selection import CRITERIA, Candidate, select_settings
 
 
 class _Rescored:
-    """A fitted detector whose levels are combined as ``candidate`` says (an :class:`bgad.evaluation.AnomalyMapper`)."""
+    """A fitted detector whose levels are combined as ``candidate`` says (an :class:`bgad.evaluation.AnomalyMapper`).
+    The per-level maps of an image list are computed once and shared by every candidate (``cache``)."""
 
-    def __init__(self, detector: BGAD, candidate: Candidate):
-        self.detector, self.candidate = detector, candidate
+    def __init__(self, detector: BGAD, candidate: Candidate, cache: dict):
+        self.detector, self.candidate, self.cache = detector, candidate, cache
         self.resize = detector.resize
 
     def anomaly_maps(self, images: list, *, batch_size: int = 4) -> torch.Tensor:
         model = self.detector.model_
         strides = list(model.config.strides)
         chosen = [strides.index(s) for s in self.candidate.strides]
-        log_probs = self.detector.level_log_probs(images, batch_size=batch_size)
+        key = tuple(str(image) for image in images)
+        if key not in self.cache:
+            self.cache[key] = self.detector.level_log_probs(images, batch_size=batch_size)
+        log_probs = self.cache[key]
         level_max = torch.stack([model.levels[i].log_prob_max for i in chosen])
         size = (model.config.image_size,) * 2
         # normal_max only shifts every map by a constant: 1 leaves every metric as it is.
@@ -53,13 +57,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--categories", required=True)
-    parser.add_argument("--runs", type=Path, required=True, help="bgad benchmark's OUTPUT/runs")
+    parser.add_argument("--runs", type=Path, help="bgad benchmark's OUTPUT/runs (without: no evaluation columns)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--config", type=Path, help="YAML file with options over the preset, as in bgad fit")
     args = parser.parse_args()
-    config = load_config(args.preset)
+    config = load_config(args.preset, args.config)
     config = type(config).from_dict({"train": {"seed": args.seed}}, base=config)
     records = {}
     for name in args.categories.split(","):
@@ -72,20 +77,26 @@ def main() -> None:
             folds=args.folds,
             groups=[s.defect_type for s in split.known],
         )
-        trained = BGAD.load(args.runs / name / f"seed{args.seed}")
         print(f"\n## {name}, seed {args.seed}: chose {selection.chosen.describe()} in {selection.seconds:.0f} s\n")
-        print("| candidate | CV " + " | CV ".join(CRITERIA) + " | CV mean | eval " + " | eval ".join(CRITERIA) + " |")
-        print("|---|" + "---:|" * (2 * len(CRITERIA) + 1))
+        header = ["CV " + key for key in CRITERIA] + ["CV mean"]
+        if args.runs:
+            trained, cache = BGAD.load(args.runs / name / f"seed{args.seed}"), {}
+            header += ["eval " + key for key in CRITERIA]
+        print("| candidate | " + " | ".join(header) + " |\n|---|" + "---:|" * len(header))
         rows = []
         for estimate in selection.estimates:
-            metrics = evaluate(_Rescored(trained, estimate.candidate), split.evaluation, progress=False).metrics()
-            measured = {key: getattr(metrics, key) for key in CRITERIA}
-            cv = [f"{estimate.mean(key):.3f}" for key in CRITERIA]
-            ev = [f"{measured[key]:.3f}" for key in CRITERIA]
-            print(f"| {estimate.candidate.describe()} | " + " | ".join([*cv, f"{estimate.criterion:.3f}", *ev]) + " |")
-            rows.append({"candidate": estimate.candidate.describe(), "evaluation": measured})
-        best_eval = max(rows, key=lambda r: statistics.fmean(r["evaluation"].values()))
-        print(f"\nbest on the evaluation images (not used): {best_eval['candidate']}")
+            cells = [f"{estimate.mean(key):.3f}" for key in CRITERIA] + [f"{estimate.criterion:.3f}"]
+            row = {"candidate": estimate.candidate.describe()}
+            if args.runs:
+                rescored = _Rescored(trained, estimate.candidate, cache)
+                metrics = evaluate(rescored, split.evaluation, progress=False).metrics()
+                row["evaluation"] = {key: getattr(metrics, key) for key in CRITERIA}
+                cells += [f"{row['evaluation'][key]:.3f}" for key in CRITERIA]
+            print(f"| {row['candidate']} | " + " | ".join(cells) + " |", flush=True)
+            rows.append(row)
+        if args.runs:
+            best_eval = max(rows, key=lambda r: statistics.fmean(r["evaluation"].values()))
+            print(f"\nbest on the evaluation images (not used): {best_eval['candidate']}")
         records[name] = {"selection": selection.to_dict(), "evaluation": rows}
         args.output.write_text(json.dumps(records, indent=2) + "\n")
 

@@ -95,8 +95,9 @@ def test_grid_flow_is_the_flow_in_float64(channels, n_blocks) -> None:
         ModelConfig(image_size=64),  # the default levels, strides 8 and 16, 8 blocks, per-position whitening
         ModelConfig(image_size=64, strides=(4,), n_coupling_blocks=2, condition_dim=16, normalization="channel"),
         ModelConfig(image_size=96, strides=(4, 16), n_coupling_blocks=3, condition_dim=32, clamp_alpha=1.0),
+        ModelConfig(image_size=96, strides=(8, 16, 32), n_coupling_blocks=2, condition_dim=16),
     ],
-    ids=["default", "stride-4-channel", "strides-4-16"],
+    ids=["default", "stride-4-channel", "strides-4-16", "strides-8-16-32"],
 )
 def test_model_maps_equal_the_reference(config: ModelConfig) -> None:
     model = BGADModel(config).eval()

@@ -19,7 +19,7 @@ from bgad.selection import (
     Candidate,
     Estimate,
     _HeldOut,
-    anomaly_folds,
+    deal_folds,
     scoring_candidates,
     select_settings,
 )
@@ -30,7 +30,7 @@ SIZE = 32
 
 @given(st.lists(st.sampled_from("abc"), min_size=2, max_size=40), st.integers(2, 5), st.integers(0, 3))
 def test_folds_spread_every_type_and_are_balanced(groups: list[str], n_folds: int, seed: int) -> None:
-    folds = anomaly_folds(groups, n_folds, seed)
+    folds = deal_folds(groups, n_folds, seed)
     sizes = Counter(folds.tolist())
     assert set(sizes) <= set(range(n_folds))
     assert max(sizes.values()) - min(sizes.get(k, 0) for k in range(n_folds)) <= 1
@@ -98,6 +98,45 @@ def test_a_candidate_must_beat_the_configured_one_beyond_noise() -> None:
     assert not configured.beats(configured)
 
 
+def _recording_detector(folds: list[dict[str, list[int]]]) -> type:
+    """A stand-in for BGAD in select_settings that records what each fold trains on and what it is asked to score
+    (every test image is filled with its own index)."""
+
+    class Recording:
+        def __init__(self, config: BGADConfig, device: str = "cpu"):
+            self.record: dict[str, list[int]] = {"scored": []}
+            folds.append(self.record)
+
+        def fit(self, normals: list, anomalies: list, masks: list, progress: bool = True) -> "Recording":
+            self.record["normals"] = [int(n[0, 0, 0]) for n in normals]
+            self.record["anomalies"] = [int(a[0, 0, 0]) for a in anomalies]
+            return self
+
+        def level_log_probs(self, images: list) -> list[torch.Tensor]:
+            self.record["scored"] += [int(image[0, 0, 0]) for image in images]
+            return [torch.randn(len(images), SIZE // s, SIZE // s) for s in (8, 16)]
+
+    return Recording
+
+
+def test_every_fold_rates_only_images_its_flows_never_saw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Normals and anomalies are both held out: a fold's model is rated on images it was not trained on, and every
+    image is rated exactly once."""
+    folds: list[dict[str, list[int]]] = []
+    monkeypatch.setattr("bgad.selection.BGAD", _recording_detector(folds))
+    normals = [np.full((SIZE, SIZE, 3), i, np.uint8) for i in range(12)]
+    anomalies = [np.full((SIZE, SIZE, 3), 100 + i, np.uint8) for i in range(6)]
+    masks = [np.ones((SIZE, SIZE), bool)] * 6
+    config = BGADConfig.from_dict({"model": {"image_size": SIZE, "strides": [8, 16]}})
+    select_settings(normals, anomalies, masks, config, folds=3, progress=False)
+    assert len(folds) == 3
+    for fold in folds:
+        assert not set(fold["scored"]) & (set(fold["normals"]) | set(fold["anomalies"]))
+        assert len(fold["normals"]) == 8
+        assert len(fold["anomalies"]) == 4
+    assert sorted(v for fold in folds for v in fold["scored"]) == list(range(12)) + [100 + i for i in range(6)]
+
+
 def test_select_refuses_too_few_anomalies_and_tiling() -> None:
     image, mask = np.zeros((SIZE, SIZE, 3), np.uint8), np.ones((SIZE, SIZE), bool)
     with pytest.raises(BGADError, match="at least 2 known anomalies"):
@@ -125,6 +164,9 @@ def test_fit_select_records_its_choice(tiny_dataset: Path, config_file: Path, tm
     assert run["config"]["model"]["score_temperature"] == chosen[0]["score_temperature"]
     assert chosen[0]["criterion"] >= selection["candidates"][0]["criterion"]
     assert all(0 <= c[key] <= 1 for c in selection["candidates"] for key in selection["criteria"])
+    for candidate in selection["candidates"]:  # the folds' criteria, for judging the noise of a choice later
+        assert len(candidate["criterion_per_fold"]) == 2
+        assert np.mean(candidate["criterion_per_fold"]) == pytest.approx(candidate["criterion"], abs=1e-4)
     assert "cross-validation" in (output / "report.html").read_text()
 
 

@@ -18,6 +18,7 @@ Normalization = Literal["position", "channel", "none"]  # how features are norma
 Synthesis = Literal["cutpaste", "nsa", "none"]  # synthetic anomalies in phase 2, see TrainConfig.synthesis
 RESIZE_MODES: tuple[str, ...] = get_args(Resize)
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+FEATURE_STRIDES: tuple[int, ...] = (4, 8, 16, 32)  # the feature levels every backbone offers
 SYNTHESES: tuple[str, ...] = get_args(Synthesis)
 
 
@@ -26,7 +27,7 @@ class ModelConfig:
     """What the saved model is: backbone, input size and flow architecture (reference §1-2)."""
 
     backbone: str = "efficientnet_lite0"
-    strides: tuple[int, ...] = (8, 16)  # backbone feature levels, among 4, 8, 16: one flow each (docs/method.md)
+    strides: tuple[int, ...] = (8, 16)  # backbone feature levels (FEATURE_STRIDES): one flow each (docs/method.md)
     image_size: int = 256  # images are resized to image_size x image_size
     # "stretch": resize to image_size x image_size (aspect ratio not kept); "pad": scale the long side to image_size
     # and pad the short side symmetrically (letterbox). Pad pixels never affect scores, thresholds or metrics.
@@ -59,7 +60,7 @@ class ModelConfig:
             normalization=self.normalization in NORMALIZATIONS,
             strides=len(self.strides) > 0
             and list(self.strides) == sorted(set(self.strides))
-            and set(self.strides) <= {4, 8, 16},
+            and set(self.strides) <= set(FEATURE_STRIDES),
             condition_dim=self.condition_dim % 4 == 0,
             n_coupling_blocks=self.n_coupling_blocks >= 1,
             clamp_alpha=self.clamp_alpha > 0,

