@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bgad import BGADError, create_backbone, list_backbones
-from bgad.config import FEATURE_STRIDES as STRIDES
+from bgad.config import FEATURE_STRIDES
 from bgad.data.images import BLACK, image_to_tensor, read_image
 from bgad.method.backbones import INPUT_SCALINGS
 
@@ -41,7 +41,7 @@ def test_the_default_backbone_is_installed() -> None:
 def test_feature_maps_at_the_declared_strides(backbone_name: str) -> None:
     extractor = create_backbone(backbone_name, SIZE)
     features = extractor(torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)))
-    assert [f.shape[-2:] for f in features] == [(SIZE // s, SIZE // s) for s in STRIDES]
+    assert [f.shape[-2:] for f in features] == [(SIZE // s, SIZE // s) for s in FEATURE_STRIDES]
     assert all(f.shape[0] == 2 and f.dtype == torch.float32 and torch.isfinite(f).all() for f in features)
 
 

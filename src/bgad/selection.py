@@ -238,7 +238,7 @@ class _HeldOut:
     pixel_normals: np.ndarray  # indices (among the held-out normals) of those whose maps enter the pixel metrics
 
     def rate(self, candidate: Candidate, config: BGADConfig) -> dict[str, float]:
-        """Image AUROC (every normal against the held-out anomalies), pixel AUROC and AUPRO (a sample of normals
+        """Image AUROC (every held-out normal against the held-out anomalies), pixel AUROC and AUPRO (a sample of them
         and the held-out anomalies) of ``candidate``'s maps, calibrated on the normals as a fit would."""
         levels = [self.strides.index(s) for s in candidate.strides]
         normal = [self.normal_log_probs[i] for i in levels]

@@ -23,7 +23,7 @@ from ..runtime.progress import progress as progress_bar
 from .images import read_image, read_mask
 from .samples import Category, Sample, Split, content_hash, make_split
 
-# The coarsest feature level has stride 16: a smaller image has no cell of its own there.
+# The default levels' coarsest stride: a smaller image has not one cell of its own there.
 MIN_IMAGE_SIDE = 16
 
 
