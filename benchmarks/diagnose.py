@@ -5,6 +5,10 @@ anomalies, stratified), evaluated like ``bgad fit`` (known anomalies left out). 
 training and evaluation images are extracted once per (backbone, size, resize) and shared by the variants;
 synthetic anomalies are extracted as in a normal fit. Besides the variants' metrics, the default model's maps are
 re-scored without retraining: each level alone, other score temperatures, and Gaussian smoothing of the map.
+With ``--full-resolution`` each variant's pixel metrics are also taken at every image's own resolution against the
+original masks (``full_resolution``, as ``bgad fit --eval-size full``): the comparison that stays fair between
+``resize`` modes, whose evaluation grids differ (a letterboxed image has fewer pixels on the input than a stretched
+one, so it weighs less in the input-space pixel metrics).
 
 Run (one at a time, on an idle machine; results are appended to OUTPUT/diagnosis.jsonl, finished variants skipped):
     python benchmarks/diagnose.py --data-root ../shared/data/mvtec_ad --category bottle --output diag/bottle
@@ -26,7 +30,7 @@ from bgad.config import BGADConfig, TrainConfig
 from bgad.data.images import content_masks, image_shape, mask_to_tensor, read_mask
 from bgad.data.layouts import load_mvtec
 from bgad.data.samples import make_split
-from bgad.evaluation import Evaluation
+from bgad.evaluation import Evaluation, full_resolution_metrics
 from bgad.method.backbones import create_backbone
 from bgad.method.features import extract_features
 from bgad.method.scoring import anomaly_map, image_scores
@@ -45,8 +49,11 @@ VARIANTS: dict[str, dict] = {
     "backbone lite2": {"model": {"backbone": "efficientnet_lite2"}},
     "image size 320": {"model": {"image_size": 320}},
     "resize pad": {"model": {"resize": "pad"}},
+    "backbone lite1 + resize pad": {"model": {"backbone": "efficientnet_lite1", "resize": "pad"}},
     "24 meta-epochs": {"train": {"meta_epochs": 24}},
     "normalizer 3": {"loss": {"normalizer": 3.0}},
+    "4 coupling blocks": {"model": {"n_coupling_blocks": 4}},
+    "condition 32": {"model": {"condition_dim": 32}},
 }
 TEMPERATURES = (1.0, 2.0, 4.0)
 STRIDE_INDEX = {4: 0, 8: 1, 16: 2}
@@ -68,7 +75,9 @@ class FeatureCache:
         return self._store[key]
 
 
-def _metrics(maps: torch.Tensor, samples, masks: torch.Tensor, valid, resize: str, seen: set[str]) -> dict:
+def _metrics(
+    maps: torch.Tensor, samples, masks: torch.Tensor, valid, resize: str, seen: set[str], full: bool = False
+) -> dict:
     evaluation = Evaluation(
         samples=tuple(samples),
         scores=image_scores(maps, valid).numpy(),
@@ -80,6 +89,8 @@ def _metrics(maps: torch.Tensor, samples, masks: torch.Tensor, valid, resize: st
     result = evaluation.metrics().as_dict()
     per_type = evaluation.per_type_metrics(seen)
     result["per_type"] = {t: {k: round(v, 4) for k, v in m.items() if k != "seen"} for t, m in per_type.items()}
+    if full:
+        result["full_resolution"] = full_resolution_metrics(evaluation)
     return result
 
 
@@ -89,6 +100,7 @@ def main() -> None:
     parser.add_argument("--category", required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="variant names separated by commas")
+    parser.add_argument("--full-resolution", action="store_true", help="pixel metrics at each image's resolution too")
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -145,25 +157,17 @@ def main() -> None:
         )
         valid = content_masks((image_shape(p) for p in eval_paths), size[0], model_config.resize)
         record = {"variant": name, "overrides": VARIANTS[name], "train_seconds": round(seconds, 1)}
-        record["metrics"] = _metrics(maps, samples, masks, valid, model_config.resize, seen)
+        record["metrics"] = _metrics(maps, samples, masks, valid, model_config.resize, seen, args.full_resolution)
         record["history_last"] = {k: detector.history_[-1][k] for k in ("ml", "pull", "push", "b_n", "b_a")}
         if name == "default":
             record["rescored"] = _rescored(model, level_maps, samples, masks, valid, size, seen, model_config)
         with results_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        print(
-            json.dumps(
-                {k: record[k] for k in ("variant", "train_seconds")}
-                | {
-                    "metrics": {
-                        k: round(v, 4)
-                        for k, v in record["metrics"].items()
-                        if k in ("image_auroc", "pixel_auroc", "pixel_aupro")
-                    }
-                }
-            ),
-            flush=True,
-        )
+        shown = ("image_auroc", "pixel_auroc", "pixel_aupro")
+        summary = {k: round(record["metrics"][k], 4) for k in shown}
+        if args.full_resolution:
+            summary["full_resolution"] = {k: round(v, 4) for k, v in record["metrics"]["full_resolution"].items()}
+        print(json.dumps({k: record[k] for k in ("variant", "train_seconds")} | {"metrics": summary}), flush=True)
 
 
 def _rescored(model, level_maps, samples, masks, valid, size, seen, model_config) -> dict:

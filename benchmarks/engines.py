@@ -1,6 +1,7 @@
 """Inference engines on one trained model and the same images: speed, start-up and what each changes in the maps.
 
-Engines: torch eager, torch with ``BGADModel.compile_flows``, onnxruntime and OpenVINO FP32 (the code of
+Engines: torch eager, torch with ``BGADModel.compile_flows``, torch with the flows under bfloat16 autocast
+(reduced precision of the flows only), onnxruntime and OpenVINO FP32 (the code of
 ``bgad predict --engine onnx|openvino``, on the exported ``model.onnx``; OpenVINO also compiled once for a dynamic
 batch, as the engine does not), OpenVINO at its default precision (bfloat16 on CPUs with AMX), and OpenVINO INT8
 from NNCF post-training quantization calibrated on the run's training normals: the whole graph, and the
@@ -44,6 +45,7 @@ from bgad.data.layouts import DatasetSpec
 from bgad.deploy.export import export_onnx, open_onnxruntime, open_openvino
 from bgad.evaluation import evaluate
 from bgad.method.features import image_batches
+from bgad.method.scoring import anomaly_map
 
 Run = Callable[[np.ndarray], np.ndarray]  # input batch -> anomaly maps
 BATCHES = (1, 8)
@@ -63,14 +65,23 @@ class _Precomputed:
         return torch.from_numpy(np.asarray(self._run(self._inputs[rows])))
 
 
-def _torch_engine(run_dir: Path, *, compiled: bool) -> Run:
+def _torch_engine(run_dir: Path, *, compiled: bool = False, flows_bf16: bool = False) -> Run:
+    """Eager torch, with the flows ``torch.compile``-d or run under ``torch.autocast`` in bfloat16 (their matrix
+    products in bf16, the rest in the inputs' dtype; the backbone and the map's assembly in float32)."""
     model = BGAD.load(run_dir).model_.eval()
     if compiled:
         model.compile_flows()
+    size = (model.config.image_size,) * 2
 
     @torch.inference_mode()
     def run(images: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(images)).numpy()
+        if not flows_bf16:
+            return model(torch.from_numpy(images)).numpy()
+        features = model.extractor(torch.from_numpy(images))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            level_log_probs = [log_prob.float() for log_prob in model.level_log_probs(features)]
+        temperature = model.config.score_temperature
+        return anomaly_map(level_log_probs, model.level_max, model.normal_max, size, temperature).numpy()
 
     return run
 
@@ -250,8 +261,9 @@ def main() -> None:
     del detector
 
     engines: list[tuple[str, Callable[[], Run]]] = [
-        ("torch eager", lambda: _torch_engine(args.run, compiled=False)),
+        ("torch eager", lambda: _torch_engine(args.run)),
         ("torch compile_flows", lambda: _torch_engine(args.run, compiled=True)),
+        ("torch eager, flows under bf16 autocast", lambda: _torch_engine(args.run, flows_bf16=True)),
         ("onnxruntime", lambda: open_onnxruntime(onnx_path).run),
         ("openvino fp32", lambda: open_openvino(onnx_path).run),
         ("openvino fp32, one dynamic-batch compile", lambda: _dynamic_batch(onnx_path)),

@@ -1,15 +1,19 @@
 """Flows at inference, before and after a change: per image, the backbone alone, the flows
 (``BGADModel.level_log_probs`` on the backbone's features) and the whole model (``model(images)``), for two versions
-of bgad in one process, interleaved.
+of bgad, or two model configurations, in one process, interleaved.
 
     git worktree add /tmp/bgad-before 1ad20f8    # the version to compare with
     OMP_NUM_THREADS=1 python benchmarks/flow_inference.py --before /tmp/bgad-before/src
+    OMP_NUM_THREADS=1 python benchmarks/flow_inference.py --config smaller_flows.yaml
 
-The installed ``bgad`` is "after"; ``--before`` is the ``src`` folder of another checkout, imported under another
-name. Both models are the default configuration (256 px, EfficientNet-Lite0), untrained (timings do not depend on
-the weights), with the same weights, calibrated on random images. Every round times each measurement once for both
-versions (median of ``--repeats`` calls after warm-up), alternating, so that a background load slows both alike; the
-table gives the medians over ``--rounds`` rounds and the largest difference between the two versions' anomaly maps.
+The installed ``bgad`` is "after". With ``--before`` (the ``src`` folder of another checkout, imported under another
+name) both models are the default configuration (256 px, EfficientNet-Lite0), with the same weights; with
+``--config`` (a YAML of overrides, e.g. ``model: {n_coupling_blocks: 4}``) "before" is the default configuration
+and "after" the overridden one, both of the installed bgad (their maps differ: no map difference is reported).
+Models are untrained (timings do not depend on the weights) and calibrated on random images. Every round times each
+measurement once for both (median of ``--repeats`` calls after warm-up), alternating, so that a background load
+slows both alike; the table gives the medians over ``--rounds`` rounds and the largest difference between the two
+versions' anomaly maps.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from bgad.app.speed import median_seconds
@@ -73,21 +78,29 @@ def measure(models: dict[str, nn.Module], batch: int, rounds: int, repeats: int)
             times[key].append(1000 * median_seconds(fn, repeats=repeats, warmup=2) / batch)
     medians = {key: statistics.median(values) for key, values in times.items()}
     maps = {name: model(images) for name, model in models.items()}
-    medians["max map diff"] = float((maps["before"] - maps["after"]).abs().max())
+    same_weights = not isinstance(models["before"], BGADModel)  # another version's, loaded with "after"'s state
+    medians["max map diff"] = float((maps["before"] - maps["after"]).abs().max()) if same_weights else float("nan")
     return medians
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", type=Path, required=True, help="the src folder of the bgad version to compare")
+    compared = parser.add_mutually_exclusive_group(required=True)
+    compared.add_argument("--before", type=Path, help="the src folder of the bgad version to compare")
+    compared.add_argument("--config", type=Path, help="a YAML of overrides: the configuration to compare")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    after = calibrated(BGADModel(BGADConfig().model).eval())
-    models = {"before": before_model(args.before, after.state_dict()), "after": after}
+    if args.before:
+        after = calibrated(BGADModel(BGADConfig().model).eval())
+        models = {"before": before_model(args.before, after.state_dict()), "after": after}
+    else:
+        overridden = BGADConfig.from_dict(yaml.safe_load(args.config.read_text()))
+        configs = {"before": BGADConfig(), "after": overridden}
+        models = {name: calibrated(BGADModel(config.model).eval()) for name, config in configs.items()}
     print(
         "| batch | backbone ms | flows before | flows after | end to end before | end to end after "
         "| ratio before | ratio after | max map diff |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

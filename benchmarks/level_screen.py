@@ -10,6 +10,7 @@ and standard deviation. It prints image AUROC, pixel AUROC and AUPRO of the know
 normals for each combination. The evaluation images are never read.
 
     python benchmarks/level_screen.py --data-root ../shared/data/surface --category magnetic_tile --seed 0
+    python benchmarks/level_screen.py ... --strides 8,16 --backbone efficientnet_lite1    # another backbone
 """
 
 from __future__ import annotations
@@ -62,11 +63,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strides", default="8,16,32")
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
     args = parser.parse_args()
     strides = tuple(int(s) for s in args.strides.split(","))
     size = args.image_size
     split = make_split(load_mvtec(args.data_root, args.category), TrainConfig(seed=args.seed))
-    extractor = create_backbone("efficientnet_lite0", size, strides)
+    extractor = create_backbone(args.backbone, size, strides)
     options = {"image_size": size, "batch_size": 4, "progress": False}
     normal = extract_features(extractor, [s.path for s in split.train], **options)
     known = extract_features(extractor, [s.path for s in split.known], **options)
@@ -74,7 +76,8 @@ def main() -> None:
     maps = {s: distance_maps(n, k, size) for s, n, k in zip(strides, normal, known, strict=True)}
     labels = np.concatenate([np.zeros((len(normal[0]), size, size), bool), masks])
     image_labels = np.r_[np.zeros(len(normal[0])), np.ones(len(masks))]
-    print(f"| {args.category}, seed {args.seed}: levels | image AUROC | pixel AUROC | AUPRO |\n|---|---:|---:|---:|")
+    print(f"| {args.category}, seed {args.seed}, {args.backbone}: levels | image AUROC | pixel AUROC | AUPRO |")
+    print("|---|---:|---:|---:|")
     for count in range(1, len(strides) + 1):
         for levels in itertools.combinations(strides, count):
             combined = sum(

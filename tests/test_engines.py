@@ -216,16 +216,34 @@ def test_the_metadata_reader_reads_what_onnx_writes(tmp_path: Path) -> None:
         read_metadata(path)
 
 
-def test_the_engines_benchmark_skips_the_int8_rows_without_nncf(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def engines_benchmark():
+    """``benchmarks/engines.py`` as a module (it needs onnxruntime and OpenVINO: the test skips without them)."""
     pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime")
     spec = importlib.util.spec_from_file_location("engines_benchmark", BENCHMARKS / "engines.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+def test_the_engines_benchmark_skips_the_int8_rows_without_nncf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    benchmark = engines_benchmark()
     without(monkeypatch, "nncf")
     engines, results = benchmark.int8_engines(tmp_path / "model.onnx", np.zeros((1, 3, 64, 64), np.float32), tmp_path)
     assert engines == []
     assert results == {"int8_quantize_s": None, "int8_backbone_quantize_s": None, "notes": [benchmark.NO_NNCF]}
     assert "the OpenVINO INT8 rows are skipped" in capsys.readouterr().err
+
+
+def test_the_engines_benchmark_runs_the_flows_in_bf16_near_their_float32_maps(tiny_run: Path) -> None:
+    benchmark = engines_benchmark()
+    size = BGAD.load(tiny_run).model_.config.image_size
+    images = np.random.default_rng(0).random((2, 3, size, size), dtype=np.float32)
+    float32 = benchmark._torch_engine(tiny_run)(images)
+    bf16 = benchmark._torch_engine(tiny_run, flows_bf16=True)(images)
+    assert bf16.shape == float32.shape
+    assert np.isfinite(bf16).all()
+    difference = np.abs(bf16 - float32).max()
+    assert 0 < difference < 0.05 * (float32.max() - float32.min())  # reduced precision, the same maps within it
