@@ -237,6 +237,7 @@ def test_the_engines_benchmark_skips_the_int8_rows_without_nncf(
     assert "the OpenVINO INT8 rows are skipped" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_engines_benchmark_runs_the_flows_in_bf16_near_their_float32_maps(tiny_run: Path) -> None:
     benchmark = engines_benchmark()
     size = BGAD.load(tiny_run).model_.config.image_size
