@@ -45,7 +45,6 @@ from bgad.data.layouts import DatasetSpec
 from bgad.deploy.export import export_onnx, open_onnxruntime, open_openvino
 from bgad.evaluation import evaluate
 from bgad.method.features import image_batches
-from bgad.method.scoring import anomaly_map
 
 Run = Callable[[np.ndarray], np.ndarray]  # input batch -> anomaly maps
 BATCHES = (1, 8)
@@ -71,17 +70,18 @@ def _torch_engine(run_dir: Path, *, compiled: bool = False, flows_bf16: bool = F
     model = BGAD.load(run_dir).model_.eval()
     if compiled:
         model.compile_flows()
-    size = (model.config.image_size,) * 2
+    if flows_bf16:
+        float32_flows = model.level_log_probs
+
+        def bf16_flows(features: list[torch.Tensor]) -> list[torch.Tensor]:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return [log_prob.float() for log_prob in float32_flows(features)]
+
+        model.level_log_probs = bf16_flows  # what model(images) scores the backbone's features with
 
     @torch.inference_mode()
     def run(images: np.ndarray) -> np.ndarray:
-        if not flows_bf16:
-            return model(torch.from_numpy(images)).numpy()
-        features = model.extractor(torch.from_numpy(images))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            level_log_probs = [log_prob.float() for log_prob in model.level_log_probs(features)]
-        temperature = model.config.score_temperature
-        return anomaly_map(level_log_probs, model.level_max, model.normal_max, size, temperature).numpy()
+        return model(torch.from_numpy(images)).numpy()
 
     return run
 

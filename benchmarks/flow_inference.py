@@ -64,7 +64,9 @@ def calibrated(model: BGADModel) -> BGADModel:
     return model
 
 
-def measure(models: dict[str, nn.Module], batch: int, rounds: int, repeats: int) -> dict[str, float]:
+def measure(
+    models: dict[str, nn.Module], batch: int, rounds: int, repeats: int, *, same_weights: bool
+) -> dict[str, float]:
     """Milliseconds per image, medians over rounds: the backbone, and each version's flows and end to end."""
     images = torch.rand(batch, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     features = models["after"].extractor(images)
@@ -78,7 +80,6 @@ def measure(models: dict[str, nn.Module], batch: int, rounds: int, repeats: int)
             times[key].append(1000 * median_seconds(fn, repeats=repeats, warmup=2) / batch)
     medians = {key: statistics.median(values) for key, values in times.items()}
     maps = {name: model(images) for name, model in models.items()}
-    same_weights = not isinstance(models["before"], BGADModel)  # another version's, loaded with "after"'s state
     medians["max map diff"] = float((maps["before"] - maps["after"]).abs().max()) if same_weights else float("nan")
     return medians
 
@@ -107,7 +108,7 @@ def main() -> None:
     )
     for batch in args.batch_sizes:
         with torch.inference_mode():
-            m = measure(models, batch, args.rounds, args.repeats)
+            m = measure(models, batch, args.rounds, args.repeats, same_weights=args.before is not None)
         backbone = m["backbone"]
         print(
             f"| {batch} | {backbone:.1f} | {m['flows before']:.1f} | {m['flows after']:.1f} "
